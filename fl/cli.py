@@ -1,0 +1,179 @@
+"""The ``fedvault`` command line.
+
+    fedvault demo                              the breast-cancer federation, live table
+    fedvault run CONFIG.toml --output H.json   any federation from a config file
+
+Every expected failure (bad config, bad CSV, exhausted budget, protocol abort) ends
+with one line ``fedvault: error: ...`` naming the problem and the fix, exit code 2,
+no traceback, and no half-written output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from fl.errors import FLError
+
+EXIT_ERROR = 2
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from dp.errors import PrivacyError
+    from protocols.errors import ProtocolError
+    from secagg.errors import SecAggError
+
+    return (FLError, PrivacyError, ProtocolError, SecAggError, OSError)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+class RoundTable:
+    """Prints one line per round as the federation runs."""
+
+    HEADER = f"{'round':>5}  {'hosp.':>5}  {'acc':>6}  {'ROC-AUC':>7}  {'max ε':>6}  {'sec':>6}"
+
+    def __init__(self, out=sys.stdout, total_rounds: int | None = None):
+        self.out = out
+        self.total = total_rounds
+        print(self.HEADER, file=out)
+        print("-" * len(self.HEADER), file=out, flush=True)
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        eps = max(row["epsilon"].values()) if row.get("epsilon") else None
+        m = row["metrics"]
+        line = (
+            f"{row['round']:>5}  {len(row['participants']):>5}  {_fmt(m['accuracy'], '6.3f')}  "
+            f"{_fmt(m['roc_auc'], '7.3f')}  {_fmt(eps, '6.2f')}  {row['seconds']['total']:6.2f}"
+        )
+        notes = []
+        if row.get("refused"):
+            notes.append("refused: " + ",".join(sorted(row["refused"])))
+        dropped = [c for v in row.get("dropped", {}).values() for c in v]
+        if dropped:
+            notes.append("dropped: " + ",".join(sorted(dropped)))
+        print(line + ("   " + "; ".join(notes) if notes else ""), file=self.out, flush=True)
+
+
+def print_summary(history: dict[str, Any], out=sys.stdout) -> None:
+    f = history["final"]
+    m = f["metrics"]
+    print("", file=out)
+    if "stopped" in history:
+        print(f"stopped early: {history['stopped']['reason']}", file=out)
+    delta = history["config"]["privacy"].get("delta")
+    eps = f.get("max_epsilon")
+    print("final model (federated" + (", DP-SGD" if eps is not None else "") + "):", file=out)
+    print(f"  test accuracy {m['accuracy']:.4f}   ROC-AUC {_fmt(m['roc_auc'], '.4f')}", file=out)
+    if eps is not None:
+        print(f"  max ε over hospitals {eps:.3f} at δ = {delta:g}", file=out)
+    b = f.get("baseline_pooled")
+    if b:
+        bm = b["metrics"]
+        print("same model, pooled data, no privacy (baseline):", file=out)
+        print(f"  test accuracy {bm['accuracy']:.4f}   ROC-AUC {_fmt(bm['roc_auc'], '.4f')}", file=out)
+        print(f"  gap: {100 * (bm['accuracy'] - m['accuracy']):+.1f} accuracy points", file=out)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` all at once (temp file + rename): never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run(cfg, output: Path | None, quiet: bool) -> dict[str, Any]:
+    from fl.simulation import run_federation
+
+    table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
+    t0 = time.perf_counter()
+    history = run_federation(cfg, on_round=table)
+    history["final"]["seconds"] = time.perf_counter() - t0
+    if not quiet:
+        print_summary(history)
+        print(f"  wall time {history['final']['seconds']:.1f} s", flush=True)
+    if output is not None:
+        write_json_atomic(output, history)
+        if not quiet:
+            print(f"history written to {output}")
+    return history
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fl.config import demo_config
+
+    cfg = demo_config()
+    if args.rounds is not None:
+        cfg = cfg.replace(training={"rounds": args.rounds})
+    if not args.quiet:
+        print(
+            f"fedvault demo: {cfg.data.hospitals} hospitals, breast-cancer data (Dirichlet α={cfg.data.dirichlet_alpha}), "
+            f"DP-SGD target ε={cfg.privacy.target_epsilon} at δ={cfg.privacy.delta:g}, "
+            f"{cfg.aggregation.mode} aggregation, {cfg.training.rounds} rounds\n"
+        )
+    _run(cfg, args.output, args.quiet)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fl.config import load
+
+    cfg = load(args.config)
+    if args.output.exists() and args.output.is_dir():
+        raise FLError(f"--output {args.output} is a directory; give a file name such as history.json")
+    _run(cfg, args.output, args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedvault", description="Privacy-hardened federated learning between hospitals.")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the breast-cancer demo federation (no arguments needed)")
+    d.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    d.add_argument("--output", type=Path, default=None, help="also write history.json here")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    r = sub.add_parser("run", help="run a federation from a TOML config")
+    r.add_argument("config", type=Path)
+    r.add_argument("--output", "-o", type=Path, default=Path("history.json"))
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    expected = _expected_errors()
+    try:
+        return int(args.func(args) or 0)
+    except expected as e:
+        msg = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename:
+            msg = f"{e.filename}: {e.strerror}"
+        print(f"fedvault: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("fedvault: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
