@@ -1,0 +1,137 @@
+"""Bad input to the CLI: one clear line, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fl.cli import main
+
+GOOD_HEADER = "age,marker,label"
+
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def good_rows(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [f"{rng.normal(50, 10):.2f},{rng.normal():.3f},{int(rng.random() < 0.5)}" for _ in range(n)]
+
+
+def config(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "cfg.toml"
+    p.write_text(body)
+    return p
+
+
+CSV_CFG = """
+seed = 1
+[data]
+dataset = "csv"
+csv = ["a.csv", "b.csv"]
+label = "label"
+[training]
+rounds = 2
+[privacy]
+enabled = false
+target_epsilon = 3.0
+[aggregation]
+mode = "plaintext"
+"""
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if l]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fedvault: error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        ("[data\ndataset = 'x'", ["not valid TOML"]),
+        ("[data]\ndatset = 'breast_cancer'", ["unknown key 'datset'", "dataset"]),
+        ("colour = 3", ["unknown key or section 'colour'"]),
+        ("[data]\ndataset = 'mnist'", ["data.dataset", "breast_cancer"]),
+        ("[privacy]\ntarget_epsilon = -1.0", ["target_epsilon", "positive"]),
+        ("[privacy]\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0", ["either noise_multiplier or target_epsilon"]),
+        ("[training]\nrounds = 'ten'", ["training.rounds", "whole number"]),
+        ("[aggregation]\nmode = 'magic'", ["aggregation.mode", "plaintext"]),
+    ],
+)
+def test_bad_config(tmp_path, capsys, body, needles):
+    out = tmp_path / "history.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(out), "--quiet"], capsys)
+    assert_clean_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = run_cli(["run", str(tmp_path / "nope.toml"), "--quiet"], capsys)
+    assert_clean_error(code, err, "not found")
+
+
+@pytest.mark.parametrize(
+    "a_header, a_rows, needles",
+    [
+        ("age,marker,diagnosis", None, ["no label column 'label'", "data.label"]),
+        (GOOD_HEADER, ["51.0,nan,1"], ["not finite", "marker"]),
+        (GOOD_HEADER, ["51.0,,1"], ["marker"]),
+        (GOOD_HEADER, ["fifty,0.1,1"], ["not a number", "age"]),
+        (GOOD_HEADER, [], ["no rows"]),
+        ("age,weight,label", None, ["columns differ", "weight"]),
+        ("age,marker,label,extra", None, ["columns differ", "extra"]),
+    ],
+)
+def test_bad_csv(tmp_path, capsys, a_header, a_rows, needles):
+    rows_b = good_rows(60, 2)
+    rows_a = good_rows(60, 1) if a_rows is None else good_rows(30, 1) + a_rows if a_rows else []
+    if a_header.count(",") == 3:
+        rows_a = [r + ",0" for r in good_rows(60, 1)]
+    write_csv(tmp_path / "b.csv", GOOD_HEADER, rows_b)
+    write_csv(tmp_path / "a.csv", a_header, rows_a)
+    # "columns differ" is reported against the first file, so list the odd one second.
+    body = CSV_CFG if "columns differ" not in needles else CSV_CFG.replace('["a.csv", "b.csv"]', '["b.csv", "a.csv"]')
+    out = tmp_path / "history.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(out), "--quiet"], capsys)
+    assert_clean_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_good_csv_runs(tmp_path, capsys):
+    write_csv(tmp_path / "a.csv", GOOD_HEADER, good_rows(80, 1))
+    write_csv(tmp_path / "b.csv", GOOD_HEADER, good_rows(70, 2))
+    out = tmp_path / "history.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, CSV_CFG)), "--output", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    import json
+
+    h = json.loads(out.read_text())
+    assert [r["round"] for r in h["rounds"]] == [1, 2]
+    assert set(h["rounds"][0]["participants"]) == {"a", "b"}
+
+
+def test_no_traceback_from_a_real_process(tmp_path):
+    cfg = config(tmp_path, "[data]\ndataset = 'nope'")
+    p = subprocess.run(
+        [sys.executable, "-m", "fl.cli", "run", str(cfg), "--quiet"], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert p.stderr.startswith("fedvault: error: data.dataset")
