@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -62,14 +63,51 @@ def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callabl
     return evaluate(model, fd.X_test, fd.y_test)
 
 
+@dataclass
+class FederationRun:
+    """Everything a finished study leaves: its history, the global model, the data and hospitals."""
+
+    history: dict[str, Any]
+    model: torch.nn.Module
+    data: data_mod.FederatedData
+    hospitals: list[Hospital]
+
+
+class ExtraUpdates(Protocol):
+    """Extra participants injected into every round (e.g. an audit's canary clients)."""
+
+    names: list[str]
+
+    def __call__(self, round: int, weights: np.ndarray) -> Mapping[str, np.ndarray]: ...
+
+
 def run_federation(
     cfg: Config,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     baseline: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole study described by ``cfg`` and return its history."""
-    fd = data_mod.load(cfg)
+    """Run the whole study described by ``cfg`` and return its history (the history.json dict)."""
+    return federate(cfg, on_round=on_round, baseline=baseline).history
+
+
+def federate(
+    cfg: Config,
+    *,
+    data: data_mod.FederatedData | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    baseline: bool = True,
+    extra_updates: ExtraUpdates | None = None,
+) -> FederationRun:
+    """Run a study and keep the objects (model, data, hospitals) for further analysis.
+
+    ``data`` replaces the data set the config names (e.g. with audit canaries inserted);
+    ``extra_updates(round, weights)`` returns additional weighted update vectors that take
+    part in the aggregation like any hospital's (e.g. canary clients of a privacy audit).
+    """
+    fd = data if data is not None else data_mod.load(cfg)
     names = [h.name for h in fd.hospitals]
+    if extra_updates is not None:
+        names = names + list(extra_updates.names)
     agg = aggregation.make(cfg, names)
     federated_standardise(fd, agg)
 
@@ -107,6 +145,8 @@ def run_federation(
                 continue
             train_s[hs.name] = time.perf_counter() - t0
             inputs[hs.name] = res.vector
+        if extra_updates is not None:
+            inputs.update(extra_updates(r, weights))
         if len(inputs) < cfg.training.min_clients:
             history["stopped"] = {
                 "round": r,
@@ -146,4 +186,4 @@ def run_federation(
     history["final"]["max_epsilon"] = max(
         (hs.epsilon() or 0.0 for hs in hospitals if hs.ledger is not None), default=None
     )
-    return history
+    return FederationRun(history, global_model, fd, hospitals)
