@@ -25,3 +25,36 @@ class RefusedError(ProtocolError):
 
 class AbortError(ProtocolError):
     """The round cannot complete (too few survivors); nothing private was revealed."""
+
+
+# --- SecAgg/SecAgg+ refusals (protocols/secagg_*.py) ---------------------------------
+class ReplayError(RefusedError):
+    """A message carries another session's tag or another round number."""
+
+
+class SignatureError(RefusedError):
+    """A key advertisement or survivor-set signature is missing or does not verify."""
+
+
+class DuplicateClientError(RefusedError):
+    """A client id (or a client's keys) appears twice where each must appear once."""
+
+
+class TamperedError(RefusedError):
+    """An encrypted share failed AEAD authentication or names the wrong sender/recipient."""
+
+
+class DoubleRevealError(RefusedError):
+    """The server asked for both the self-mask share and the mask-key share of one client."""
+
+
+class ThresholdError(RefusedError):
+    """Fewer than ``threshold`` live neighbours (or survivors) were announced."""
+
+
+class InconsistentError(RefusedError):
+    """The server's view (graph, survivor sets, requested shares) contradicts what it said before."""
+
+
+class InputError(RefusedError):
+    """A vector has the wrong length or dtype, NaN/inf, or values outside the clipping range."""

@@ -1,0 +1,450 @@
+"""Wire messages of the SecAgg/SecAgg+ protocol (version 1): explicit layouts, no pickle.
+
+Every message is ``HEADER || PAYLOAD``; integers are unsigned big-endian except the
+masked vector's words, which are little-endian (so receivers can map them without
+copying).  The header (32 bytes, ``struct`` format ``>4sBBH16sII``)::
+
+    magic   4  b"FVSA"
+    version 1  1
+    type    1  MessageType
+    flags   2  0 (reserved, must be zero)
+    session 16 session tag: SHA-256 of the session id and every round parameter (see SecAggParams)
+    round   4  round number
+    sender  4  client id, or 0xFFFFFFFF for the server
+
+Payloads (``u32`` = 4-byte count or id; ``[X]*n`` = n repetitions)::
+
+    1 ADVERTISE_KEYS      channel_pk 32 | mask_pk 32 | signature 64
+    2 KEY_BROADCAST       n u32 | [client u32 | channel_pk 32 | mask_pk 32 | signature 64]*n
+    3 SHARE_KEYS          n u32 | [recipient u32 | ciphertext 88]*n
+    4 FORWARDED_SHARES    n u32 | [sender u32 | ciphertext 88]*n
+    5 MASKED_INPUT        bits u8 | dim u32 | words (dim * 4 if bits <= 32 else dim * 8, little-endian)
+    6 CONSISTENCY_REQUEST n u32 | [client u32]*n
+    7 CONSISTENCY_SIG     signature 64
+    8 UNMASK_REQUEST      na u32 | [alive u32]*na | nd u32 | [dropped u32]*nd | ns u32 | [client u32 | signature 64]*ns
+    9 UNMASK_SHARES       n u32 | [owner u32 | kind u8 | share 32]*n     (kind 0: self-mask seed, 1: mask key)
+
+Decoding checks the exact length, magic, version, type, reserved bits, and each
+field's range; anything else raises :class:`~protocols.errors.DecodeError` and
+nothing else.  Semantic checks (who may send what, duplicates, signatures) belong to
+the state machines, so that they can be refused with a precise error.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from .errors import DecodeError
+
+MAGIC = b"FVSA"
+VERSION = 1
+SERVER_ID = 0xFFFFFFFF
+SESSION_TAG_BYTES = 16
+KEY_BYTES = 32
+SIG_BYTES = 64
+SHARE_BYTES = 32
+SHARE_PLAINTEXT_BYTES = 4 + 4 + SHARE_BYTES + SHARE_BYTES
+CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # AES-GCM tag
+_HEADER = struct.Struct(">4sBBH16sII")
+HEADER_BYTES = _HEADER.size
+_U32 = struct.Struct(">I")
+_MAX_U32 = 0xFFFFFFFF
+
+
+class MessageType(enum.IntEnum):
+    ADVERTISE_KEYS = 1
+    KEY_BROADCAST = 2
+    SHARE_KEYS = 3
+    FORWARDED_SHARES = 4
+    MASKED_INPUT = 5
+    CONSISTENCY_REQUEST = 6
+    CONSISTENCY_SIGNATURE = 7
+    UNMASK_REQUEST = 8
+    UNMASK_SHARES = 9
+
+
+class ShareKind(enum.IntEnum):
+    SELF_MASK_SEED = 0
+    MASK_KEY = 1
+
+
+class KeyEntry(NamedTuple):
+    client: int
+    channel_pk: bytes
+    mask_pk: bytes
+    signature: bytes
+
+
+class ShareEntry(NamedTuple):
+    peer: int  # recipient in SHARE_KEYS, sender in FORWARDED_SHARES
+    ciphertext: bytes
+
+
+class SignatureEntry(NamedTuple):
+    client: int
+    signature: bytes
+
+
+class UnmaskEntry(NamedTuple):
+    owner: int
+    kind: ShareKind
+    share: bytes
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_u32(name: str, v: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or not (0 <= v <= _MAX_U32):
+        raise DecodeError(f"{name} must be an integer in [0, 2^32), got {v!r}")
+
+
+def _check_bytes(name: str, v: bytes, n: int) -> None:
+    if not isinstance(v, (bytes, bytearray)) or len(v) != n:
+        raise DecodeError(f"{name} must be {n} bytes")
+
+
+class _Reader:
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise DecodeError("message is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+    def count(self, entry_size: int) -> int:
+        n = self.u32()
+        if n * entry_size > len(self.data) - self.pos:
+            raise DecodeError("entry count exceeds the message length")
+        return n
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise DecodeError(f"{len(self.data) - self.pos} trailing bytes after the message")
+
+
+def _ids(ids: tuple[int, ...]) -> bytes:
+    return _U32.pack(len(ids)) + b"".join(_U32.pack(i) for i in ids)
+
+
+def _read_ids(r: _Reader) -> tuple[int, ...]:
+    n = r.count(4)
+    return struct.unpack(f">{n}I", r.take(4 * n)) if n else ()
+
+
+# --------------------------------------------------------------------------- messages
+@dataclass(frozen=True)
+class Message:
+    """Common header fields; subclasses add the payload."""
+
+    session: bytes
+    round: int
+    sender: int
+
+    TYPE: ClassVar[MessageType]
+
+    def __post_init__(self) -> None:
+        _check_bytes("session", self.session, SESSION_TAG_BYTES)
+        _check_u32("round", self.round)
+        _check_u32("sender", self.sender)
+        self._validate()
+
+    def _validate(self) -> None:  # overridden
+        pass
+
+    def _payload(self) -> bytes:  # overridden
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """The wire bytes of this message."""
+        return _HEADER.pack(MAGIC, VERSION, int(self.TYPE), 0, bytes(self.session), self.round, self.sender) + self._payload()
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Client -> server: per-round X25519 public keys signed with the identity key."""
+
+    channel_pk: bytes
+    mask_pk: bytes
+    signature: bytes
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_KEYS
+
+    def _validate(self) -> None:
+        _check_bytes("channel_pk", self.channel_pk, KEY_BYTES)
+        _check_bytes("mask_pk", self.mask_pk, KEY_BYTES)
+        _check_bytes("signature", self.signature, SIG_BYTES)
+
+    def _payload(self) -> bytes:
+        return bytes(self.channel_pk) + bytes(self.mask_pk) + bytes(self.signature)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "AdvertiseKeys":
+        return cls(*h, bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64)))
+
+
+@dataclass(frozen=True)
+class KeyBroadcast(Message):
+    """Server -> client: the signed keys of the client's neighbours that advertised (and its own)."""
+
+    entries: tuple[KeyEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.KEY_BROADCAST
+
+    def _validate(self) -> None:
+        for e in self.entries:
+            _check_u32("client", e.client)
+            _check_bytes("channel_pk", e.channel_pk, KEY_BYTES)
+            _check_bytes("mask_pk", e.mask_pk, KEY_BYTES)
+            _check_bytes("signature", e.signature, SIG_BYTES)
+
+    def _payload(self) -> bytes:
+        return _U32.pack(len(self.entries)) + b"".join(
+            _U32.pack(e.client) + bytes(e.channel_pk) + bytes(e.mask_pk) + bytes(e.signature) for e in self.entries
+        )
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "KeyBroadcast":
+        n = r.count(132)
+        es = tuple(KeyEntry(r.u32(), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64))) for _ in range(n))
+        return cls(*h, es)
+
+
+def _share_entries_payload(entries: tuple[ShareEntry, ...]) -> bytes:
+    return _U32.pack(len(entries)) + b"".join(_U32.pack(e.peer) + bytes(e.ciphertext) for e in entries)
+
+
+def _parse_share_entries(r: _Reader) -> tuple[ShareEntry, ...]:
+    n = r.count(4 + CIPHERTEXT_BYTES)
+    return tuple(ShareEntry(r.u32(), bytes(r.take(CIPHERTEXT_BYTES))) for _ in range(n))
+
+
+def _validate_share_entries(entries: tuple[ShareEntry, ...]) -> None:
+    for e in entries:
+        _check_u32("peer", e.peer)
+        _check_bytes("ciphertext", e.ciphertext, CIPHERTEXT_BYTES)
+
+
+@dataclass(frozen=True)
+class ShareKeys(Message):
+    """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``peer`` = recipient)."""
+
+    entries: tuple[ShareEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.SHARE_KEYS
+
+    def _validate(self) -> None:
+        _validate_share_entries(self.entries)
+
+    def _payload(self) -> bytes:
+        return _share_entries_payload(self.entries)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "ShareKeys":
+        return cls(*h, _parse_share_entries(r))
+
+
+@dataclass(frozen=True)
+class ForwardedShares(Message):
+    """Server -> client: the ciphertexts addressed to the client (``peer`` = original sender)."""
+
+    entries: tuple[ShareEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.FORWARDED_SHARES
+
+    def _validate(self) -> None:
+        _validate_share_entries(self.entries)
+
+    def _payload(self) -> bytes:
+        return _share_entries_payload(self.entries)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "ForwardedShares":
+        return cls(*h, _parse_share_entries(r))
+
+
+def word_dtype(bits: int) -> np.dtype:
+    return np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedInput(Message):
+    """Client -> server: ``y_i`` in Z_(2^bits) (words little-endian; values < 2^bits)."""
+
+    bits: int
+    vector: np.ndarray
+    TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
+
+    def _validate(self) -> None:
+        if not isinstance(self.bits, int) or not (16 <= self.bits <= 64):
+            raise DecodeError(f"bits must be in [16, 64], got {self.bits!r}")
+        v = self.vector
+        if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind != "u" or v.dtype.itemsize != word_dtype(self.bits).itemsize:
+            raise DecodeError(f"vector must be a 1-d array of {word_dtype(self.bits)} words")
+        _check_u32("dim", v.shape[0])
+        if v.size and self.bits not in (32, 64) and int(v.max()) >> self.bits:
+            raise DecodeError(f"vector has words >= 2^{self.bits}")
+
+    def _payload(self) -> bytes:
+        wd = word_dtype(self.bits)
+        return bytes([self.bits]) + _U32.pack(self.vector.shape[0]) + self.vector.astype(wd, copy=False).tobytes()
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "MaskedInput":
+        bits = r.u8()
+        if not (16 <= bits <= 64):
+            raise DecodeError(f"bits must be in [16, 64], got {bits}")
+        wd = word_dtype(bits)
+        dim = r.u32()
+        raw = r.take(dim * wd.itemsize)
+        vec = np.frombuffer(raw, dtype=wd)
+        if wd.byteorder not in ("=", "|") and not np.little_endian:  # pragma: no cover - big-endian hosts
+            vec = vec.astype(wd.newbyteorder("="))
+        return cls(*h, bits, vec)
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest(Message):
+    """Server -> client: the survivor set U3 (clients whose masked input the server holds)."""
+
+    survivors: tuple[int, ...]
+    TYPE: ClassVar[MessageType] = MessageType.CONSISTENCY_REQUEST
+
+    def _validate(self) -> None:
+        for i in self.survivors:
+            _check_u32("survivor", i)
+
+    def _payload(self) -> bytes:
+        return _ids(self.survivors)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "ConsistencyRequest":
+        return cls(*h, _read_ids(r))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Client -> server: Ed25519 signature of the survivor set it was shown."""
+
+    signature: bytes
+    TYPE: ClassVar[MessageType] = MessageType.CONSISTENCY_SIGNATURE
+
+    def _validate(self) -> None:
+        _check_bytes("signature", self.signature, SIG_BYTES)
+
+    def _payload(self) -> bytes:
+        return bytes(self.signature)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "ConsistencySignature":
+        return cls(*h, bytes(r.take(64)))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Server -> client: which neighbours are alive (reveal self-mask seed share) or dropped
+    (reveal mask-key share), with the neighbours' signatures on the survivor set."""
+
+    alive: tuple[int, ...]
+    dropped: tuple[int, ...]
+    signatures: tuple[SignatureEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.UNMASK_REQUEST
+
+    def _validate(self) -> None:
+        for i in self.alive + self.dropped:
+            _check_u32("client", i)
+        for e in self.signatures:
+            _check_u32("client", e.client)
+            _check_bytes("signature", e.signature, SIG_BYTES)
+
+    def _payload(self) -> bytes:
+        sigs = _U32.pack(len(self.signatures)) + b"".join(_U32.pack(e.client) + bytes(e.signature) for e in self.signatures)
+        return _ids(self.alive) + _ids(self.dropped) + sigs
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "UnmaskRequest":
+        alive = _read_ids(r)
+        dropped = _read_ids(r)
+        n = r.count(68)
+        sigs = tuple(SignatureEntry(r.u32(), bytes(r.take(64))) for _ in range(n))
+        return cls(*h, alive, dropped, sigs)
+
+
+@dataclass(frozen=True)
+class UnmaskShares(Message):
+    """Client -> server: one share per neighbour: self-mask seed share if alive, mask-key share if dropped."""
+
+    entries: tuple[UnmaskEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.UNMASK_SHARES
+
+    def _validate(self) -> None:
+        for e in self.entries:
+            _check_u32("owner", e.owner)
+            if not isinstance(e.kind, ShareKind):
+                raise DecodeError(f"share kind must be a ShareKind, got {e.kind!r}")
+            _check_bytes("share", e.share, SHARE_BYTES)
+
+    def _payload(self) -> bytes:
+        return _U32.pack(len(self.entries)) + b"".join(
+            _U32.pack(e.owner) + bytes([int(e.kind)]) + bytes(e.share) for e in self.entries
+        )
+
+    @classmethod
+    def _parse(cls, h: tuple, r: _Reader) -> "UnmaskShares":
+        n = r.count(37)
+        out = []
+        for _ in range(n):
+            owner, k = r.u32(), r.u8()
+            if k not in (0, 1):
+                raise DecodeError(f"share kind must be 0 or 1, got {k}")
+            out.append(UnmaskEntry(owner, ShareKind(k), bytes(r.take(SHARE_BYTES))))
+        return cls(*h, tuple(out))
+
+
+_BY_TYPE: dict[int, type[Message]] = {
+    c.TYPE: c
+    for c in (
+        AdvertiseKeys,
+        KeyBroadcast,
+        ShareKeys,
+        ForwardedShares,
+        MaskedInput,
+        ConsistencyRequest,
+        ConsistencySignature,
+        UnmaskRequest,
+        UnmaskShares,
+    )
+}
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Parse wire bytes into a message; raises :class:`DecodeError` (only) if they are not one."""
+    try:
+        mv = memoryview(data).cast("B")
+    except (TypeError, ValueError) as e:
+        raise DecodeError("message must be a bytes-like object") from e
+    if len(mv) < HEADER_BYTES:
+        raise DecodeError(f"message shorter than the {HEADER_BYTES}-byte header")
+    magic, version, mtype, flags, session, round_, sender = _HEADER.unpack(mv[:HEADER_BYTES])
+    if magic != MAGIC:
+        raise DecodeError("not a fedvault SecAgg message (bad magic)")
+    if version != VERSION:
+        raise DecodeError(f"unsupported message version {version} (this implementation speaks {VERSION})")
+    if flags != 0:
+        raise DecodeError("reserved header bits are set")
+    cls = _BY_TYPE.get(mtype)
+    if cls is None:
+        raise DecodeError(f"unknown message type {mtype}")
+    r = _Reader(mv[HEADER_BYTES:])
+    msg = cls._parse((session, round_, sender), r)
+    r.end()
+    return msg

@@ -1,0 +1,349 @@
+"""The SecAgg/SecAgg+ server: a pure state machine with an explicit stage deadline.
+
+The transport calls :meth:`Server.receive` for every client message and
+:meth:`Server.advance` when the current stage's deadline passes (the server has no
+clock).  ``advance`` closes the stage, decides who survived it, and returns the
+messages to send, keyed by client id::
+
+    ADVERTISE --advance--> SHARE --advance--> MASKED_INPUT --advance--> CONSISTENCY
+      --advance--> UNMASK --advance--> DONE (result available)
+    any advance that cannot meet the threshold --> ABORTED (raises AbortError)
+
+Survivor sets: U1 advertised keys, U2 sent shares, U3 sent masked inputs (their
+inputs are in the sum), U4 confirmed U3, U5 sent unmask shares.  Clients lost
+before U2 are pruned (a remaining client with fewer than ``t`` live neighbours is
+removed too, repeatedly); from U3 on, the round aborts unless every secret it needs
+has ``t`` live holders.
+
+What the server learns: the sum over U3 of the encoded inputs (mod 2^bits), who
+dropped when, and - for clients dropped after sharing - their mask keys (never their
+self-mask seeds, so a late input stays hidden).  A single masked input is uniform
+to it.  Malformed, replayed, unsigned, duplicate or out-of-stage client messages
+are refused (the error is raised to the transport; the message is ignored and the
+round goes on).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Mapping
+
+import numpy as np
+
+from secagg import keys as K
+from secagg import shamir
+from secagg.encoding import ring_reduce
+from secagg.errors import IntegrityError, ParameterError
+from secagg.masking import pair_seed, remove_dropped_pair_masks, remove_self_masks
+from secagg.prg import MaskExpander
+
+from .errors import (
+    AbortError,
+    DuplicateClientError,
+    InconsistentError,
+    InputError,
+    ReplayError,
+    SignatureError,
+    StageError,
+)
+from .messages import (
+    SERVER_ID,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    ForwardedShares,
+    KeyBroadcast,
+    KeyEntry,
+    MaskedInput,
+    Message,
+    ShareEntry,
+    ShareKeys,
+    ShareKind,
+    SignatureEntry,
+    UnmaskRequest,
+    UnmaskShares,
+    decode,
+)
+from .secagg_params import SecAggParams
+
+
+class ServerStage(enum.Enum):
+    ADVERTISE = "advertise"
+    SHARE = "share"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
+
+_EXPECTED = {
+    ServerStage.ADVERTISE: AdvertiseKeys,
+    ServerStage.SHARE: ShareKeys,
+    ServerStage.MASKED_INPUT: MaskedInput,
+    ServerStage.CONSISTENCY: ConsistencySignature,
+    ServerStage.UNMASK: UnmaskShares,
+}
+
+
+def _prune(alive: set[int], nbrs: Mapping[int, frozenset[int]], t: int) -> set[int]:
+    """Largest subset where every member keeps >= t neighbours inside it (t-core)."""
+    alive = set(alive)
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(alive):
+            if len(nbrs[i] & alive) < t:
+                alive.discard(i)
+                changed = True
+    return alive
+
+
+class Server:
+    """The aggregator's side of one round (honest-but-curious; robust to malicious clients)."""
+
+    def __init__(self, params: SecAggParams, identity_keys: Mapping[int, bytes]) -> None:
+        self.params = params
+        self.dim = params.require_dim()
+        missing = set(params.clients) - set(identity_keys)
+        if missing:
+            raise SignatureError(f"no identity key for clients {sorted(missing)[:5]}")
+        self._identity_keys = dict(identity_keys)
+        self._t = params.t
+        self._nbrs = params.neighbourhood.neighbours
+        self.stage = ServerStage.ADVERTISE
+        self._keys: dict[int, AdvertiseKeys] = {}
+        self._shares: dict[int, ShareKeys] = {}
+        self._acc = np.zeros(self.dim, dtype=params.encoder.dtype)
+        self._masked: set[int] = set()
+        self._sigs: dict[int, bytes] = {}
+        self._unmask: dict[int, UnmaskShares] = {}
+        self.u1: tuple[int, ...] = ()
+        self.u2: tuple[int, ...] = ()
+        self.u3: tuple[int, ...] = ()
+        self.u4: tuple[int, ...] = ()
+        self.u5: tuple[int, ...] = ()
+        self.dropped: dict[str, list[int]] = {}
+        self.result: np.ndarray | None = None
+
+    # -- receiving ---------------------------------------------------------------------
+    def receive(self, message: Message | bytes) -> None:
+        """Take one client message.  Refusals raise a :class:`ProtocolError` subclass and
+        leave the server's state unchanged (the transport logs and carries on)."""
+        if self.stage in (ServerStage.DONE, ServerStage.ABORTED):
+            raise StageError(f"server is {self.stage.value}; it accepts no more messages")
+        msg = decode(message) if not isinstance(message, Message) else message
+        if msg.session != self.params.session_tag:
+            raise ReplayError("message belongs to another session or parameter set")
+        if msg.round != self.params.round:
+            raise ReplayError(f"message is for round {msg.round}, this is round {self.params.round}")
+        i = msg.sender
+        if i not in self._nbrs:
+            raise InconsistentError(f"sender {i} is not in the cohort")
+        expected = _EXPECTED[self.stage]
+        if not isinstance(msg, expected):
+            raise StageError(f"got {type(msg).__name__} in stage {self.stage.value} (expected {expected.__name__})")
+        {
+            ServerStage.ADVERTISE: self._on_advertise,
+            ServerStage.SHARE: self._on_shares,
+            ServerStage.MASKED_INPUT: self._on_masked,
+            ServerStage.CONSISTENCY: self._on_signature,
+            ServerStage.UNMASK: self._on_unmask,
+        }[self.stage](i, msg)
+
+    def _on_advertise(self, i: int, msg: AdvertiseKeys) -> None:
+        if i in self._keys:
+            raise DuplicateClientError(f"client {i} already advertised keys")
+        try:
+            K.verify(self._identity_keys[i], msg.signature, self.params.advertise_message(i, msg.channel_pk, msg.mask_pk))
+        except IntegrityError as e:
+            raise SignatureError(f"keys of client {i} are not signed by its identity key") from e
+        for other in self._keys.values():
+            if {msg.channel_pk, msg.mask_pk} & {other.channel_pk, other.mask_pk} or msg.channel_pk == msg.mask_pk:
+                raise DuplicateClientError(f"client {i} reuses public keys of client {other.sender}")
+        self._keys[i] = msg
+
+    def _on_shares(self, i: int, msg: ShareKeys) -> None:
+        if i not in self.u1:
+            raise InconsistentError(f"client {i} sent shares but is not in U1")
+        if i in self._shares:
+            raise DuplicateClientError(f"client {i} already sent shares")
+        recipients = [e.peer for e in msg.entries]
+        if len(set(recipients)) != len(recipients):
+            raise DuplicateClientError(f"client {i} sent two ciphertexts to one recipient")
+        if set(recipients) != self._nbrs[i] & set(self.u1):
+            raise InconsistentError(f"client {i} must send exactly one ciphertext to each live neighbour")
+        self._shares[i] = msg
+
+    def _on_masked(self, i: int, msg: MaskedInput) -> None:
+        if i not in self.u2:
+            raise InconsistentError(f"client {i} sent a masked input but is not in U2")
+        if i in self._masked:
+            raise DuplicateClientError(f"client {i} already sent its masked input")
+        if msg.bits != self.params.bits or msg.vector.shape != (self.dim,):
+            raise InputError(f"masked input of client {i} must be {self.dim} words of {self.params.bits} bits")
+        np.add(self._acc, msg.vector, out=self._acc)
+        self._masked.add(i)
+
+    def _on_signature(self, i: int, msg: ConsistencySignature) -> None:
+        if i not in self.u3:
+            raise InconsistentError(f"client {i} is not a survivor")
+        if i in self._sigs:
+            raise DuplicateClientError(f"client {i} already confirmed")
+        try:
+            K.verify(self._identity_keys[i], msg.signature, self.params.consistency_message(i, self.u3))
+        except IntegrityError as e:
+            raise SignatureError(f"client {i}'s signature does not cover the survivor set") from e
+        self._sigs[i] = msg.signature
+
+    def _on_unmask(self, i: int, msg: UnmaskShares) -> None:
+        if i not in self.u4:
+            raise InconsistentError(f"client {i} was not asked to unmask")
+        if i in self._unmask:
+            raise DuplicateClientError(f"client {i} already sent unmask shares")
+        alive, dropped = self._expected_reveal(i)
+        got = {e.owner: e.kind for e in msg.entries}
+        if len(got) != len(msg.entries):
+            raise DuplicateClientError(f"client {i} sent two shares of one owner")
+        want = {j: ShareKind.SELF_MASK_SEED for j in alive} | {j: ShareKind.MASK_KEY for j in dropped}
+        if got != want:
+            raise InconsistentError(f"client {i} revealed shares other than those requested")
+        self._unmask[i] = msg
+
+    # -- stage deadline ----------------------------------------------------------------
+    def advance(self) -> dict[int, Message]:
+        """Close the current stage (its deadline passed); return ``{client: message}`` to send.
+
+        Raises :class:`AbortError` (and moves to ABORTED) when the threshold can no
+        longer be met; nothing private has been revealed at that point.
+        """
+        fn = {
+            ServerStage.ADVERTISE: self._close_advertise,
+            ServerStage.SHARE: self._close_share,
+            ServerStage.MASKED_INPUT: self._close_masked,
+            ServerStage.CONSISTENCY: self._close_consistency,
+            ServerStage.UNMASK: self._close_unmask,
+        }.get(self.stage)
+        if fn is None:
+            raise StageError(f"server is {self.stage.value}; nothing to advance")
+        try:
+            return fn()
+        except (AbortError, ParameterError) as e:
+            self.stage = ServerStage.ABORTED
+            self._acc = None  # type: ignore[assignment]
+            if isinstance(e, AbortError):
+                raise
+            raise AbortError(str(e)) from e
+
+    def _hdr(self) -> tuple[bytes, int, int]:
+        return (self.params.session_tag, self.params.round, SERVER_ID)
+
+    def _abort_if(self, cond: bool, why: str) -> None:
+        if cond:
+            raise AbortError(f"round aborted, nothing was revealed: {why}")
+
+    def _close_advertise(self) -> dict[int, Message]:
+        u1 = _prune(set(self._keys), self._nbrs, self._t)
+        self._abort_if(len(u1) < max(2, self._t), f"only {len(u1)} clients advertised keys with {self._t} live neighbours")
+        self.u1 = tuple(sorted(u1))
+        self.dropped["advertise"] = sorted(set(self.params.clients) - u1)
+        out: dict[int, Message] = {}
+        for i in self.u1:
+            ids = sorted((self._nbrs[i] & u1) | {i})
+            es = tuple(KeyEntry(j, self._keys[j].channel_pk, self._keys[j].mask_pk, self._keys[j].signature) for j in ids)
+            out[i] = KeyBroadcast(*self._hdr(), es)
+        self.stage = ServerStage.SHARE
+        return out
+
+    def _close_share(self) -> dict[int, Message]:
+        u2 = _prune(set(self._shares), self._nbrs, self._t)
+        self._abort_if(len(u2) < max(2, self._t), f"only {len(u2)} clients shared keys with {self._t} live neighbours")
+        self.u2 = tuple(sorted(u2))
+        self.dropped["share"] = sorted(set(self.u1) - u2)
+        inbox: dict[int, list[ShareEntry]] = {i: [] for i in self.u2}
+        for j in self.u2:
+            for e in self._shares[j].entries:
+                if e.peer in u2:
+                    inbox[e.peer].append(ShareEntry(j, e.ciphertext))
+        self.stage = ServerStage.MASKED_INPUT
+        return {i: ForwardedShares(*self._hdr(), tuple(inbox[i])) for i in self.u2}
+
+    def _close_masked(self) -> dict[int, Message]:
+        u3 = set(self._masked)
+        u2 = set(self.u2)
+        self._abort_if(len(u3) < max(2, self._t), f"only {len(u3)} masked inputs arrived; threshold is {self._t}")
+        for i in sorted(u2):
+            live = len(self._nbrs[i] & u3)
+            self._abort_if(live < self._t, f"client {i} has only {live} live neighbours holding its shares; threshold is {self._t}")
+        self.u3 = tuple(sorted(u3))
+        self.dropped["masked_input"] = sorted(u2 - u3)
+        self.stage = ServerStage.CONSISTENCY
+        return {i: ConsistencyRequest(*self._hdr(), self.u3) for i in self.u3}
+
+    def _expected_reveal(self, i: int) -> tuple[list[int], list[int]]:
+        holders = self._nbrs[i] & set(self.u2)
+        u3 = set(self.u3)
+        return sorted(holders & u3), sorted(holders - u3)
+
+    def _close_consistency(self) -> dict[int, Message]:
+        # A client only reveals if t of its neighbours confirmed; prune the others.
+        u4 = _prune(set(self._sigs), self._nbrs, self._t)
+        for j in self.u2:
+            have = len(self._nbrs[j] & u4)
+            self._abort_if(have < self._t, f"only {have} neighbours of client {j} confirmed the survivor set; threshold is {self._t}")
+        self.u4 = tuple(sorted(u4))
+        self.dropped["consistency"] = sorted(set(self.u3) - u4)
+        out: dict[int, Message] = {}
+        for i in self.u4:
+            alive, dropped = self._expected_reveal(i)
+            sigs = tuple(SignatureEntry(j, self._sigs[j]) for j in sorted(self._nbrs[i] & u4))
+            out[i] = UnmaskRequest(*self._hdr(), tuple(alive), tuple(dropped), sigs)
+        self.stage = ServerStage.UNMASK
+        return out
+
+    def _close_unmask(self) -> dict[int, Message]:
+        u5 = set(self._unmask)
+        self.u5 = tuple(sorted(u5))
+        self.dropped["unmask"] = sorted(set(self.u4) - u5)
+        u3 = set(self.u3)
+        shares: dict[tuple[int, ShareKind], dict[int, bytes]] = {}
+        for i in self.u5:
+            for e in self._unmask[i].entries:
+                shares.setdefault((e.owner, e.kind), {})[i + 1] = e.share
+        t = self._t
+        expander = MaskExpander(self.dim, self.params.bits)
+        self_seeds: dict[int, bytes] = {}
+        for j in self.u3:
+            got = shares.get((j, ShareKind.SELF_MASK_SEED), {})
+            self._abort_if(len(got) < t, f"only {len(got)} shares of client {j}'s self mask arrived; threshold is {t}")
+            self_seeds[j] = shamir.combine(got, t)
+        dropped_keys: dict[int, bytes] = {}
+        for j in sorted(set(self.u2) - u3):
+            got = shares.get((j, ShareKind.MASK_KEY), {})
+            self._abort_if(len(got) < t, f"only {len(got)} shares of dropped client {j}'s mask key arrived; threshold is {t}")
+            sk = shamir.combine(got, t)
+            try:
+                key = K.x25519_from_private_bytes(sk)
+                ok = K.public_bytes(key) == self._keys[j].mask_pk
+            except (ValueError, ParameterError):
+                ok = False
+            self._abort_if(not ok, f"the reconstructed mask key of client {j} does not match its advertised key (bad shares)")
+            dropped_keys[j] = sk
+        acc = self._acc
+        remove_self_masks(acc, self_seeds, expander)
+        ctx = self.params.mask_context()
+        for j, sk in dropped_keys.items():
+            key = K.x25519_from_private_bytes(sk)
+            seeds = {k: pair_seed(key, self._keys[k].mask_pk, ctx, j, k) for k in sorted(self._nbrs[j] & u3)}
+            remove_dropped_pair_masks(acc, j, seeds, expander)
+        self.result = ring_reduce(acc, self.params.bits)
+        self.stage = ServerStage.DONE
+        return {}
+
+    # -- result ------------------------------------------------------------------------
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        """U3: the clients whose inputs are in :attr:`result`."""
+        return self.u3
