@@ -42,9 +42,14 @@ class Aggregator(Protocol):
     name: str
 
     def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None
+        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
+        purpose: str = "update",
     ) -> AggregateResult:
-        """Sum ``inputs`` (each within ``[-clip, clip]`` per coordinate)."""
+        """Sum ``inputs`` (each within ``[-clip, clip]`` per coordinate).
+
+        ``purpose`` ("stats", "update", "eval") separates protocol sessions, so the same
+        round number can carry several aggregations without replay confusion.
+        """
         ...
 
 
@@ -54,7 +59,8 @@ class PlaintextAggregator:
     name = "plaintext"
 
     def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None
+        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
+        purpose: str = "update",
     ) -> AggregateResult:
         t0 = time.perf_counter()
         names = sorted(inputs)
@@ -85,7 +91,7 @@ class SecAggAggregator:
     def __init__(self, cfg: Config, all_clients: list[str]):
         self.cfg = cfg
         self.ids = {name: i + 1 for i, name in enumerate(sorted(all_clients))}
-        self.session = _session_id(cfg.seed, "secagg")
+        self.seed = cfg.seed
         self.rng = np.random.default_rng([cfg.seed, 0x5EC])  # only picks simulated dropouts
 
     def _threshold(self, n: int) -> int:
@@ -111,7 +117,8 @@ class SecAggAggregator:
         return drops
 
     def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None
+        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
+        purpose: str = "update",
     ) -> AggregateResult:
         from protocols.secagg import SecAggParams, simulate_round
 
@@ -123,8 +130,9 @@ class SecAggAggregator:
             )
         ids = [self.ids[n] for n in names]
         back = {self.ids[n]: n for n in names}
+        session = _session_id(self.seed, f"secagg/{purpose}")
         params = SecAggParams(
-            session_id=self.session,
+            session_id=session,
             round=round,
             clients=tuple(ids),
             threshold=self._threshold(len(ids)),
@@ -132,8 +140,8 @@ class SecAggAggregator:
             bits=bits or self.cfg.aggregation.bits,
             clip=float(clip),
         )
-        drops = self._drops(ids) if round > 0 else {}
-        seed = hashlib.sha256(self.session + round.to_bytes(8, "big")).digest()
+        drops = self._drops(ids) if purpose == "update" else {}
+        seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()
         t0 = time.perf_counter()
         res = simulate_round(
             params, {self.ids[n]: np.asarray(inputs[n], dtype=np.float64) for n in names}, drop=drops, seed=seed

@@ -61,7 +61,7 @@ class Hospital:
 
             p = cfg.privacy
             self.ledger = PrivacyLedger(
-                client=data.name, delta=p.delta, accountant=p.accountant, budget_epsilon=p.target_epsilon
+                client=data.name, delta=p.delta, accountant=p.accountant, budget_epsilon=p.budget
             )
             self.trainer = PrivateTrainer(
                 ledger=self.ledger,
@@ -82,19 +82,79 @@ class Hospital:
         model = self.model_factory()
         set_vector(model, global_vec)
         h = self.data
+        t = self.cfg.training
+        mu = t.prox_mu if t.strategy == "fedprox" else 0.0
         if self.trainer is not None:
-            rep = self.trainer.train(model, h.X, h.y, round=round)
+            rep = self.trainer.train(model, h.X, h.y, round=round, prox_mu=mu)
             steps, eps, loss = rep.steps, rep.epsilon, rep.loss
         else:
-            t = self.cfg.training
             steps = plain.train(
                 model, h.X, h.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round,
+                seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round, prox_mu=mu,
             )
             eps, loss = None, None
         delta = clip_l2(get_vector(model) - global_vec, self.cfg.aggregation.update_clip)
         vec = np.concatenate([h.n * delta, [float(h.n)]])
         return LocalResult(vector=vec, steps=steps, epsilon=eps, loss=loss)
+
+    def evaluate(self, global_vec: np.ndarray) -> np.ndarray:
+        """Site evaluation of the global model on the own held-out split, as the summable
+        vector ``[n_val * accuracy, n_val * loss, n_val]`` (only its federation sum is revealed)."""
+        from fl.metrics import evaluate
+
+        model = self.model_factory()
+        set_vector(model, global_vec)
+        n_val = len(self.data.y_val)
+        if n_val == 0:
+            return np.zeros(3)
+        m = evaluate(model, self.data.X_val, self.data.y_val)
+        return np.array([n_val * m["accuracy"], n_val * min(m["loss"], 100.0), float(n_val)])
+
+    def personalize(self, global_vec: np.ndarray, round: int) -> dict:
+        """Fine-tune the global model on local records (DP, charged to this hospital's ledger).
+
+        With ``personalization.head_only`` only the last layer is trained. Returns the
+        global and personalised model's metrics on the hospital's own held-out split, and
+        ε before/after; a fine-tuning that would exceed the budget is declined (the
+        personalised model is then the global one).
+        """
+        from fl.metrics import evaluate
+
+        pc = self.cfg.personalization
+        h = self.data
+        model = self.model_factory()
+        set_vector(model, global_vec)
+        before = evaluate(model, h.X_val, h.y_val)
+        if pc.head_only:
+            params = list(model.parameters())
+            for p in params[:-2]:  # everything but the last layer's weight and bias
+                p.requires_grad_(False)
+        eps_before = self.epsilon()
+        out: dict = {"global": before, "epsilon_before": eps_before}
+        lr = pc.lr if pc.lr is not None else self.cfg.training.lr
+        if self.ledger is not None:
+            from dp.errors import BudgetExceeded
+            from dp.training import PrivateTrainer
+
+            # A second trainer on the same ledger continues the same accountant.
+            ft = PrivateTrainer(
+                ledger=self.ledger, noise_multiplier=self.trainer.noise_multiplier,
+                max_grad_norm=self.cfg.privacy.max_grad_norm, batch_size=self.cfg.training.batch_size,
+                epochs=pc.epochs, lr=lr, seed=self.cfg.seed * 1_000_003 + self.index + 7,
+            )
+            try:
+                ft.train(model, h.X, h.y, round=round)
+            except BudgetExceeded as e:
+                out["refused"] = str(e)
+        else:
+            plain.train(model, h.X, h.y, epochs=pc.epochs, batch_size=self.cfg.training.batch_size, lr=lr,
+                        seed=self.cfg.seed + self.index + round)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        out["personalized"] = evaluate(model, h.X_val, h.y_val)
+        out["epsilon_after"] = self.epsilon()
+        self.personal_model = model
+        return out
 
     def epsilon(self) -> float | None:
         return None if self.ledger is None else float(self.ledger.epsilon())

@@ -19,7 +19,8 @@ from fl.errors import ConfigError
 DATASETS = ("breast_cancer", "digits", "csv")
 MODELS = ("logreg", "mlp", "cnn")
 AGGREGATIONS = ("plaintext", "masked", "secagg", "paillier")
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "trimmed_mean")
+ROBUST_STRATEGIES = ("fedmedian", "trimmed_mean")
 ACCOUNTANTS = ("rdp", "prv")
 
 
@@ -70,8 +71,28 @@ class TrainingConfig:
     server_lr: float = 1.0
     strategy: str = "fedavg"
     min_clients: int = 2
+    prox_mu: float = 0.1
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    trim_fraction: float = 0.1
+    target_accuracy: float | None = None
+    patience: int | None = None
+    min_delta: float = 1e-3
 
     def check(self) -> None:
+        _range("training.prox_mu", self.prox_mu, 0.0, 1e6)
+        _range("training.server_momentum", self.server_momentum, 0.0, 0.999999)
+        _range("training.beta1", self.beta1, 0.0, 0.999999)
+        _range("training.beta2", self.beta2, 0.0, 0.999999)
+        _range("training.tau", self.tau, 1e-12, 1.0)
+        _range("training.trim_fraction", self.trim_fraction, 0.0, 0.49)
+        if self.target_accuracy is not None:
+            _range("training.target_accuracy", self.target_accuracy, 0.0, 1.0)
+        if self.patience is not None:
+            _range("training.patience", self.patience, 1, 10**6)
+        _range("training.min_delta", self.min_delta, 0.0, 1.0)
         _range("training.rounds", self.rounds, 1, 100_000)
         _range("training.local_epochs", self.local_epochs, 1, 10_000)
         _range("training.batch_size", self.batch_size, 1, 10**7)
@@ -85,10 +106,16 @@ class TrainingConfig:
 class PrivacyConfig:
     enabled: bool = True
     noise_multiplier: float | None = None
-    target_epsilon: float | None = 3.0
+    target_epsilon: float | None = None
+    budget_epsilon: float | None = None
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
+
+    @property
+    def budget(self) -> float | None:
+        """The ε cap each hospital enforces: ``budget_epsilon``, else ``target_epsilon``, else none."""
+        return self.budget_epsilon if self.budget_epsilon is not None else self.target_epsilon
 
     def check(self) -> None:
         if self.noise_multiplier is not None and self.target_epsilon is not None:
@@ -98,6 +125,11 @@ class PrivacyConfig:
             )
         if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
             raise ConfigError("privacy: set noise_multiplier (e.g. 1.0) or target_epsilon (e.g. 3.0), or enabled = false")
+        if self.budget_epsilon is not None and not (self.budget_epsilon > 0 and math.isfinite(self.budget_epsilon)):
+            raise ConfigError(f"privacy.budget_epsilon must be a positive number, got {self.budget_epsilon!r}")
+        if self.target_epsilon is not None and self.budget_epsilon is not None and self.budget_epsilon < self.target_epsilon:
+            raise ConfigError("privacy.budget_epsilon is below target_epsilon; the planned rounds would be refused. "
+                              "Leave budget_epsilon out (it defaults to target_epsilon) or raise it")
         if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
             raise ConfigError(f"privacy.target_epsilon must be a positive number, got {self.target_epsilon!r}")
         if self.noise_multiplier is not None:
@@ -130,19 +162,40 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class PersonalizationConfig:
+    enabled: bool = False
+    epochs: int = 2
+    lr: float | None = None
+    head_only: bool = True
+
+    def check(self) -> None:
+        _range("personalization.epochs", self.epochs, 1, 10_000)
+        if self.lr is not None:
+            _range("personalization.lr", self.lr, 1e-9, 1e3)
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    privacy: PrivacyConfig = field(default_factory=lambda: PrivacyConfig(target_epsilon=3.0))
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     base_dir: str = "."
 
     def check(self) -> "Config":
         _range("seed", self.seed, 0, 2**63 - 1)
-        for sec in (self.data, self.model, self.training, self.privacy, self.aggregation):
+        for sec in (self.data, self.model, self.training, self.privacy, self.aggregation, self.personalization):
             sec.check()
+        if self.training.strategy in ROBUST_STRATEGIES and self.aggregation.mode != "plaintext":
+            raise ConfigError(
+                f"training.strategy = {self.training.strategy!r} needs every hospital's individual update, which "
+                f"aggregation.mode = {self.aggregation.mode!r} hides from the server; use mode = \"plaintext\", or keep "
+                "secure aggregation with a sum-based strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi) and bound "
+                "each update's norm with aggregation.update_clip"
+            )
         if self.data.dataset == "csv":
             n = len(self.data.csv)
         else:
@@ -172,6 +225,7 @@ _SECTIONS = {
     "training": TrainingConfig,
     "privacy": PrivacyConfig,
     "aggregation": AggregationConfig,
+    "personalization": PersonalizationConfig,
 }
 
 
@@ -222,7 +276,9 @@ def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"[{section}] must be a table of keys")
     known = {f.name: f for f in fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    if cls is PrivacyConfig and "noise_multiplier" not in raw and "target_epsilon" not in raw:
+        kwargs["target_epsilon"] = 3.0  # the default privacy: calibrate to ε = 3
     for k, v in raw.items():
         if k not in known:
             raise ConfigError(

@@ -20,12 +20,18 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
+    prox_mu: float = 0.0,
 ) -> int:
-    """Mini-batch SGD in place; returns the number of optimiser steps taken."""
+    """Mini-batch SGD in place; returns the number of optimiser steps taken.
+
+    ``prox_mu > 0`` adds FedProx's ``(mu/2)·||w - w_start||^2`` to the objective.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    ref = [p.detach().clone() for p in params]
     g = torch.Generator().manual_seed(seed)
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = torch.optim.SGD(params, lr=lr)
     model.train()
     steps = 0
     for _ in range(epochs):
@@ -34,6 +40,10 @@ def train(
             idx = perm[i : i + batch_size]
             opt.zero_grad()
             nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            if prox_mu > 0:
+                with torch.no_grad():
+                    for p, r in zip(params, ref):
+                        p.grad.add_(p.detach() - r, alpha=prox_mu)
             opt.step()
             steps += 1
     return steps

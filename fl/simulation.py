@@ -48,7 +48,10 @@ def calibrated_noise(cfg: Config, n_records: int) -> float | None:
     from dp.calibrate import noise_multiplier_for
 
     k = _batches_per_epoch(n_records, cfg.training.batch_size)
-    steps = cfg.training.rounds * cfg.training.local_epochs * k
+    epochs = cfg.training.rounds * cfg.training.local_epochs
+    if cfg.personalization.enabled:  # the fine-tuning is paid from the same budget
+        epochs += cfg.personalization.epochs
+    steps = epochs * k
     return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant))
 
 
@@ -61,6 +64,37 @@ def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callabl
     epochs = min(cfg.training.rounds * cfg.training.local_epochs, 50)
     plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=cfg.seed)
     return evaluate(model, fd.X_test, fd.y_test)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop on a target metric or a plateau; ``update`` returns the reason to stop, or None.
+
+    ``target``: stop as soon as the watched metric (test accuracy) reaches it.
+    ``patience``: stop when the best value has not improved by more than ``min_delta``
+    for ``patience`` consecutive rounds.
+    """
+
+    def __init__(self, target: float | None, patience: int | None, min_delta: float = 0.0):
+        self.target, self.patience, self.min_delta = target, patience, min_delta
+        self.best = -math.inf
+        self.since = 0
+
+    def update(self, round: int, value: float) -> str | None:
+        if math.isnan(value):
+            return None
+        if self.target is not None and value >= self.target:
+            return f"target accuracy {self.target:g} reached in round {round} ({value:.4f})"
+        if value > self.best + self.min_delta:
+            self.best, self.since = value, 0
+        else:
+            self.since += 1
+        if self.patience is not None and self.since >= self.patience:
+            return (
+                f"plateau: accuracy did not improve by more than {self.min_delta:g} for {self.patience} rounds "
+                f"(best {self.best:.4f}); stopped after round {round}"
+            )
+        return None
 
 
 @dataclass
@@ -115,13 +149,15 @@ def federate(
     torch.manual_seed(cfg.seed)
     global_model = make_model()
     weights = models.get_vector(global_model)
-    strategy = strategies.make(cfg.training.strategy, cfg.training.server_lr)
+    strategy = strategies.make(cfg.training)
     hospitals = [
         Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n)) for i, h in enumerate(fd.hospitals)
     ]
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
     clip = weight_cap * cfg.aggregation.update_clip
+    eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))
+    stopper = EarlyStopping(cfg.training.target_accuracy, cfg.training.patience, cfg.training.min_delta)
 
     history: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -131,6 +167,7 @@ def federate(
                       for h, hs in zip(fd.hospitals, hospitals)},
         "rounds": [],
     }
+    stop_reason = f"completed {cfg.training.rounds} rounds"
     for r in range(1, cfg.training.rounds + 1):
         t_round = time.perf_counter()
         inputs: dict[str, np.ndarray] = {}
@@ -148,22 +185,31 @@ def federate(
         if extra_updates is not None:
             inputs.update(extra_updates(r, weights))
         if len(inputs) < cfg.training.min_clients:
-            history["stopped"] = {
-                "round": r,
-                "reason": f"only {len(inputs)} hospitals could take part in round {r} "
-                f"(training.min_clients = {cfg.training.min_clients}); refused: {sorted(refused)}",
-            }
+            stop_reason = (
+                f"only {len(inputs)} hospitals could take part in round {r} "
+                f"(training.min_clients = {cfg.training.min_clients}); refused: {', '.join(sorted(refused))}"
+            )
+            history["stopped"] = {"round": r, "reason": stop_reason, "refused": refused}
             break
         t_agg = time.perf_counter()
         result = agg.aggregate(r, inputs, clip=clip)
         agg_s = time.perf_counter() - t_agg
-        weights = strategy.step(weights, result.total)
+        if strategy.needs_individual_updates:  # plaintext only (enforced by the config)
+            ups = [np.clip(inputs[c], -clip, clip) for c in sorted(result.contributors)]
+            weights = strategy.step_individual(weights, ups)
+        else:
+            weights = strategy.step(weights, result.total)
         models.set_vector(global_model, weights)
         metrics = evaluate(global_model, fd.X_test, fd.y_test)
+        site = agg.aggregate(
+            r, {hs.name: hs.evaluate(weights) for hs in hospitals}, clip=eval_clip, bits=64, purpose="eval"
+        ).total
         row: dict[str, Any] = {
             "round": r,
             "participants": sorted(result.contributors),
             "metrics": metrics,
+            "site_metrics": {"accuracy": float(site[0] / site[2]), "loss": float(site[1] / site[2]),
+                             "records": int(round(site[2]))} if site[2] > 0 else {},
             "epsilon": {hs.name: hs.epsilon() for hs in hospitals if hs.ledger is not None},
             "delta": cfg.privacy.delta if cfg.privacy.enabled else None,
             "upload_bytes": result.upload_bytes,
@@ -178,9 +224,18 @@ def federate(
         history["rounds"].append(row)
         if on_round is not None:
             on_round(row)
+        watched = metrics["accuracy"] if len(fd.y_test) else row["site_metrics"].get("accuracy", math.nan)
+        why = stopper.update(r, watched)
+        if why is not None:
+            stop_reason = why
+            history["stopped"] = {"round": r, "reason": why}
+            break
 
+    if cfg.personalization.enabled:
+        last = history["rounds"][-1]["round"] if history["rounds"] else 0
+        history["personalization"] = {hs.name: hs.personalize(weights, last + 1) for hs in hospitals}
     history["privacy"] = {hs.name: hs.ledger.to_dict() for hs in hospitals if hs.ledger is not None}
-    history["final"] = {"metrics": evaluate(global_model, fd.X_test, fd.y_test)}
+    history["final"] = {"metrics": evaluate(global_model, fd.X_test, fd.y_test), "stop_reason": stop_reason}
     if baseline:
         history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model)}
     history["final"]["max_epsilon"] = max(

@@ -38,7 +38,7 @@ def federated_standardise(data: FederatedData, aggregator: Aggregator) -> tuple[
                 "(e.g. to units where values are below 10^4)"
             )
         inputs[h.name] = v
-    res = aggregator.aggregate(0, inputs, clip=STATS_CLIP, bits=STATS_BITS)
+    res = aggregator.aggregate(0, inputs, clip=STATS_CLIP, bits=STATS_BITS, purpose="stats")
     tot = res.total
     n = tot[0]
     mean = tot[1 : 1 + d] / n
