@@ -97,6 +97,7 @@ def simulate_round(
     seed: bytes = DEFAULT_SEED,
     identities: Mapping[int, Ed25519PrivateKey] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    transcript: list[tuple[str, int, bytes]] | None = None,
 ) -> RoundResult:
     """Run one SecAgg/SecAgg+ round in memory between honest parties.
 
@@ -114,6 +115,9 @@ def simulate_round(
         identity keys) is derived: the same seed replays the round byte-for-byte.
     clock
         Timer for the reported seconds (only used for measurement).
+    transcript
+        If given, every wire message is appended as ``("up"|"down", client, bytes)``
+        in the order sent (for test vectors and replay checks).
 
     Raises :class:`AbortError` when the threshold cannot be met (nothing revealed),
     :class:`InputError` if an input is invalid, :class:`ParameterError` for bad parameters.
@@ -154,6 +158,8 @@ def simulate_round(
         for m in msgs:
             data = m.encode()
             up[i] += len(data)
+            if transcript is not None:
+                transcript.append(("up", i, data))
             t = clock()
             server.receive(data)
             ssec += clock() - t
@@ -182,6 +188,8 @@ def simulate_round(
         gone |= drop.get(stage, set())
         for i, data in outbox.items():
             down[i] += len(data)
+            if transcript is not None:
+                transcript.append(("down", i, data))
             if i in gone:
                 continue
             c = clients[i]
