@@ -37,15 +37,16 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from phe.paillier import PaillierPrivateKey, PaillierPublicKey
 
 from protocols.errors import AbortError, DecodeError, ProtocolError, RefusedError, StageError
+from protocols.paillier_messages import (AggregatePlaintext, AggregateRequest, DecryptionShareMessage, Upload,
+                                         int_blob, sha256_digest)
 from secagg.errors import SecAggError
 from secagg.paillier import (CrtDecryptor, EncryptedVector, FastEncryptor, PackingLayout, RandomBytes,
                              ciphertext_bytes, encrypt_vector, generate_keypair, keypair_from_primes,
@@ -204,6 +205,10 @@ def setup_keys(params: PaillierParams, *, rng: RandomBytes = os.urandom, holder:
     ``threshold`` mode: a dealer deals ``params.t``-of-``len(clients)`` shares over a
     safe-prime modulus; ``primes`` supplies precomputed safe primes (generating two
     1024-bit ones takes a while).
+
+    Pass the study's full client list in ``params.clients``: threshold shares go to those
+    hospitals, and later rounds may use any subset of them as contributors (each round's
+    ``params.clients`` sets that round's slot headroom).
     """
     ident = rng(32)
     if params.keys == "holder":
@@ -218,193 +223,6 @@ def setup_keys(params: PaillierParams, *, rng: RandomBytes = os.urandom, holder:
     parties = tuple(params.clients)
     return KeySetup(PublicSetup("threshold", pub.public_key, parties=parties, threshold_key=pub),
                     shares={parties[s.index - 1]: s for s in shares}, identity_seed=ident)
-
-
-# -- wire format -------------------------------------------------------------------------
-_MAGIC = b"FVPA"
-_VERSION = 1
-_T_UPLOAD, _T_REQUEST, _T_PLAIN, _T_SHARE = 1, 2, 3, 4
-_MAX_FIELD = 1 << 31
-
-
-class _Writer:
-    def __init__(self, kind: int) -> None:
-        self.parts = [_MAGIC, bytes([_VERSION, kind])]
-
-    def u32(self, x: int) -> "_Writer":
-        self.parts.append(struct.pack(">I", x))
-        return self
-
-    def blob(self, b: bytes) -> "_Writer":
-        self.parts.append(struct.pack(">I", len(b)))
-        self.parts.append(bytes(b))
-        return self
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-class _Reader:
-    def __init__(self, data: bytes, kind: int) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError("message must be bytes")
-        self.data, self.pos = memoryview(bytes(data)), 6
-        if len(self.data) < 6 or bytes(self.data[:4]) != _MAGIC:
-            raise DecodeError("not a fedvault Paillier message")
-        if self.data[4] != _VERSION:
-            raise DecodeError(f"unsupported message version {self.data[4]} (this code speaks {_VERSION})")
-        if self.data[5] != kind:
-            raise DecodeError(f"expected message type {kind}, got {self.data[5]}")
-
-    def _take(self, k: int) -> bytes:
-        if k < 0 or self.pos + k > len(self.data):
-            raise DecodeError("message truncated")
-        out = bytes(self.data[self.pos:self.pos + k])
-        self.pos += k
-        return out
-
-    def u32(self) -> int:
-        return struct.unpack(">I", self._take(4))[0]
-
-    def blob(self) -> bytes:
-        return self._take(self.u32())
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise DecodeError("trailing bytes after message")
-
-
-def _sha256(*parts: bytes) -> bytes:
-    h = hashes.Hash(hashes.SHA256())
-    for p in parts:
-        h.update(p)
-    return h.finalize()
-
-
-@dataclass(frozen=True)
-class Upload:
-    """Client -> server: one client's packed ciphertexts, signed (see the module docstring)."""
-
-    session_id: bytes
-    round: int
-    sender: int
-    key_fingerprint: bytes
-    length: int
-    ciphertexts: bytes
-    signature: bytes
-
-    @staticmethod
-    def signed_bytes(session_id: bytes, round: int, sender: int, key_fingerprint: bytes, length: int,
-                     ciphertexts: bytes) -> bytes:
-        return (b"fedvault/paillier/upload/v1\x00" + struct.pack(">B", len(session_id)) + session_id
-                + struct.pack(">III", round, sender, length) + key_fingerprint + _sha256(ciphertexts))
-
-    def to_bytes(self) -> bytes:
-        return (_Writer(_T_UPLOAD).blob(self.session_id).u32(self.round).u32(self.sender)
-                .blob(self.key_fingerprint).u32(self.length).blob(self.ciphertexts).blob(self.signature).bytes())
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "Upload":
-        r = _Reader(data, _T_UPLOAD)
-        msg = cls(r.blob(), r.u32(), r.u32(), r.blob(), r.u32(), r.blob(), r.blob())
-        r.end()
-        return msg
-
-    def verify(self, identity: Ed25519PublicKey) -> None:
-        """Raise :class:`RefusedError` unless ``identity`` signed this upload."""
-        try:
-            identity.verify(self.signature, self.signed_bytes(self.session_id, self.round, self.sender,
-                                                              self.key_fingerprint, self.length, self.ciphertexts))
-        except InvalidSignature:
-            raise RefusedError(f"upload of client {self.sender} is not signed by that client") from None
-
-
-@dataclass(frozen=True)
-class AggregateRequest:
-    """Server -> decryptor(s): the signed uploads it summed and its claimed sum."""
-
-    session_id: bytes
-    round: int
-    uploads: tuple[bytes, ...]
-    aggregate: bytes
-
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_REQUEST).blob(self.session_id).u32(self.round).u32(len(self.uploads))
-        for u in self.uploads:
-            w.blob(u)
-        return w.blob(self.aggregate).bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "AggregateRequest":
-        r = _Reader(data, _T_REQUEST)
-        sid, rnd, count = r.blob(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many uploads")
-        ups = tuple(r.blob() for _ in range(count))
-        msg = cls(sid, rnd, ups, r.blob())
-        r.end()
-        return msg
-
-
-@dataclass(frozen=True)
-class AggregatePlaintext:
-    """Key holder -> server: exact slot sums (uint64, little-endian) of the named contributors."""
-
-    session_id: bytes
-    round: int
-    contributors: tuple[int, ...]
-    sums: bytes
-
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_PLAIN).blob(self.session_id).u32(self.round).u32(len(self.contributors))
-        for c in self.contributors:
-            w.u32(c)
-        return w.blob(self.sums).bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "AggregatePlaintext":
-        r = _Reader(data, _T_PLAIN)
-        sid, rnd, count = r.blob(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many contributors")
-        contributors = tuple(r.u32() for _ in range(count))
-        msg = cls(sid, rnd, contributors, r.blob())
-        r.end()
-        return msg
-
-
-@dataclass(frozen=True)
-class DecryptionShareMessage:
-    """Threshold party -> server: its decryption share of the aggregate and the proof."""
-
-    session_id: bytes
-    round: int
-    party: int
-    contributors: tuple[int, ...]
-    values: bytes
-    e: bytes
-    z: bytes
-
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_SHARE).blob(self.session_id).u32(self.round).u32(self.party).u32(len(self.contributors))
-        for c in self.contributors:
-            w.u32(c)
-        return w.blob(self.values).blob(self.e).blob(self.z).bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "DecryptionShareMessage":
-        r = _Reader(data, _T_SHARE)
-        sid, rnd, party, count = r.blob(), r.u32(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many contributors")
-        contributors = tuple(r.u32() for _ in range(count))
-        msg = cls(sid, rnd, party, contributors, r.blob(), r.blob(), r.blob())
-        r.end()
-        return msg
-
-
-def _int_to_blob(x: int) -> bytes:
-    return x.to_bytes((x.bit_length() + 7) // 8 or 1, "big")
 
 
 # -- state machines --------------------------------------------------------------------
@@ -655,7 +473,7 @@ class ThresholdDecryptor(_Decryptor):
         w = ciphertext_bytes(self.public.public_key.n.bit_length())
         return DecryptionShareMessage(self.params.session_id, self.params.round, self.party, contributors,
                                       b"".join(int(v).to_bytes(w, "big") for v in ds.values),
-                                      _int_to_blob(ds.e), _int_to_blob(ds.z)).to_bytes()
+                                      int_blob(ds.e), int_blob(ds.z)).to_bytes()
 
 
 # -- in-process simulation -----------------------------------------------------------------
@@ -677,7 +495,7 @@ class RoundResult:
 
 
 def _derive(seed: bytes, label: bytes, who: int) -> RandomBytes:
-    return seeded_random(_sha256(b"fedvault/paillier/sim/v1\x00", seed, label, struct.pack(">I", who)))
+    return seeded_random(sha256_digest(b"fedvault/paillier/sim/v1\x00", seed, label, struct.pack(">I", who)))
 
 
 def simulate_round(params: PaillierParams, setup: KeySetup, inputs: Mapping[int, np.ndarray], *, seed: bytes,
