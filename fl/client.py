@@ -129,6 +129,7 @@ class Hospital:
             params = list(model.parameters())
             for p in params[:-2]:  # everything but the last layer's weight and bias
                 p.requires_grad_(False)
+        model.train()  # evaluate() left it in eval mode
         eps_before = self.epsilon()
         out: dict = {"global": before, "epsilon_before": eps_before}
         lr = pc.lr if pc.lr is not None else self.cfg.training.lr

@@ -21,6 +21,8 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> dict[str, float]
         loss = nn.functional.cross_entropy(logits, torch.as_tensor(y, dtype=torch.long)).item()
         prob = torch.softmax(logits, dim=1).double().numpy()
     acc = float((prob.argmax(1) == y).mean())
+    if len(np.unique(y)) < 2:
+        return {"accuracy": acc, "roc_auc": math.nan, "loss": float(loss)}
     try:
         if prob.shape[1] == 2:
             auc = float(roc_auc_score(y, prob[:, 1]))
