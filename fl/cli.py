@@ -159,8 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _torch_threads() -> None:
+    """One intra-op thread: the models are small, and several threads only spin against
+    each other (10x slower here on 2 busy cores). ``FEDVAULT_TORCH_THREADS`` overrides."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("FEDVAULT_TORCH_THREADS", "1")))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("demo", "run"):
+        _torch_threads()
     expected = _expected_errors()
     try:
         return int(args.func(args) or 0)
