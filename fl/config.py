@@ -148,9 +148,16 @@ class AggregationConfig:
     graph: str = "complete"
     threshold: int | None = None
     dropout: float = 0.0
+    keys: str = "holder"
+    key_bits: int = 2048
+    slot_bits: int = 32
+    short_exponent: bool = False
 
     def check(self) -> None:
         _choice("aggregation.mode", self.mode, AGGREGATIONS)
+        _choice("aggregation.keys", self.keys, ("holder", "threshold"))
+        _range("aggregation.key_bits", self.key_bits, 512, 4096)
+        _range("aggregation.slot_bits", self.slot_bits, 8, 56)
         _range("aggregation.dropout", self.dropout, 0.0, 0.9)
         if self.dropout and self.mode not in ("masked", "secagg"):
             raise ConfigError("aggregation.dropout simulates lost hospitals in the secagg protocol; use mode = \"secagg\" or dropout = 0")

@@ -215,6 +215,7 @@ def federate(
             "upload_bytes": result.upload_bytes,
             "refused": refused,
             "dropped": result.dropped,
+            "protocol_seconds": result.seconds,
             "seconds": {
                 "train": max(train_s.values()) if train_s else 0.0,
                 "aggregate": agg_s,
