@@ -9,6 +9,8 @@ BENCHMARKS = {
     "round": "benchmarks.round",        # one FL round: plaintext vs masked (issue 2)
     "secagg": "benchmarks.secagg",      # SecAgg/SecAgg+ protocol, vs Flower (issue 3)
     "paillier": "benchmarks.paillier",  # packed Paillier vs per-value phe (issue 4)
+    "strategies": "benchmarks.strategies",  # FedAvg/FedProx/FedAdam + personalisation (issue 8)
+    "flower": "benchmarks.flower",      # Flower's SecAgg+ vs fedvault's plug-in (issue 7)
 }
 
 

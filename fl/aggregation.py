@@ -24,7 +24,8 @@ from typing import Mapping, Protocol
 import numpy as np
 
 from fl.config import Config
-from fl.errors import FederationError
+from fl.errors import ConfigError, FederationError
+from secagg.errors import ParameterError
 
 
 @dataclass
@@ -94,11 +95,11 @@ class SecAggAggregator:
         self.seed = cfg.seed
         self.rng = np.random.default_rng([cfg.seed, 0x5EC])  # only picks simulated dropouts
 
-    def _threshold(self, n: int) -> int:
+    def _threshold(self, n: int) -> int | None:
+        """The configured t (capped at the round's size), or None: the protocol's default,
+        a strict majority of the smallest neighbourhood of the masking graph."""
         t = self.cfg.aggregation.threshold
-        if t is None:
-            t = max(2, n // 2 + 1)
-        return min(t, n)
+        return None if t is None else min(t, n)
 
     def _drops(self, ids: list[int]) -> dict[str, list[int]]:
         frac = self.cfg.aggregation.dropout
@@ -131,15 +132,18 @@ class SecAggAggregator:
         ids = [self.ids[n] for n in names]
         back = {self.ids[n]: n for n in names}
         session = _session_id(self.seed, f"secagg/{purpose}")
-        params = SecAggParams(
-            session_id=session,
-            round=round,
-            clients=tuple(ids),
-            threshold=self._threshold(len(ids)),
-            graph=self.cfg.aggregation.graph,
-            bits=bits or self.cfg.aggregation.bits,
-            clip=float(clip),
-        )
+        try:
+            params = SecAggParams(
+                session_id=session,
+                round=round,
+                clients=tuple(ids),
+                threshold=self._threshold(len(ids)),
+                graph=self.cfg.aggregation.graph,
+                bits=bits or self.cfg.aggregation.bits,
+                clip=float(clip),
+            )
+        except ParameterError as e:
+            raise ConfigError(f"aggregation: {e}; adjust aggregation.threshold / graph / bits") from None
         drops = self._drops(ids) if purpose == "update" else {}
         seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()
         t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> dict[str, float]
     if len(np.unique(y)) < 2:
         return {"accuracy": acc, "roc_auc": math.nan, "loss": float(loss)}
     try:
+        warnings.filterwarnings("ignore", message="Only one class is present", module="sklearn")
         if prob.shape[1] == 2:
             auc = float(roc_auc_score(y, prob[:, 1]))
         else:
