@@ -36,7 +36,7 @@ def cfg_with(**sections):
 
 def strip_timings(obj):
     if isinstance(obj, dict):
-        return {k: strip_timings(v) for k, v in obj.items() if k != "seconds"}
+        return {k: strip_timings(v) for k, v in obj.items() if not k.endswith("seconds")}
     if isinstance(obj, list):
         return [strip_timings(v) for v in obj]
     return obj
