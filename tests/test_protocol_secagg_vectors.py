@@ -82,3 +82,25 @@ def test_round_vector_headers_and_sum():
     signed = [w - (1 << bits) if w >= 1 << (bits - 1) else w for w in r["encoded_total"]]
     assert [s / 2**f for s in signed] == r["total"]
     assert r["survivors"] == [1, 2, 3] and r["drop"] == {"masked_input": [4]}
+
+
+def test_session_tag_matches_spec_description():
+    r = V["round"]
+    p = r["params"]
+    sid = bytes.fromhex(p["session_id"])
+    h = hashlib.sha256(b"fedvault/secagg/session/v1")
+    h.update(struct.pack(">B", len(sid)) + sid)
+    h.update(struct.pack(">I", len(p["clients"])) + b"".join(struct.pack(">I", i) for i in p["clients"]))
+    h.update(struct.pack(">I8sBBdBI", p["threshold"], p["graph"].encode().ljust(8, b"\0"), p["bits"], 0, p["clip"],
+                         p["frac_bits"], p["dim"]))
+    assert h.digest()[:16].hex() == r["session_tag"]
+
+
+def test_traffic_formulas_in_spec():
+    from protocols.secagg import SecAggParams, simulate_round
+
+    params = SecAggParams(b"s", 0, tuple(range(10)))
+    res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})
+    deg, dim, w = 9, 1000, 4
+    assert res.upload_bytes[0] == 5 * 32 + 128 + (4 + 92 * deg) + (5 + dim * w) + 64 + (4 + 37 * deg)
+    assert res.download_bytes[0] == 4 * 32 + (4 + 132 * (deg + 1)) + (4 + 92 * deg) + (4 + 4 * 10) + (12 + 72 * deg)
