@@ -54,7 +54,7 @@ def run(dataset: str, strategy: str, rounds: int | None = None) -> dict:
         s["training"]["rounds"] = rounds
     s["privacy"] = {"target_epsilon": 3.0, "delta": 1e-5}
     s["aggregation"] = {"mode": "secagg"}
-    s["personalization"] = {"enabled": True, "epochs": 2, "head_only": True}
+    s["personalization"] = {"enabled": True, "epochs": 2, "head_only": True, "lr": 0.1}
     h = run_federation(from_dict(s), baseline=False)
     gains = [
         p["personalized"]["accuracy"] - p["global"]["accuracy"]
