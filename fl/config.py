@@ -71,6 +71,7 @@ class TrainingConfig:
     server_lr: float = 1.0
     strategy: str = "fedavg"
     min_clients: int = 2
+    client_fraction: float = 1.0
     prox_mu: float = 0.1
     server_momentum: float = 0.9
     beta1: float = 0.9
@@ -82,6 +83,7 @@ class TrainingConfig:
     min_delta: float = 1e-3
 
     def check(self) -> None:
+        _range("training.client_fraction", self.client_fraction, 1e-6, 1.0)
         _range("training.prox_mu", self.prox_mu, 0.0, 1e6)
         _range("training.server_momentum", self.server_momentum, 0.0, 0.999999)
         _range("training.beta1", self.beta1, 0.0, 0.999999)

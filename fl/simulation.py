@@ -48,6 +48,8 @@ def calibrated_noise(cfg: Config, n_records: int) -> float | None:
     from dp.calibrate import noise_multiplier_for
 
     k = _batches_per_epoch(n_records, cfg.training.batch_size)
+    # Planned participation: with client sampling a hospital expects client_fraction of
+    # the rounds, but calibrating for every round keeps the budget safe in all cases.
     epochs = cfg.training.rounds * cfg.training.local_epochs
     if cfg.personalization.enabled:  # the fine-tuning is paid from the same budget
         epochs += cfg.personalization.epochs
@@ -168,12 +170,19 @@ def federate(
         "rounds": [],
     }
     stop_reason = f"completed {cfg.training.rounds} rounds"
+    sampler = np.random.default_rng([cfg.seed, 0xC11E])  # client sampling (public, seeded)
     for r in range(1, cfg.training.rounds + 1):
         t_round = time.perf_counter()
         inputs: dict[str, np.ndarray] = {}
         refused: dict[str, str] = {}
         train_s: dict[str, float] = {}
-        for hs in hospitals:
+        # Poisson client sampling: each hospital takes part with probability client_fraction.
+        selected = [hs for hs in hospitals if sampler.random() < cfg.training.client_fraction]
+        if len(selected) < cfg.training.min_clients:
+            # Too few sampled: the round is skipped (nobody trains, nothing is spent).
+            history.setdefault("skipped_rounds", []).append(r)
+            continue
+        for hs in selected:
             t0 = time.perf_counter()
             try:
                 res = hs.fit(weights, r)
@@ -207,6 +216,7 @@ def federate(
         row: dict[str, Any] = {
             "round": r,
             "participants": sorted(result.contributors),
+            "selected": sorted(hs.name for hs in selected),
             "metrics": metrics,
             "site_metrics": {"accuracy": float(site[0] / site[2]), "loss": float(site[1] / site[2]),
                              "records": int(round(site[2]))} if site[2] > 0 else {},
