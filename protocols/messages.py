@@ -18,7 +18,8 @@ Payloads (``u32`` = 4-byte count or id; ``[X]*n`` = n repetitions)::
     2 KEY_BROADCAST       n u32 | [client u32 | channel_pk 32 | mask_pk 32 | signature 64]*n
     3 SHARE_KEYS          n u32 | [recipient u32 | ciphertext 88]*n
     4 FORWARDED_SHARES    n u32 | [sender u32 | ciphertext 88]*n
-    5 MASKED_INPUT        bits u8 | dim u32 | words (dim * 4 if bits <= 32 else dim * 8, little-endian)
+    5 MASKED_INPUT        bits u8 | pad 3 (zero) | dim u32 | words (dim * 4 if bits <= 32 else dim * 8,
+                          little-endian; they start at byte 40, so a receiver maps them aligned)
     6 CONSISTENCY_REQUEST n u32 | [client u32]*n
     7 CONSISTENCY_SIG     signature 64
     8 UNMASK_REQUEST      na u32 | [alive u32]*na | nd u32 | [dropped u32]*nd | ns u32 | [client u32 | signature 64]*ns
@@ -296,13 +297,15 @@ class MaskedInput(Message):
 
     def _payload(self) -> bytes:
         wd = word_dtype(self.bits)
-        return bytes([self.bits]) + _U32.pack(self.vector.shape[0]) + self.vector.astype(wd, copy=False).tobytes()
+        return bytes([self.bits, 0, 0, 0]) + _U32.pack(self.vector.shape[0]) + self.vector.astype(wd, copy=False).tobytes()
 
     @classmethod
     def _parse(cls, h: tuple, r: _Reader) -> "MaskedInput":
         bits = r.u8()
         if not (16 <= bits <= 64):
             raise DecodeError(f"bits must be in [16, 64], got {bits}")
+        if bytes(r.take(3)) != b"\0\0\0":
+            raise DecodeError("padding bytes of MASKED_INPUT must be zero")
         wd = word_dtype(bits)
         dim = r.u32()
         raw = r.take(dim * wd.itemsize)

@@ -98,6 +98,7 @@ def simulate_round(
     identities: Mapping[int, Ed25519PrivateKey] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     transcript: list[tuple[str, int, bytes]] | None = None,
+    threads: int = 2,
 ) -> RoundResult:
     """Run one SecAgg/SecAgg+ round in memory between honest parties.
 
@@ -115,6 +116,8 @@ def simulate_round(
         identity keys) is derived: the same seed replays the round byte-for-byte.
     clock
         Timer for the reported seconds (only used for measurement).
+    threads
+        Worker threads each party uses for mask expansion (results do not depend on it).
     transcript
         If given, every wire message is appended as ``("up"|"down", client, bytes)``
         in the order sent (for test vectors and replay checks).
@@ -143,12 +146,12 @@ def simulate_round(
     ssec = 0.0
 
     t0 = clock()
-    server = Server(params, id_pub)
+    server = Server(params, id_pub, threads=threads)
     ssec += clock() - t0
     clients: dict[int, Client] = {}
     for i in params.clients:
         t0 = clock()
-        clients[i] = Client(params, i, identities[i], id_pub, root.child(b"client/%d" % i))
+        clients[i] = Client(params, i, identities[i], id_pub, root.child(b"client/%d" % i), threads=threads)
         csec[i] += clock() - t0
 
     gone: set[int] = set()

@@ -118,6 +118,8 @@ class Client:
     rng:
         Injected randomness (``os.urandom`` by default; a seeded
         :class:`~secagg.prg.DeterministicRandom` replays a round byte-for-byte).
+    threads:
+        Worker threads for mask expansion (the output does not depend on it).
     """
 
     def __init__(
@@ -127,8 +129,11 @@ class Client:
         identity: Ed25519PrivateKey,
         identity_keys: Mapping[int, bytes],
         rng: RandomSource = system_random,
+        *,
+        threads: int = 2,
     ) -> None:
         self.params = params
+        self.threads = threads
         self.dim = params.require_dim()
         if client_id not in params.clients:
             raise InconsistentError(f"client {client_id} is not in the round's cohort")
@@ -294,7 +299,7 @@ class Client:
         self._received = received
         ctx = self.params.mask_context()
         seeds = {j: pair_seed(self._s_sk, self._peer_keys[j][1], ctx, self.id, j) for j in received}
-        y = mask_input(self._input, self.id, self._b, seeds, MaskExpander(self.dim, self.params.bits))
+        y = mask_input(self._input, self.id, self._b, seeds, MaskExpander(self.dim, self.params.bits, self.threads))
         self._input = None
         self.stage = ClientStage.AWAIT_CONSISTENCY
         return [MaskedInput(self.params.session_tag, self.params.round, self.id, self.params.bits, y)]

@@ -34,7 +34,7 @@ from secagg import keys as K
 from secagg import shamir
 from secagg.encoding import ring_reduce
 from secagg.errors import IntegrityError, ParameterError
-from secagg.masking import pair_seed, remove_dropped_pair_masks, remove_self_masks
+from secagg.masking import dropped_pair_removal_terms, pair_seed, self_mask_removal_terms
 from secagg.prg import MaskExpander
 
 from .errors import (
@@ -104,8 +104,10 @@ def _prune(alive: set[int], nbrs: Mapping[int, frozenset[int]], t: int) -> set[i
 class Server:
     """The aggregator's side of one round (honest-but-curious; robust to malicious clients)."""
 
-    def __init__(self, params: SecAggParams, identity_keys: Mapping[int, bytes]) -> None:
+    def __init__(self, params: SecAggParams, identity_keys: Mapping[int, bytes], *, threads: int = 2) -> None:
+        """``threads``: worker threads for mask regeneration (results do not depend on it)."""
         self.params = params
+        self.threads = threads
         self.dim = params.require_dim()
         missing = set(params.clients) - set(identity_keys)
         if missing:
@@ -313,7 +315,7 @@ class Server:
             for e in self._unmask[i].entries:
                 shares.setdefault((e.owner, e.kind), {})[i + 1] = e.share
         t = self._t
-        expander = MaskExpander(self.dim, self.params.bits)
+        expander = MaskExpander(self.dim, self.params.bits, self.threads)
         self_seeds: dict[int, bytes] = {}
         for j in self.u3:
             got = shares.get((j, ShareKind.SELF_MASK_SEED), {})
@@ -332,12 +334,13 @@ class Server:
             self._abort_if(not ok, f"the reconstructed mask key of client {j} does not match its advertised key (bad shares)")
             dropped_keys[j] = sk
         acc = self._acc
-        remove_self_masks(acc, self_seeds, expander)
+        terms = self_mask_removal_terms(self_seeds)
         ctx = self.params.mask_context()
         for j, sk in dropped_keys.items():
             key = K.x25519_from_private_bytes(sk)
             seeds = {k: pair_seed(key, self._keys[k].mask_pk, ctx, j, k) for k in sorted(self._nbrs[j] & u3)}
-            remove_dropped_pair_masks(acc, j, seeds, expander)
+            terms += dropped_pair_removal_terms(j, seeds)
+        expander.add_many(acc, terms)
         self.result = ring_reduce(acc, self.params.bits)
         self.stage = ServerStage.DONE
         return {}

@@ -162,11 +162,11 @@ class FixedPointEncoder:
                 )
         scaled = np.multiply(a, math.ldexp(1.0, self._f))
         np.rint(scaled, out=scaled)
-        q = scaled.astype(np.int64)
         if self.bits <= 32:
-            out = q.astype(np.uint32)  # two's complement wrap mod 2^32 (exact, C cast)
+            # |q| < 2^31 by the overflow condition: exact in int32; the view is two's complement.
+            out = scaled.astype(np.int32).view(np.uint32)
         else:
-            out = q.view(np.uint64)
+            out = scaled.astype(np.int64).view(np.uint64)
         return ring_reduce(out, self.bits)
 
     def check_encoded(self, e: np.ndarray) -> np.ndarray:
@@ -192,8 +192,9 @@ class FixedPointEncoder:
         a = np.asarray(s)
         if a.dtype != self.dtype:
             raise EncodingError(f"sum must have dtype {self.dtype}, got {a.dtype}")
-        if self.bits == 64:
-            signed = a.view(np.int64)
+        if self.bits > 32:  # sign-extend bit (b-1) of a uint64 word: shift up, arithmetic shift down
+            shift = np.uint64(64 - self.bits)
+            signed = np.left_shift(a, shift).view(np.int64) >> np.int64(64 - self.bits)
         else:
             signed = a.astype(np.int64)
             signed[signed >= (1 << (self.bits - 1))] -= 1 << self.bits

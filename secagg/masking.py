@@ -50,6 +50,14 @@ def pair_seed(private: X25519PrivateKey, peer_public: bytes, context: bytes, i: 
     return agree(private, peer_public, b"mask/" + context + struct.pack(">II", lo, hi))
 
 
+def input_mask_terms(client_id: int, self_seed: bytes, pair_seeds: Mapping[int, bytes]) -> list[tuple[bytes, bytes, int]]:
+    """The ``(seed, domain, sign)`` terms client ``i`` adds to its encoded input."""
+    terms = [(self_seed, self_domain(client_id), 1)]
+    for j in sorted(pair_seeds):
+        terms.append((pair_seeds[j], pair_domain(client_id, j), pairwise_sign(client_id, j)))
+    return terms
+
+
 def mask_input(
     encoded: np.ndarray,
     client_id: int,
@@ -59,16 +67,27 @@ def mask_input(
 ) -> np.ndarray:
     """``y_i`` as in the module docstring (a new array; ``encoded`` is not modified)."""
     y = np.array(encoded, dtype=expander.dtype, copy=True)
-    expander.add(y, self_seed, self_domain(client_id), 1)
-    for j in sorted(pair_seeds):
-        expander.add(y, pair_seeds[j], pair_domain(client_id, j), pairwise_sign(client_id, j))
+    expander.add_many(y, input_mask_terms(client_id, self_seed, pair_seeds))
     return expander.finish(y)
+
+
+def self_mask_removal_terms(self_seeds: Mapping[int, bytes]) -> list[tuple[bytes, bytes, int]]:
+    """Terms that subtract the self masks ``PRG(b_i)`` of the survivors."""
+    return [(self_seeds[i], self_domain(i), -1) for i in sorted(self_seeds)]
+
+
+def dropped_pair_removal_terms(dropped: int, seeds_with_survivors: Mapping[int, bytes]) -> list[tuple[bytes, bytes, int]]:
+    """Terms that cancel the masks survivors ``k`` added for their edge to ``dropped``:
+    survivor ``k`` added ``sign(k, dropped) * PRG(s_k,dropped)``; these subtract it."""
+    return [
+        (seeds_with_survivors[k], pair_domain(k, dropped), -pairwise_sign(k, dropped))
+        for k in sorted(seeds_with_survivors)
+    ]
 
 
 def remove_self_masks(acc: np.ndarray, self_seeds: Mapping[int, bytes], expander: MaskExpander) -> None:
     """``acc -= sum_i PRG(b_i)`` in place (not reduced; call ``expander.finish``)."""
-    for i in sorted(self_seeds):
-        expander.add(acc, self_seeds[i], self_domain(i), -1)
+    expander.add_many(acc, self_mask_removal_terms(self_seeds))
 
 
 def remove_dropped_pair_masks(
@@ -77,12 +96,8 @@ def remove_dropped_pair_masks(
     seeds_with_survivors: Mapping[int, bytes],
     expander: MaskExpander,
 ) -> None:
-    """Cancel the masks survivors ``k`` added for their edge to ``dropped``.
-
-    Survivor ``k`` added ``sign(k, dropped) * PRG(s_k,dropped)``; this subtracts it.
-    """
-    for k in sorted(seeds_with_survivors):
-        expander.add(acc, seeds_with_survivors[k], pair_domain(k, dropped), -pairwise_sign(k, dropped))
+    """Cancel the masks survivors added for their edges to ``dropped`` (in place)."""
+    expander.add_many(acc, dropped_pair_removal_terms(dropped, seeds_with_survivors))
 
 
 def plain_sum(vectors: Iterable[np.ndarray], dim: int, bits: int) -> np.ndarray:

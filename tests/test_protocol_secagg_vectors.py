@@ -102,5 +102,5 @@ def test_traffic_formulas_in_spec():
     params = SecAggParams(b"s", 0, tuple(range(10)))
     res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})
     deg, dim, w = 9, 1000, 4
-    assert res.upload_bytes[0] == 5 * 32 + 128 + (4 + 92 * deg) + (5 + dim * w) + 64 + (4 + 37 * deg)
+    assert res.upload_bytes[0] == 5 * 32 + 128 + (4 + 92 * deg) + (8 + dim * w) + 64 + (4 + 37 * deg)
     assert res.download_bytes[0] == 4 * 32 + (4 + 132 * (deg + 1)) + (4 + 92 * deg) + (4 + 4 * 10) + (12 + 72 * deg)

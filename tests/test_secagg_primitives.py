@@ -143,3 +143,13 @@ def test_complete_graph_and_bad_ids():
         G.build_graph("star", b"s", 0, [1, 2, 3])
     with pytest.raises(ParameterError):
         G.check_ids([-1, 2])
+
+
+@pytest.mark.parametrize("bits,dim", [(32, 100_003), (64, 70_001), (20, 4097 * 64 + 3)])
+def test_threaded_expansion_equals_single_threaded(bits, dim):
+    terms = [(bytes([k]) * 32, b"d%d" % k, 1 if k % 2 else -1) for k in range(5)]
+    a = np.arange(dim, dtype=MaskExpander(1, bits).dtype)
+    b = a.copy()
+    MaskExpander(dim, bits, threads=1).add_many(a, terms)
+    MaskExpander(dim, bits, threads=3).add_many(b, terms)
+    assert np.array_equal(a, b)
