@@ -199,10 +199,9 @@ class PrivateTrainer:
         if reason is not None:
             raise BudgetExceeded(reason, client=self.ledger.client, round=round)
         if opacus_history(self.ledger.events) != [tuple(h) for h in self._accountant.history]:
-            raise AccountingError(
-                f"{self.ledger.client}: the ledger was changed outside this trainer; its events no "
-                "longer equal the accountant's history (use one trainer per hospital)"
-            )
+            # another trainer on the same ledger (e.g. personalisation) recorded events: the
+            # ledger is the source of truth, so the accountant continues from its events
+            self._accountant = make_accountant(self.ledger.accountant, opacus_history(self.ledger.events))
         if prox_mu < 0 or not math.isfinite(prox_mu):
             raise AccountingError(f"prox_mu must be >= 0, got {prox_mu!r}")
 
