@@ -103,6 +103,16 @@ def _check_u32(name: str, v: int) -> None:
         raise DecodeError(f"{name} must be an integer in [0, 2^32), got {v!r}")
 
 
+def _check_ids(name: str, ids: tuple[int, ...]) -> None:
+    if not isinstance(ids, tuple):
+        raise DecodeError(f"{name} must be a tuple of ids")
+    if ids:
+        if any(type(i) is not int for i in ids):
+            raise DecodeError(f"{name} must contain integers")
+        if min(ids) < 0 or max(ids) > _MAX_U32:
+            raise DecodeError(f"{name} must be integers in [0, 2^32)")
+
+
 def _check_bytes(name: str, v: bytes, n: int) -> None:
     if not isinstance(v, (bytes, bytearray)) or len(v) != n:
         raise DecodeError(f"{name} must be {n} bytes")
@@ -170,8 +180,13 @@ class Message:
         raise NotImplementedError
 
     def encode(self) -> bytes:
-        """The wire bytes of this message."""
-        return _HEADER.pack(MAGIC, VERSION, int(self.TYPE), 0, bytes(self.session), self.round, self.sender) + self._payload()
+        """The wire bytes of this message (computed once; messages are immutable)."""
+        cached = self.__dict__.get("_wire")
+        if cached is None:
+            cached = _HEADER.pack(MAGIC, VERSION, int(self.TYPE), 0, bytes(self.session), self.round, self.sender) + self._payload()
+            if not isinstance(self, MaskedInput):  # large vectors: do not keep a second copy alive
+                object.__setattr__(self, "_wire", cached)
+        return cached
 
 
 @dataclass(frozen=True)
@@ -323,8 +338,7 @@ class ConsistencyRequest(Message):
     TYPE: ClassVar[MessageType] = MessageType.CONSISTENCY_REQUEST
 
     def _validate(self) -> None:
-        for i in self.survivors:
-            _check_u32("survivor", i)
+        _check_ids("survivors", self.survivors)
 
     def _payload(self) -> bytes:
         return _ids(self.survivors)
@@ -363,8 +377,8 @@ class UnmaskRequest(Message):
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_REQUEST
 
     def _validate(self) -> None:
-        for i in self.alive + self.dropped:
-            _check_u32("client", i)
+        _check_ids("alive", self.alive)
+        _check_ids("dropped", self.dropped)
         for e in self.signatures:
             _check_u32("client", e.client)
             _check_bytes("signature", e.signature, SIG_BYTES)

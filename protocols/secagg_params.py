@@ -14,7 +14,7 @@ import hashlib
 import math
 import struct
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 from secagg.encoding import FixedPointEncoder
@@ -135,8 +135,7 @@ class SecAggParams:
 
     def consistency_message(self, client: int, survivors: Sequence[int]) -> bytes:
         """What a client signs to confirm the survivor set U3 it was shown."""
-        return (self._prefix(b"consistency") + struct.pack(">II", client, len(survivors))
-                + b"".join(struct.pack(">I", i) for i in survivors))
+        return self._prefix(b"consistency") + struct.pack(">I", client) + _ids_bytes(tuple(survivors))
 
     def share_context(self, sender: int, recipient: int) -> bytes:
         """KDF context of the directional share-encryption key and the AEAD associated data."""
@@ -145,6 +144,12 @@ class SecAggParams:
     def mask_context(self) -> bytes:
         """KDF context of pairwise mask seeds (the pair's sorted ids are appended)."""
         return self._prefix(b"mask")
+
+
+@lru_cache(maxsize=16)
+def _ids_bytes(ids: tuple[int, ...]) -> bytes:
+    """``u32 count || u32 ids`` (cached: every signature over U3 shares it)."""
+    return struct.pack(f">I{len(ids)}I", len(ids), *ids)
 
 
 def expected_degree(n: int) -> float:

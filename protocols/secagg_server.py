@@ -117,6 +117,11 @@ class Server:
         self._nbrs = params.neighbourhood.neighbours
         self.stage = ServerStage.ADVERTISE
         self._keys: dict[int, AdvertiseKeys] = {}
+        self._pk_seen: set[bytes] = set()
+        self._u1set: set[int] = set()
+        self._u2set: set[int] = set()
+        self._u3set: set[int] = set()
+        self._u4set: set[int] = set()
         self._shares: dict[int, ShareKeys] = {}
         self._acc = np.zeros(self.dim, dtype=params.encoder.dtype)
         self._masked: set[int] = set()
@@ -162,25 +167,25 @@ class Server:
             K.verify(self._identity_keys[i], msg.signature, self.params.advertise_message(i, msg.channel_pk, msg.mask_pk))
         except IntegrityError as e:
             raise SignatureError(f"keys of client {i} are not signed by its identity key") from e
-        for other in self._keys.values():
-            if {msg.channel_pk, msg.mask_pk} & {other.channel_pk, other.mask_pk} or msg.channel_pk == msg.mask_pk:
-                raise DuplicateClientError(f"client {i} reuses public keys of client {other.sender}")
+        if msg.channel_pk in self._pk_seen or msg.mask_pk in self._pk_seen or msg.channel_pk == msg.mask_pk:
+            raise DuplicateClientError(f"client {i} reuses public keys already advertised")
+        self._pk_seen.update((msg.channel_pk, msg.mask_pk))
         self._keys[i] = msg
 
     def _on_shares(self, i: int, msg: ShareKeys) -> None:
-        if i not in self.u1:
+        if i not in self._u1set:
             raise InconsistentError(f"client {i} sent shares but is not in U1")
         if i in self._shares:
             raise DuplicateClientError(f"client {i} already sent shares")
         recipients = [e.peer for e in msg.entries]
         if len(set(recipients)) != len(recipients):
             raise DuplicateClientError(f"client {i} sent two ciphertexts to one recipient")
-        if set(recipients) != self._nbrs[i] & set(self.u1):
+        if set(recipients) != self._nbrs[i] & self._u1set:
             raise InconsistentError(f"client {i} must send exactly one ciphertext to each live neighbour")
         self._shares[i] = msg
 
     def _on_masked(self, i: int, msg: MaskedInput) -> None:
-        if i not in self.u2:
+        if i not in self._u2set:
             raise InconsistentError(f"client {i} sent a masked input but is not in U2")
         if i in self._masked:
             raise DuplicateClientError(f"client {i} already sent its masked input")
@@ -190,7 +195,7 @@ class Server:
         self._masked.add(i)
 
     def _on_signature(self, i: int, msg: ConsistencySignature) -> None:
-        if i not in self.u3:
+        if i not in self._u3set:
             raise InconsistentError(f"client {i} is not a survivor")
         if i in self._sigs:
             raise DuplicateClientError(f"client {i} already confirmed")
@@ -201,7 +206,7 @@ class Server:
         self._sigs[i] = msg.signature
 
     def _on_unmask(self, i: int, msg: UnmaskShares) -> None:
-        if i not in self.u4:
+        if i not in self._u4set:
             raise InconsistentError(f"client {i} was not asked to unmask")
         if i in self._unmask:
             raise DuplicateClientError(f"client {i} already sent unmask shares")
@@ -250,6 +255,7 @@ class Server:
         u1 = _prune(set(self._keys), self._nbrs, self._t)
         self._abort_if(len(u1) < max(2, self._t), f"only {len(u1)} clients advertised keys with {self._t} live neighbours")
         self.u1 = tuple(sorted(u1))
+        self._u1set = u1
         self.dropped["advertise"] = sorted(set(self.params.clients) - u1)
         out: dict[int, Message] = {}
         for i in self.u1:
@@ -263,6 +269,7 @@ class Server:
         u2 = _prune(set(self._shares), self._nbrs, self._t)
         self._abort_if(len(u2) < max(2, self._t), f"only {len(u2)} clients shared keys with {self._t} live neighbours")
         self.u2 = tuple(sorted(u2))
+        self._u2set = u2
         self.dropped["share"] = sorted(set(self.u1) - u2)
         inbox: dict[int, list[ShareEntry]] = {i: [] for i in self.u2}
         for j in self.u2:
@@ -280,14 +287,15 @@ class Server:
             live = len(self._nbrs[i] & u3)
             self._abort_if(live < self._t, f"client {i} has only {live} live neighbours holding its shares; threshold is {self._t}")
         self.u3 = tuple(sorted(u3))
+        self._u3set = u3
         self.dropped["masked_input"] = sorted(u2 - u3)
         self.stage = ServerStage.CONSISTENCY
-        return {i: ConsistencyRequest(*self._hdr(), self.u3) for i in self.u3}
+        request = ConsistencyRequest(*self._hdr(), self.u3)  # the same message for every survivor
+        return {i: request for i in self.u3}
 
     def _expected_reveal(self, i: int) -> tuple[list[int], list[int]]:
-        holders = self._nbrs[i] & set(self.u2)
-        u3 = set(self.u3)
-        return sorted(holders & u3), sorted(holders - u3)
+        holders = self._nbrs[i] & self._u2set
+        return sorted(holders & self._u3set), sorted(holders - self._u3set)
 
     def _close_consistency(self) -> dict[int, Message]:
         # A client only reveals if t of its neighbours confirmed; prune the others.
@@ -296,6 +304,7 @@ class Server:
             have = len(self._nbrs[j] & u4)
             self._abort_if(have < self._t, f"only {have} neighbours of client {j} confirmed the survivor set; threshold is {self._t}")
         self.u4 = tuple(sorted(u4))
+        self._u4set = u4
         self.dropped["consistency"] = sorted(set(self.u3) - u4)
         out: dict[int, Message] = {}
         for i in self.u4:
