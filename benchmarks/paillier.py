@@ -1,0 +1,214 @@
+"""Packed Paillier vs per-value phe (issue 4): ``python -m benchmarks paillier [--quick]``.
+
+Measured side by side in one run, for each key size:
+
+* per-value phe: ``PaillierPublicKey.encrypt`` of ``--phe-d`` floats (measured) and
+  ``raw_decrypt`` per ciphertext; both extrapolated linearly to 1e6 values;
+* packed (:mod:`secagg.paillier`): encryption of d = 1e4, 1e5, 1e6 values with the
+  conservative DJN exponent and with the short exponent, on ``--workers`` processes;
+* bytes per client: packed ciphertexts vs phe's ``2|n|`` bits per value;
+* a 10-client holder-mode round at d = 1e6 through the sans-IO protocol
+  (:func:`protocols.paillier.simulate_round`): the holder's time (signature checks, own
+  homomorphic sum, CRT decryption) and its per-ciphertext time against the CRT floor
+  (phe's ``raw_decrypt``, one core);
+* threshold mode at a small d (safe-prime dealing, share + proof per party, verification
+  and combination), for orientation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+from phe import paillier as phe
+
+from benchmarks._report import markdown_table, write
+from protocols.paillier import PaillierParams, setup_keys, simulate_round
+from secagg.paillier import (CrtDecryptor, FastEncryptor, PackingLayout, ciphertext_bytes, encrypt_vector,
+                             generate_keypair)
+
+TARGET_CONSERVATIVE = 2000.0
+TARGET_SHORT = 5000.0
+TARGET_BYTES = 1 / 100
+TARGET_DECRYPT_S = 25.0
+
+
+def _t(fn) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def _phe_per_value(pk: phe.PaillierPublicKey, sk: phe.PaillierPrivateKey, d: int, d_dec: int) -> dict:
+    vals = np.random.default_rng(0).uniform(-1, 1, d)
+    enc_s, cts = _t(lambda: [pk.encrypt(float(v)) for v in vals])
+    raw = [c.ciphertext(be_secure=False) for c in cts[:d_dec]]
+    dec_s, _ = _t(lambda: [sk.raw_decrypt(c) for c in raw])
+    return {"d_measured": d, "encrypt_s": enc_s, "encrypt_s_per_value": enc_s / d,
+            "decrypt_s_per_ciphertext": dec_s / len(raw), "bytes_per_value": ciphertext_bytes(pk.n.bit_length())}
+
+
+def _bench_key(key_bits: int, args: argparse.Namespace) -> dict:
+    print(f"== {key_bits}-bit key", flush=True)
+    pk, sk = generate_keypair(key_bits)
+    ph = _phe_per_value(pk, sk, args.phe_d, min(args.phe_d, 1000))
+    print(f"phe: {ph['encrypt_s_per_value'] * 1e3:.2f} ms/value enc, "
+          f"{ph['decrypt_s_per_ciphertext'] * 1e3:.2f} ms/ct dec", flush=True)
+    layout = PackingLayout(key_bits, 16, args.clients, 1.0)
+    out: dict[str, Any] = {"key_bits": key_bits, "layout": layout.describe(), "phe": ph, "packed": []}
+    for short in (False, True):
+        t_table, enc = _t(lambda: FastEncryptor(pk, short_exponent=short))
+        for d in args.dims:
+            x = np.random.default_rng(d).uniform(-1, 1, d)
+            reps = 3 if d <= 100_000 else 1
+            times = []
+            for _ in range(reps):
+                s, vec = _t(lambda: encrypt_vector(enc, layout, x, rng=os.urandom, workers=args.workers))
+                times.append(s)
+            s = statistics.median(times)
+            phe_s = ph["encrypt_s_per_value"] * d
+            row = {"key_bits": key_bits, "exponent": "short" if short else "conservative",
+                   "exponent_bits": enc.exponent_bits, "table_s": t_table, "d": d,
+                   "ciphertexts": len(vec.ciphertexts), "encrypt_s": s,
+                   "phe_encrypt_s": phe_s, "phe_measured": d <= ph["d_measured"],
+                   "speedup": phe_s / s, "bytes": vec.nbytes, "phe_bytes": ph["bytes_per_value"] * d,
+                   "bytes_ratio": vec.nbytes / (ph["bytes_per_value"] * d),
+                   "ms_per_ciphertext_per_core": s * min(args.workers, os.cpu_count() or 1) / len(vec.ciphertexts) * 1e3}
+            out["packed"].append(row)
+            print(f"packed {row['exponent']:12s} d={d:>8d}: {s:8.3f} s, x{row['speedup']:8.0f} vs phe, "
+                  f"{vec.nbytes / 1e6:.2f} MB", flush=True)
+    # -- a 10-client holder round at the largest d -------------------------------------
+    d = max(args.dims)
+    clients = tuple(range(1, args.clients + 1))
+    params = PaillierParams(b"bench", 1, clients, min_clients=args.clients, keys="holder", key_bits=key_bits,
+                            clip=1.0, short_exponent=True)
+    setup = setup_keys(params, keypair=(pk, sk))
+    setup.encryptor(True)  # build the table outside the timed round
+    inputs = {c: np.random.default_rng(c).uniform(-1, 1, d) for c in clients}
+    res = simulate_round(params, setup, inputs, seed=b"bench", workers=args.workers)
+    err = float(np.max(np.abs(res.total - sum(inputs.values()))))
+    n_ct = params.layout.ciphertexts_for(d)
+    dec = CrtDecryptor(sk)
+    c = setup.encryptor(True).encrypt_int(12345)
+    ours_1core = statistics.median(_t(lambda: dec.decrypt_int(c))[0] for _ in range(20))
+    out["round_holder"] = {
+        "clients": args.clients, "d": d, "ciphertexts": n_ct, "seconds": res.seconds,
+        "decrypt_ms_per_ciphertext_wall": res.seconds["decrypt"] / n_ct * 1e3,
+        "crt_floor_ms_per_ciphertext_phe_1core": ph["decrypt_s_per_ciphertext"] * 1e3,
+        "ours_ms_per_ciphertext_1core": ours_1core * 1e3,
+        "phe_decrypt_1e6_s_extrapolated": ph["decrypt_s_per_ciphertext"] * d,
+        "max_abs_error": err, "error_bound": params.layout.error_bound(args.clients),
+        "upload_bytes_per_client": res.upload_bytes[1],
+    }
+    print(f"10-client round d={d}: {res.seconds}", flush=True)
+    return out
+
+
+def _bench_threshold(args: argparse.Namespace) -> dict:
+    key_bits, d = args.threshold_bits, args.threshold_d
+    clients = tuple(range(1, 6))
+    params = PaillierParams(b"bench-t", 1, clients, min_clients=3, keys="threshold", key_bits=key_bits,
+                            clip=1.0, threshold=3)
+    t_setup, setup = _t(lambda: setup_keys(params))
+    setup.encryptor(False)
+    inputs = {c: np.random.default_rng(c).uniform(-1, 1, d) for c in clients}
+    res = simulate_round(params, setup, inputs, seed=b"bench-t", workers=args.workers)
+    print(f"threshold {key_bits}-bit d={d}: setup {t_setup:.1f} s, {res.seconds}", flush=True)
+    return {"key_bits": key_bits, "d": d, "parties": 5, "threshold": 3, "dealer_setup_s": t_setup,
+            "ciphertexts": params.layout.ciphertexts_for(d), "seconds": res.seconds}
+
+
+def _markdown(payload: dict) -> str:
+    lines = ["# Packed Paillier vs per-value phe", "",
+             f"Machine: {payload['machine']['cpus']} CPUs, Python {payload['machine']['python']}; "
+             f"workers = {payload['workers']}; {payload['clients']} clients' headroom; 16-bit values; "
+             f"1-min load average {payload['loadavg_1min']['start']:.2f} at start, "
+             f"{payload['loadavg_1min']['end']:.2f} at end (other jobs share the cores). "
+             "phe columns at d > phe's measured d are linear extrapolations of the measured per-value cost.", ""]
+    rows = [r for k in payload["keys"] for r in k["packed"]]
+    lines.append(markdown_table(rows, ["key_bits", "exponent", "exponent_bits", "d", "ciphertexts", "encrypt_s",
+                                       "phe_encrypt_s", "phe_measured", "speedup", "bytes", "bytes_ratio",
+                                       "ms_per_ciphertext_per_core", "table_s"]))
+    lines += ["", "## 10-client holder round (protocol, short exponent for the uploads)", ""]
+    rr = []
+    for k in payload["keys"]:
+        r = k["round_holder"]
+        rr.append({"key_bits": k["key_bits"], "d": r["d"], "ciphertexts": r["ciphertexts"],
+                   "encrypt_s": r["seconds"]["encrypt"], "server_sum_s": r["seconds"]["sum"],
+                   "holder_decrypt_s": r["seconds"]["decrypt"],
+                   "ms/ct wall": r["decrypt_ms_per_ciphertext_wall"],
+                   "ours ms/ct 1 core": r["ours_ms_per_ciphertext_1core"],
+                   "CRT floor ms/ct (phe, 1 core)": r["crt_floor_ms_per_ciphertext_phe_1core"],
+                   "phe decrypt 1e6 s (extrap.)": r["phe_decrypt_1e6_s_extrapolated"],
+                   "max_abs_error": r["max_abs_error"], "error_bound": r["error_bound"],
+                   "MB/client": r["upload_bytes_per_client"] / 1e6})
+    lines.append(markdown_table(rr, list(rr[0])))
+    if payload.get("threshold"):
+        t = payload["threshold"]
+        lines += ["", "## Threshold mode (3 of 5, dealer with safe primes)", "",
+                  markdown_table([{"key_bits": t["key_bits"], "d": t["d"], "ciphertexts": t["ciphertexts"],
+                                   "dealer_setup_s": t["dealer_setup_s"], **t["seconds"]}],
+                                 ["key_bits", "d", "ciphertexts", "dealer_setup_s", "encrypt", "sum", "share",
+                                  "combine", "decrypt"])]
+    lines += ["", "## Targets", ""]
+    lines.append(markdown_table(payload["targets"], ["target", "key_bits", "measured", "goal", "met"]))
+    return "\n".join(lines) + "\n"
+
+
+def _targets(keys: list[dict]) -> list[dict]:
+    out = []
+    for k in keys:
+        big = max(r["d"] for r in k["packed"])
+        by = {r["exponent"]: r for r in k["packed"] if r["d"] == big}
+        out.append({"target": f"encrypt d={big} speedup, conservative", "key_bits": k["key_bits"],
+                    "measured": by["conservative"]["speedup"], "goal": f">= {TARGET_CONSERVATIVE:.0f}x",
+                    "met": by["conservative"]["speedup"] >= TARGET_CONSERVATIVE})
+        out.append({"target": f"encrypt d={big} speedup, short exponent", "key_bits": k["key_bits"],
+                    "measured": by["short"]["speedup"], "goal": f">= {TARGET_SHORT:.0f}x",
+                    "met": by["short"]["speedup"] >= TARGET_SHORT})
+        out.append({"target": "ciphertext bytes / phe", "key_bits": k["key_bits"],
+                    "measured": by["conservative"]["bytes_ratio"], "goal": "<= 0.01",
+                    "met": by["conservative"]["bytes_ratio"] <= TARGET_BYTES})
+        r = k["round_holder"]
+        out.append({"target": f"holder decrypt of {r['clients']}-client d={r['d']} sum (s)", "key_bits": k["key_bits"],
+                    "measured": r["seconds"]["decrypt"], "goal": f"< {TARGET_DECRYPT_S:.0f} s",
+                    "met": r["seconds"]["decrypt"] < TARGET_DECRYPT_S})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks paillier", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke run (1024-bit key, small d)")
+    ap.add_argument("--keys", default="2048,3072", help="comma-separated key sizes")
+    ap.add_argument("--phe-d", type=int, default=10_000, help="values encrypted with per-value phe (measured)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--no-threshold", action="store_true")
+    ap.add_argument("--threshold-bits", type=int, default=2048)
+    ap.add_argument("--threshold-d", type=int, default=10_000)
+    ap.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.keys, args.phe_d, args.dims = "1024", 200, [1_000, 10_000]
+        args.threshold_bits, args.threshold_d = 1024, 1_000
+    else:
+        args.dims = [10_000, 100_000, 1_000_000]
+    load_start = os.getloadavg()
+    keys = [_bench_key(int(b), args) for b in args.keys.split(",")]
+    payload: dict[str, Any] = {"workers": args.workers, "clients": args.clients, "quick": args.quick,
+                               "keys": keys, "targets": _targets(keys)}
+    if not args.no_threshold:
+        payload["threshold"] = _bench_threshold(args)
+    payload["loadavg_1min"] = {"start": load_start[0], "end": os.getloadavg()[0]}
+    name = "paillier_quick" if args.quick else "paillier"
+    from pathlib import Path
+    jp, mp = write(name, payload, "", Path(args.out) if args.out else None)
+    from benchmarks._report import machine
+    payload["machine"] = machine()
+    mp.write_text(_markdown(payload))
+    print(mp.read_text())
+    return 0
