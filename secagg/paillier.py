@@ -22,10 +22,11 @@ guessable by the server.
 
 Security of the randomness (state this in SECURITY.md):
 
-* default, ``a`` uniform in ``[0, 2^ceil(|n|/2))``: the DJN choice. Semantic security
-  rests on DCR and on short-exponent powers of ``h`` being indistinguishable from
-  uniform elements of ``<h>``; for ``|n|/2``-bit exponents the latter is implied by the
-  hardness of factoring ``n`` (Koshiba–Kurosawa, 2004).
+* default, ``a`` uniform in ``[0, 2^ceil(|n|/2))``: the exponent length proposed by
+  Damgård–Jurik–Nielsen. Semantic security rests on DCR and on ``h^a`` with such an
+  ``a`` being computationally indistinguishable from a uniform element of ``<h>``
+  (``|n|/2`` bits is at least the size of the secret subgroup orders, so generic
+  short-exponent attacks gain nothing over attacking ``n`` itself).
 * ``short_exponent=True``, ``a`` of ``2λ`` bits (224 for 2048-bit keys, 256 for 3072):
   a **stronger, non-standard** assumption — that ``h^a`` with a ``2λ``-bit ``a`` is
   indistinguishable from ``h^a`` with a full-length one. The best known attacks
@@ -47,7 +48,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 import multiprocessing
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import gmpy2
 import numpy as np
