@@ -25,8 +25,8 @@ Security of the randomness (state this in SECURITY.md):
 * default, ``a`` uniform in ``[0, 2^ceil(|n|/2))``: the exponent length proposed by
   Damgård–Jurik–Nielsen. Semantic security rests on DCR and on ``h^a`` with such an
   ``a`` being computationally indistinguishable from a uniform element of ``<h>``
-  (``|n|/2`` bits is at least the size of the secret subgroup orders, so generic
-  short-exponent attacks gain nothing over attacking ``n`` itself).
+  (generic attacks on a ``|n|/2``-bit exponent — van Oorschot–Wiener, Pollard's
+  lambda — cost about ``2^(|n|/4)``, far above factoring ``n`` with the number field sieve).
 * ``short_exponent=True``, ``a`` of ``2λ`` bits (224 for 2048-bit keys, 256 for 3072):
   a **stronger, non-standard** assumption — that ``h^a`` with a ``2λ``-bit ``a`` is
   indistinguishable from ``h^a`` with a full-length one. The best known attacks
