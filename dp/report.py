@@ -106,12 +106,16 @@ def plot_epsilon(source: Any, path: str | os.PathLike[str], *, title: str | None
         client = str(d.get("client", "?"))
         pts = curves.get(client, [])
         if pts:
-            line = ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", label=client)[0]
+            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=client)[0]  # ε after round r
+            took = {e.round for e in _events(d)}
+            ax.plot([x for x, _ in pts if x in took], [y for x, y in pts if x in took], "o",
+                    color=line.get_color(), markersize=3)
             budget = d.get("budget_epsilon")
             if budget is not None and math.isfinite(float(budget)):
                 ax.axhline(float(budget), color=line.get_color(), linestyle="--", linewidth=0.8)
     delta = dicts[0]["delta"] if dicts else None
-    ax.set_xlabel("round")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("round (dots: rounds taken part in)")
     ax.set_ylabel(f"ε (δ = {delta:g})" if delta else "ε")
     ax.set_title(title or "Privacy loss per hospital (dashed: budget)")
     ax.grid(alpha=0.3)
