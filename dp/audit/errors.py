@@ -1,0 +1,7 @@
+"""Errors of :mod:`dp.audit`."""
+
+from dp.errors import PrivacyError
+
+
+class AuditError(PrivacyError, ValueError):
+    """An audit was asked something it cannot answer (bad counts, empty scores, bad confidence)."""
