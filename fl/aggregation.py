@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class AggregateResult:
     upload_bytes: dict[str, int]
     dropped: dict[str, list[str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    noise: Any = None  # fl.distributed_dp.RoundNoise when client-level noise was added
 
 
 class Aggregator(Protocol):
@@ -132,6 +133,20 @@ class SecAggAggregator:
         ids = [self.ids[n] for n in names]
         back = {self.ids[n]: n for n in names}
         session = _session_id(self.seed, f"secagg/{purpose}")
+        z = self.cfg.privacy.client_noise_multiplier if purpose == "update" else None
+        frac_bits = None
+        plan = None
+        if z is not None:
+            from fl import distributed_dp
+
+            bits_ = bits or self.cfg.aggregation.bits
+            probe = SecAggParams(session_id=session, round=round, clients=tuple(ids),
+                                 threshold=self._threshold(len(ids)), graph=self.cfg.aggregation.graph,
+                                 bits=bits_, clip=max(float(clip), 1.0))
+            dim = len(next(iter(inputs.values()))) - 1
+            plan = distributed_dp.plan_round(z, float(clip), bits_, len(ids), probe.t, dim)
+            frac_bits = plan.frac_bits
+            clip = max(float(clip), 1.0)
         try:
             params = SecAggParams(
                 session_id=session,
@@ -141,15 +156,23 @@ class SecAggAggregator:
                 graph=self.cfg.aggregation.graph,
                 bits=bits or self.cfg.aggregation.bits,
                 clip=float(clip),
+                frac_bits=frac_bits,
             )
         except ParameterError as e:
             raise ConfigError(f"aggregation: {e}; adjust aggregation.threshold / graph / bits") from None
         drops = self._drops(ids) if purpose == "update" else {}
         seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()
+        vectors = {self.ids[n]: np.asarray(inputs[n], dtype=np.float64) for n in names}
+        if plan is not None:
+            from fl import distributed_dp
+
+            # Each hospital encodes and adds its own integer noise before masking.
+            vectors = {
+                i: distributed_dp.noised_encoding(v, params.encoder, plan, seed + i.to_bytes(4, "big"), len(v) - 1)
+                for i, v in vectors.items()
+            }
         t0 = time.perf_counter()
-        res = simulate_round(
-            params, {self.ids[n]: np.asarray(inputs[n], dtype=np.float64) for n in names}, drop=drops, seed=seed
-        )
+        res = simulate_round(params, vectors, drop=drops, seed=seed)
         wall = time.perf_counter() - t0
         return AggregateResult(
             total=np.asarray(res.total, dtype=np.float64),
@@ -157,6 +180,7 @@ class SecAggAggregator:
             upload_bytes={back[i]: int(b) for i, b in res.upload_bytes.items()},
             dropped={stage: [back[i] for i in v] for stage, v in res.dropped.items()},
             seconds={"server": float(res.server_seconds), "wall": wall},
+            noise=plan,
         )
 
 

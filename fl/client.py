@@ -94,7 +94,11 @@ class Hospital:
             )
             eps, loss = None, None
         delta = clip_l2(get_vector(model) - global_vec, self.cfg.aggregation.update_clip)
-        vec = np.concatenate([h.n * delta, [float(h.n)]])
+        if self.cfg.privacy.client_noise_multiplier is not None:
+            # Client-level DP: every hospital weighs the same (see fl.distributed_dp).
+            vec = np.concatenate([delta, [1.0]])
+        else:
+            vec = np.concatenate([h.n * delta, [float(h.n)]])
         return LocalResult(vector=vec, steps=steps, epsilon=eps, loss=loss)
 
     def evaluate(self, global_vec: np.ndarray) -> np.ndarray:

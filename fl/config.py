@@ -110,6 +110,7 @@ class PrivacyConfig:
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     budget_epsilon: float | None = None
+    client_noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
@@ -140,6 +141,8 @@ class PrivacyConfig:
         if not (0 < self.delta < 1):
             raise ConfigError(f"privacy.delta must be in (0, 1), e.g. 1e-5; got {self.delta!r}")
         _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        if self.client_noise_multiplier is not None:
+            _range("privacy.client_noise_multiplier", self.client_noise_multiplier, 1e-3, 1e6)
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,13 @@ class Config:
             raise ConfigError(
                 f"training.min_clients = {self.training.min_clients} but only {n} hospitals exist; lower min_clients"
             )
+        if self.privacy.client_noise_multiplier is not None and self.aggregation.mode not in ("masked", "secagg"):
+            raise ConfigError(
+                "privacy.client_noise_multiplier adds distributed integer noise inside secure aggregation; "
+                "use aggregation.mode = \"secagg\" (or \"masked\"), or remove client_noise_multiplier"
+            )
+        if self.privacy.client_noise_multiplier is not None and self.training.strategy in ROBUST_STRATEGIES:
+            raise ConfigError("client-level DP needs a sum-based strategy; use fedavg/fedprox/fedavgm/fedadam/fedyogi")
         if self.model.kind == "cnn" and self.data.dataset != "digits":
             raise ConfigError("model.kind = \"cnn\" needs image data: use dataset = \"digits\" or kind = \"logreg\"/\"mlp\"")
         return self

@@ -99,6 +99,34 @@ class EarlyStopping:
         return None
 
 
+def _client_level_row(cfg: Config, plan, r: int, clip: float, dim: int, ev_model: list, ev_server: list) -> dict:
+    from dp.noise import ddg_epsilon
+
+    ev_model.append(plan.event(r, clip, dim, cfg.training.client_fraction))
+    ev_server.append(plan.event(r, clip, dim, 1.0, replace_one=True))
+    return {
+        "client_epsilon": float(ddg_epsilon(ev_model, cfg.privacy.delta)),
+        "client_epsilon_vs_server": float(ddg_epsilon(ev_server, cfg.privacy.delta)),
+        "wraparound_probability": plan.wraparound_probability,
+    }
+
+
+def _client_level_summary(cfg: Config, ev_model: list, ev_server: list) -> dict:
+    from dp.noise import ddg_epsilon
+
+    return {
+        "mechanism": "distributed discrete Gaussian (Kairouz et al. 2021) under SecAgg",
+        "noise_multiplier": cfg.privacy.client_noise_multiplier,
+        "clip_norm": cfg.aggregation.update_clip,
+        "delta": cfg.privacy.delta,
+        "sample_rate": cfg.training.client_fraction,
+        "epsilon": float(ddg_epsilon(ev_model, cfg.privacy.delta)) if ev_model else 0.0,
+        "epsilon_vs_server": float(ddg_epsilon(ev_server, cfg.privacy.delta)) if ev_server else 0.0,
+        "events": [e.to_dict() for e in ev_model],
+        "events_vs_server": [e.to_dict() for e in ev_server],
+    }
+
+
 @dataclass
 class FederationRun:
     """Everything a finished study leaves: its history, the global model, the data and hospitals."""
@@ -157,7 +185,11 @@ def federate(
     ]
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
-    clip = weight_cap * cfg.aggregation.update_clip
+    client_level = cfg.privacy.client_noise_multiplier is not None
+    # Per-coordinate bound of an update: [n_k delta_k, n_k], or [delta_k, 1] with client-level DP.
+    clip = cfg.aggregation.update_clip if client_level else weight_cap * cfg.aggregation.update_clip
+    ddg_model: list = []  # client-level events vs model consumers (with client sampling)
+    ddg_server: list = []  # vs the aggregation server (sees participation; replace-one)
     eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))
     stopper = EarlyStopping(cfg.training.target_accuracy, cfg.training.patience, cfg.training.min_delta)
 
@@ -226,6 +258,8 @@ def federate(
             "refused": refused,
             "dropped": result.dropped,
             "protocol_seconds": result.seconds,
+            **(_client_level_row(cfg, result.noise, r, clip, len(weights), ddg_model, ddg_server)
+               if result.noise is not None else {}),
             "seconds": {
                 "train": max(train_s.values()) if train_s else 0.0,
                 "aggregate": agg_s,
@@ -246,6 +280,8 @@ def federate(
         last = history["rounds"][-1]["round"] if history["rounds"] else 0
         history["personalization"] = {hs.name: hs.personalize(weights, last + 1) for hs in hospitals}
     history["privacy"] = {hs.name: hs.ledger.to_dict() for hs in hospitals if hs.ledger is not None}
+    if client_level:
+        history["client_level"] = _client_level_summary(cfg, ddg_model, ddg_server)
     history["final"] = {"metrics": evaluate(global_model, fd.X_test, fd.y_test), "stop_reason": stop_reason}
     if baseline:
         history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model)}

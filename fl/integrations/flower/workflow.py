@@ -1,0 +1,185 @@
+"""The server side: one SecAgg(+) round driven through Flower's Grid.
+
+:func:`secure_round` sends each protocol stage as Flower messages, feeds the
+replies' wire bytes to :class:`protocols.secagg.Server`, closes the stage when
+``grid.send_and_receive`` returns (all replies in, or ``stage_timeout`` passed: a
+node that did not answer has dropped), and returns only the aggregate::
+
+    enrol ---> advertise ---> share ---> masked_input (+ global model) ---> consistency ---> unmask
+     |            nodes that error or stay silent at any stage are dropped; SecAgg+ recovers
+     +- a node over its privacy budget answers with an error and is left out of the round
+
+What the server (and Flower's SuperLink, which only relays) learns is what
+:mod:`protocols.secagg_server` says: the sum of the survivors' encoded vectors, who
+dropped when, the mask keys of clients dropped after sharing.  A refused or
+malformed reply is logged (never its bytes) and ignored; the round goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+from flwr.serverapp import Grid
+
+from protocols.errors import AbortError, ProtocolError
+from protocols.secagg import SecAggParams, Server, ServerStage
+
+from . import wire
+from .node import Registry
+
+log = logging.getLogger("fedvault.flower")
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Server-side settings of fedvault's secure aggregation on Flower.
+
+    graph, threshold, bits
+        As in :class:`protocols.secagg.SecAggParams` (threshold ``None``: a strict
+        majority of the smallest neighbourhood).
+    clip
+        Public per-coordinate bound of every client's vector (``max_records *
+        update_clip`` for weighted updates ``[n_k delta_k, n_k]``).
+    stage_timeout
+        Seconds each stage waits for replies; a node silent that long has dropped.
+    min_clients
+        Fewest enrolled hospitals to start a round (at least 2).
+    threads
+        Threads for mask regeneration on the server.
+    """
+
+    clip: float
+    graph: str = "complete"
+    threshold: int | None = None
+    bits: int = 32
+    stage_timeout: float = 60.0
+    min_clients: int = 3
+    threads: int = 2
+
+
+@dataclass
+class RoundOutcome:
+    """What one secure round yields: the sum and who is in it (no individual vector)."""
+
+    total: np.ndarray
+    survivors: list[str]
+    dropped: dict[str, list[str]]
+    refused: dict[str, str]
+    server_seconds: float
+    wall_seconds: float
+    upload_bytes: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class RoundAborted(RuntimeError):
+    """Too few hospitals enrolled or survived; nothing was revealed."""
+
+
+def secure_round(
+    grid: Grid,
+    registry: Registry,
+    config: SecAggConfig,
+    *,
+    round: int,
+    weights: ArrayRecord,
+    session_id: bytes | None = None,
+    nodes: Iterable[int] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RoundOutcome:
+    """Run one secure-aggregation round over ``grid`` and return the survivors' sum.
+
+    The vector each client contributes has ``len(flatten(weights)) + 1`` values.
+    ``session_id`` (1-255 bytes) names the run; a fresh random one by default.
+    ``on_stage(stage)`` is called before each stage is sent (progress reporting).
+    Raises :class:`RoundAborted` if the round cannot complete.
+    """
+    t_start = time.perf_counter()
+    ssec = 0.0
+    up = 0
+    stage_s: dict[str, float] = {}
+    node_ids = sorted(nodes if nodes is not None else grid.get_node_ids())
+    session_id = session_id or os.urandom(16)
+
+    def exchange(stage: str, outbox: dict[int, Message]) -> list[Message]:
+        if on_stage is not None:
+            on_stage(stage)
+        t = time.perf_counter()
+        replies = list(grid.send_and_receive(list(outbox.values()), timeout=config.stage_timeout))
+        stage_s[stage] = time.perf_counter() - t
+        return replies
+
+    def message(node: int, content) -> Message:
+        return Message(content=content, dst_node_id=node, message_type=wire.MESSAGE_TYPE, group_id=str(round))
+
+    # Enrol: who takes part (budget refusals come back as errors).
+    refused: dict[str, str] = {}
+    node_of: dict[int, int] = {}
+    for r in exchange(wire.ENROL, {n: message(n, wire.request(wire.ENROL, round)) for n in node_ids}):
+        src = r.metadata.src_node_id
+        if r.has_error():
+            refused[f"node {src}"] = str(r.error.reason)
+            continue
+        cid = int(r.content.config_records[wire.RECORD]["client"])
+        if cid not in registry.members or cid in node_of:
+            log.warning("fedvault: node %s claims unknown or duplicate client id %s; ignored", src, cid)
+            continue
+        node_of[cid] = src
+    if len(node_of) < max(2, config.min_clients):
+        raise RoundAborted(f"round {round}: only {len(node_of)} hospitals enrolled (min_clients = "
+                           f"{config.min_clients}); refused: {refused}")
+    dim = wire.flatten(weights).shape[0] + 1
+    params = SecAggParams(session_id=session_id, round=round, clients=tuple(sorted(node_of)),
+                          threshold=config.threshold, graph=config.graph, bits=config.bits,
+                          clip=float(config.clip), dim=dim)
+    t = time.perf_counter()
+    server = Server(params, {i: registry.members[i].identity for i in params.clients}, threads=config.threads)
+    ssec += time.perf_counter() - t
+
+    outbox = {i: message(node_of[i], wire.request("advertise", round, params=params)) for i in params.clients}
+    for stage in wire.STAGES:
+        replies = exchange(stage, outbox)
+        t = time.perf_counter()
+        for r in replies:
+            if r.has_error():
+                log.info("fedvault: node %s dropped at %s: %s", r.metadata.src_node_id, stage, r.error.reason)
+                continue
+            data = bytes(r.content.config_records[wire.RECORD]["wire"])
+            up += len(data)
+            try:
+                server.receive(data)
+            except ProtocolError as e:
+                log.warning("fedvault: refused a %s reply from node %s: %s", stage, r.metadata.src_node_id, e)
+        try:
+            nxt = server.advance()
+        except AbortError as e:
+            raise RoundAborted(f"round {round}: {e}") from None
+        ssec += time.perf_counter() - t
+        if server.stage is ServerStage.DONE:
+            break
+        nstage = wire.STAGES[wire.STAGES.index(stage) + 1]
+        outbox = {
+            i: message(node_of[i], wire.request(nstage, round, wire=m.encode(),
+                                                 weights=weights if nstage == "masked_input" else None))
+            for i, m in nxt.items()
+        }
+    assert server.result is not None
+    t = time.perf_counter()
+    total = params.encoder.decode_sum(server.result, len(server.survivors))
+    ssec += time.perf_counter() - t
+    name = registry.name
+    return RoundOutcome(
+        total=np.asarray(total, dtype=np.float64),
+        survivors=[name(i) for i in server.survivors],
+        dropped={s: [name(i) for i in server.dropped.get(s, [])] for s in wire.STAGES},
+        refused=refused,
+        server_seconds=ssec,
+        wall_seconds=time.perf_counter() - t_start,
+        upload_bytes=up,
+        stage_seconds=stage_s,
+    )
