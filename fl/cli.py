@@ -2,6 +2,9 @@
 
     fedvault demo                              the breast-cancer federation, live table
     fedvault run CONFIG.toml --output H.json   any federation from a config file
+    fedvault verify H.json                     recompute every ε independently (dp_accounting)
+    fedvault privacy H.json                    per-hospital privacy table + ε-over-rounds PNG
+    fedvault audit CONFIG.toml                 empirical privacy audit (see fl/audit.py)
 
 Every expected failure (bad config, bad CSV, exhausted budget, protocol abort) ends
 with one line ``fedvault: error: ...`` naming the problem and the fix, exit code 2,
@@ -143,6 +146,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_history(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FLError(f"history file {str(path)!r} not found; pass the file written by `fedvault run --output`")
+    try:
+        h = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FLError(f"{path}: not a JSON history file ({e}); pass the file written by `fedvault run`") from None
+    if not isinstance(h, dict) or not isinstance(h.get("privacy"), dict):
+        raise FLError(f"{path}: has no `privacy` section; was the run made with privacy enabled?")
+    return h
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Recompute every hospital's ε from its events with dp_accounting (no Opacus)."""
+    from dp.verify import verify
+
+    h = _read_history(args.history)
+    report = verify(h["privacy"], tolerance=args.tolerance)
+    print(report)
+    if args.json:
+        write_json_atomic(args.json, report.to_dict())
+    return 0 if report.ok else 1
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """Per-hospital privacy table and a PNG of ε over rounds."""
+    from dp.report import ledger_table, plot_epsilon
+
+    h = _read_history(args.history)
+    print(ledger_table(h))
+    cl = h.get("client_level")
+    if cl:
+        print(
+            f"\nclient level ({cl['mechanism']}): ε = {cl['epsilon']:.3f} against model consumers "
+            f"(client sampling q = {cl['sample_rate']:g}), ε = {cl['epsilon_vs_server']:.3f} against the server, "
+            f"δ = {cl['delta']:g}"
+        )
+    png = args.plot or args.history.with_suffix(".epsilon.png")
+    plot_epsilon(h, png)
+    print(f"\nε over rounds written to {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedvault", description="Privacy-hardened federated learning between hospitals.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -156,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", type=Path, default=Path("history.json"))
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+    v = sub.add_parser("verify", help="recompute every hospital's ε from history.json with dp_accounting (RDP + PLD)")
+    v.add_argument("history", type=Path)
+    v.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance (default 1%%)")
+    v.add_argument("--json", type=Path, default=None, help="also write the verification report as JSON")
+    v.set_defaults(func=cmd_verify)
+    pr = sub.add_parser("privacy", help="per-hospital privacy table and a PNG of ε over rounds")
+    pr.add_argument("history", type=Path)
+    pr.add_argument("--plot", type=Path, default=None, help="PNG path (default: HISTORY.epsilon.png)")
+    pr.set_defaults(func=cmd_privacy)
+    try:  # the audit subcommand lives with the audit code
+        from fl import audit as _audit
+
+        _audit.register(sub)
+    except ImportError:
+        pass
     return p
 
 

@@ -135,3 +135,50 @@ def test_no_traceback_from_a_real_process(tmp_path):
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert p.stderr.startswith("fedvault: error: data.dataset")
+
+
+@pytest.fixture(scope="module")
+def small_history(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hist")
+    cfg = d / "cfg.toml"
+    cfg.write_text(
+        "seed = 2\n[data]\nhospitals = 3\n[training]\nrounds = 3\n"
+        "[privacy]\nnoise_multiplier = 1.0\nbudget_epsilon = 50.0\n[aggregation]\nmode = \"plaintext\"\n"
+    )
+    out = d / "history.json"
+    assert main(["run", str(cfg), "--output", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_verify_accepts_an_honest_history(small_history, capsys):
+    code, out, _ = run_cli(["verify", str(small_history)], capsys)
+    assert code == 0, out
+    assert "all claims agree" in out
+
+
+def test_verify_flags_an_understated_epsilon(small_history, tmp_path, capsys):
+    import json
+
+    h = json.loads(small_history.read_text())
+    client = next(iter(h["privacy"]))
+    h["privacy"][client]["epsilon"] *= 0.5  # claims half the privacy loss it really spent
+    bad = tmp_path / "tampered.json"
+    bad.write_text(json.dumps(h))
+    code, out, err = run_cli(["verify", str(bad)], capsys)
+    assert code != 0
+    assert "MISMATCH" in out + err or "integrity" in (out + err).lower()
+
+
+def test_privacy_report_writes_table_and_plot(small_history, tmp_path, capsys):
+    png = tmp_path / "eps.png"
+    code, out, _ = run_cli(["privacy", str(small_history), "--plot", str(png)], capsys)
+    assert code == 0
+    assert "hospital_0" in out and "remaining" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_verify_bad_file(tmp_path, capsys):
+    p = tmp_path / "x.json"
+    p.write_text("{not json")
+    code, _, err = run_cli(["verify", str(p)], capsys)
+    assert_clean_error(code, err, "not a JSON history")
