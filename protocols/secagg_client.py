@@ -90,9 +90,14 @@ class ClientStage(enum.Enum):
     ABORTED = "aborted"
 
 
+def share_key_context(params: SecAggParams, sender: int, recipient: int) -> bytes:
+    """KDF context of the directional AES-256-GCM key for the shares ``sender -> recipient``."""
+    return b"share-key/" + params.share_context(sender, recipient)
+
+
 def share_key(params: SecAggParams, own: "K.X25519PrivateKey", peer_pk: bytes, sender: int, recipient: int) -> bytes:
     """Directional AES-256-GCM key for the shares ``sender -> recipient``."""
-    return K.agree(own, peer_pk, b"share-key/" + params.share_context(sender, recipient))
+    return K.agree(own, peer_pk, share_key_context(params, sender, recipient))
 
 
 def new_self_seed(rng: RandomSource) -> bytes:
@@ -266,10 +271,15 @@ class Client:
         s_shares = shamir.split(K.x25519_private_bytes(self._s_sk), self._t, xs, self._rng)
         b_shares = shamir.split(self._b, self._t, xs, self._rng)
         entries = []
+        self._inbound_keys: dict[int, bytes] = {}
         for j in sorted(peers):
             pt = struct.pack(">II", self.id, j) + s_shares[j + 1] + b_shares[j + 1]
-            key = share_key(self.params, self._c_sk, peers[j][0], self.id, j)
-            ct = AESGCM(key).encrypt(_NONCE, pt, self.params.share_context(self.id, j))
+            out_key, in_key = K.agree_many(
+                self._c_sk, peers[j][0],
+                [share_key_context(self.params, self.id, j), share_key_context(self.params, j, self.id)],
+            )
+            self._inbound_keys[j] = in_key
+            ct = AESGCM(out_key).encrypt(_NONCE, pt, self.params.share_context(self.id, j))
             entries.append(ShareEntry(j, ct))
         self.stage = ClientStage.AWAIT_SHARES
         return [ShareKeys(self.params.session_tag, self.params.round, self.id, tuple(entries))]
@@ -286,7 +296,7 @@ class Client:
         received = {}
         for e in msg.entries:
             j = e.peer
-            key = share_key(self.params, self._c_sk, self._peer_keys[j][0], j, self.id)
+            key = self._inbound_keys[j]
             try:
                 pt = AESGCM(key).decrypt(_NONCE, e.ciphertext, self.params.share_context(j, self.id))
             except InvalidTag as err:
@@ -299,7 +309,8 @@ class Client:
         self._received = received
         ctx = self.params.mask_context()
         seeds = {j: pair_seed(self._s_sk, self._peer_keys[j][1], ctx, self.id, j) for j in received}
-        y = mask_input(self._input, self.id, self._b, seeds, MaskExpander(self.dim, self.params.bits, self.threads))
+        expander = MaskExpander(self.dim, self.params.bits, self.threads)
+        y = mask_input(self._input, self.id, self._b, seeds, expander, in_place=True)  # the client owns _input
         self._input = None
         self.stage = ClientStage.AWAIT_CONSISTENCY
         return [MaskedInput(self.params.session_tag, self.params.round, self.id, self.params.bits, y)]
@@ -369,4 +380,4 @@ class Client:
         return [UnmaskShares(self.params.session_tag, self.params.round, self.id, tuple(entries))]
 
 
-__all__ = ["Client", "ClientStage", "share_key", "DecodeError"]
+__all__ = ["Client", "ClientStage", "share_key", "share_key_context"]

@@ -101,6 +101,17 @@ def agree(private: X25519PrivateKey, peer_public: bytes, context: bytes) -> byte
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AGREE_INFO + context).derive(shared)
 
 
+def agree_many(private: X25519PrivateKey, peer_public: bytes, contexts: "list[bytes]") -> list[bytes]:
+    """``[agree(private, peer_public, c) for c in contexts]`` with a single X25519 exchange."""
+    try:
+        shared = private.exchange(x25519_public(peer_public))
+    except ValueError as e:
+        raise IntegrityError("X25519 key agreement failed: the peer's public key is invalid") from e
+    return [
+        HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AGREE_INFO + c).derive(shared) for c in contexts
+    ]
+
+
 def sign(identity: Ed25519PrivateKey, message: bytes) -> bytes:
     """Ed25519 signature (64 bytes) of ``message`` (callers domain-separate ``message``)."""
     return identity.sign(message)

@@ -64,9 +64,17 @@ def mask_input(
     self_seed: bytes,
     pair_seeds: Mapping[int, bytes],
     expander: MaskExpander,
+    *,
+    in_place: bool = False,
 ) -> np.ndarray:
-    """``y_i`` as in the module docstring (a new array; ``encoded`` is not modified)."""
-    y = np.array(encoded, dtype=expander.dtype, copy=True)
+    """``y_i`` as in the module docstring: a new array, or ``encoded`` itself masked in
+    place when ``in_place`` (it must then have the expander's dtype)."""
+    if in_place:
+        if encoded.dtype != expander.dtype:
+            raise ParameterError(f"in-place masking needs a {expander.dtype} array")
+        y = encoded
+    else:
+        y = np.array(encoded, dtype=expander.dtype, copy=True)
     expander.add_many(y, input_mask_terms(client_id, self_seed, pair_seeds))
     return expander.finish(y)
 
