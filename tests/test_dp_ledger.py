@@ -187,7 +187,7 @@ def opacus_analysis_eps(sigma, q, delta):
     return lambda total_steps: analysis.get_privacy_spent(orders=orders, rdp=one * total_steps, delta=delta)[0]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     sigma=st.floats(0.6, 3.0),
     k=st.integers(2, 40),
