@@ -146,3 +146,19 @@ def test_any_dropout_pattern_gives_exact_survivor_sum_or_clean_abort(case):
     if enough:
         assert set(res.survivors) == set(params.clients) - lost_before
     assert np.array_equal(res.encoded_total, _expected(params, x, res.survivors))
+
+
+def test_server_sees_uniform_masked_vectors_of_zero_inputs():
+    """On the wire, a client's masked all-zero vector passes a chi-square test on bytes; the sum is 0."""
+    from scipy.stats import chisquare
+
+    from protocols.messages import MessageType, decode
+
+    params = SecAggParams(b"uniform", 0, (1, 2, 3, 4), threshold=2)
+    transcript: list = []
+    res = simulate_round(params, {i: np.zeros(4096) for i in params.clients}, transcript=transcript)
+    vectors = [decode(d).vector for way, _, d in transcript if way == "up" and d[5] == MessageType.MASKED_INPUT]
+    assert len(vectors) == 4
+    for v in vectors:
+        assert chisquare(np.bincount(v.view(np.uint8), minlength=256)).pvalue > 1e-4
+    assert not np.any(res.encoded_total) and not np.any(res.total)
