@@ -7,10 +7,13 @@ Measured side by side in one run, for each key size:
 * packed (:mod:`secagg.paillier`): encryption of d = 1e4, 1e5, 1e6 values with the
   conservative DJN exponent and with the short exponent, on ``--workers`` processes;
 * bytes per client: packed ciphertexts vs phe's ``2|n|`` bits per value;
-* a 10-client holder-mode round at d = 1e6 through the sans-IO protocol
-  (:func:`protocols.paillier.simulate_round`): the holder's time (signature checks, own
-  homomorphic sum, CRT decryption) and its per-ciphertext time against the CRT floor
-  (phe's ``raw_decrypt``, one core);
+* a 10-client holder-mode round at d = 1e6 through the sans-IO state machines: the
+  holder's time (signature checks, own homomorphic sum, CRT decryption) and its
+  per-ciphertext time against the CRT floor (phe's ``raw_decrypt``, one core);
+
+Every timing records wall seconds and CPU seconds (this process plus its pool workers).
+When other jobs share the machine, ``cpu / workers`` is what the wall time would be on
+otherwise idle cores; both are reported, and the targets are judged on wall time.
 * threshold mode at a small d (safe-prime dealing, share + proof per party, verification
   and combination), for orientation.
 """
@@ -27,8 +30,9 @@ import numpy as np
 from phe import paillier as phe
 
 from benchmarks._report import markdown_table, write
-from protocols.paillier import PaillierParams, setup_keys, simulate_round
-from secagg.paillier import (CrtDecryptor, FastEncryptor, PackingLayout, ciphertext_bytes, encrypt_vector,
+from protocols.paillier import (HolderDecryptor, PaillierClient, PaillierParams, PaillierServer, setup_keys,
+                                simulate_round)
+from secagg.paillier import (PARALLEL_MIN, CrtDecryptor, FastEncryptor, PackingLayout, ciphertext_bytes, encrypt_vector,
                              generate_keypair)
 
 TARGET_CONSERVATIVE = 2000.0
@@ -43,13 +47,32 @@ def _t(fn) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def _cpu() -> float:
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
+
+
+def _cores(args: argparse.Namespace, ciphertexts: int) -> int:
+    """Processes a vector of ``ciphertexts`` is spread over (see ``secagg.paillier.PARALLEL_MIN``)."""
+    return max(1, args.workers) if ciphertexts >= PARALLEL_MIN else 1
+
+
+def _tc(fn) -> tuple[float, float, Any]:
+    """Wall seconds, CPU seconds (self + reaped children) and the result of ``fn()``."""
+    c0, t0 = _cpu(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, _cpu() - c0, out
+
+
 def _phe_per_value(pk: phe.PaillierPublicKey, sk: phe.PaillierPrivateKey, d: int, d_dec: int) -> dict:
     vals = np.random.default_rng(0).uniform(-1, 1, d)
-    enc_s, cts = _t(lambda: [pk.encrypt(float(v)) for v in vals])
+    enc_s, enc_cpu, cts = _tc(lambda: [pk.encrypt(float(v)) for v in vals])
     raw = [c.ciphertext(be_secure=False) for c in cts[:d_dec]]
-    dec_s, _ = _t(lambda: [sk.raw_decrypt(c) for c in raw])
+    dec_s, dec_cpu, _ = _tc(lambda: [sk.raw_decrypt(c) for c in raw])
     return {"d_measured": d, "encrypt_s": enc_s, "encrypt_s_per_value": enc_s / d,
-            "decrypt_s_per_ciphertext": dec_s / len(raw), "bytes_per_value": ciphertext_bytes(pk.n.bit_length())}
+            "encrypt_cpu_s_per_value": enc_cpu / d, "decrypt_s_per_ciphertext": dec_s / len(raw),
+            "decrypt_cpu_s_per_ciphertext": dec_cpu / len(raw),
+            "bytes_per_value": ciphertext_bytes(pk.n.bit_length())}
 
 
 def _bench_key(key_bits: int, args: argparse.Namespace) -> dict:
@@ -65,46 +88,64 @@ def _bench_key(key_bits: int, args: argparse.Namespace) -> dict:
         for d in args.dims:
             x = np.random.default_rng(d).uniform(-1, 1, d)
             reps = 3 if d <= 100_000 else 1
-            times = []
+            times, cpus = [], []
             for _ in range(reps):
-                s, vec = _t(lambda: encrypt_vector(enc, layout, x, rng=os.urandom, workers=args.workers))
+                s, cpu, vec = _tc(lambda: encrypt_vector(enc, layout, x, rng=os.urandom, workers=args.workers))
                 times.append(s)
-            s = statistics.median(times)
+                cpus.append(cpu)
+            s, cpu = statistics.median(times), statistics.median(cpus)
             phe_s = ph["encrypt_s_per_value"] * d
+            phe_cpu = ph["encrypt_cpu_s_per_value"] * d
             row = {"key_bits": key_bits, "exponent": "short" if short else "conservative",
                    "exponent_bits": enc.exponent_bits, "table_s": t_table, "d": d,
                    "ciphertexts": len(vec.ciphertexts), "encrypt_s": s,
                    "phe_encrypt_s": phe_s, "phe_measured": d <= ph["d_measured"],
-                   "speedup": phe_s / s, "bytes": vec.nbytes, "phe_bytes": ph["bytes_per_value"] * d,
+                   "speedup": phe_s / s, "encrypt_cpu_s": cpu, "phe_encrypt_cpu_s": phe_cpu,
+                   "speedup_idle_cores": phe_cpu / max(cpu / _cores(args, len(vec.ciphertexts)), 1e-9), "bytes": vec.nbytes, "phe_bytes": ph["bytes_per_value"] * d,
                    "bytes_ratio": vec.nbytes / (ph["bytes_per_value"] * d),
-                   "ms_per_ciphertext_per_core": s * min(args.workers, os.cpu_count() or 1) / len(vec.ciphertexts) * 1e3}
+                   "cpu_ms_per_ciphertext": cpu / len(vec.ciphertexts) * 1e3}
             out["packed"].append(row)
             print(f"packed {row['exponent']:12s} d={d:>8d}: {s:8.3f} s, x{row['speedup']:8.0f} vs phe, "
-                  f"{vec.nbytes / 1e6:.2f} MB", flush=True)
+                  f"x{row['speedup_idle_cores']:8.0f} on idle cores, {vec.nbytes / 1e6:.2f} MB", flush=True)
     # -- a 10-client holder round at the largest d -------------------------------------
     d = max(args.dims)
     clients = tuple(range(1, args.clients + 1))
     params = PaillierParams(b"bench", 1, clients, min_clients=args.clients, keys="holder", key_bits=key_bits,
                             clip=1.0, short_exponent=True)
     setup = setup_keys(params, keypair=(pk, sk))
-    setup.encryptor(True)  # build the table outside the timed round
+    enc = setup.encryptor(True)  # build the table outside the timed round
     inputs = {c: np.random.default_rng(c).uniform(-1, 1, d) for c in clients}
-    res = simulate_round(params, setup, inputs, seed=b"bench", workers=args.workers)
-    err = float(np.max(np.abs(res.total - sum(inputs.values()))))
+    ids = setup.simulated_identities(clients)
+    pubs = {c: k.public_key() for c, k in ids.items()}
+    server = PaillierServer(params, setup.public, pubs, workers=args.workers)
+    enc_walls = []
+    for c in clients:
+        client = PaillierClient(params, setup.public, c, ids[c], enc, os.urandom)
+        wall, _, up = _tc(lambda: client.upload(inputs[c], workers=args.workers))
+        enc_walls.append(wall)
+        server.receive_upload(up)
+    sum_s, sum_cpu, request = _tc(server.aggregate)
+    holder = HolderDecryptor(params, setup.public, setup.crt_decryptor(), pubs, workers=args.workers)
+    dec_s, dec_cpu, answer = _tc(lambda: holder.decrypt(request))
+    total = server.receive_plaintext(answer)
+    err = float(np.max(np.abs(total - sum(inputs.values()))))
     n_ct = params.layout.ciphertexts_for(d)
-    dec = CrtDecryptor(sk)
-    c = setup.encryptor(True).encrypt_int(12345)
-    ours_1core = statistics.median(_t(lambda: dec.decrypt_int(c))[0] for _ in range(20))
+    c = enc.encrypt_int(12345)
+    ours_1core = statistics.median(_t(lambda: setup.crt_decryptor().decrypt_int(c))[0] for _ in range(20))
     out["round_holder"] = {
-        "clients": args.clients, "d": d, "ciphertexts": n_ct, "seconds": res.seconds,
-        "decrypt_ms_per_ciphertext_wall": res.seconds["decrypt"] / n_ct * 1e3,
+        "clients": args.clients, "d": d, "ciphertexts": n_ct,
+        "seconds": {"encrypt": max(enc_walls), "sum": sum_s, "decrypt": dec_s},
+        "decrypt_cpu_s": dec_cpu, "decrypt_s_idle_cores": dec_cpu / _cores(args, n_ct),
+        "decrypt_ms_per_ciphertext_wall": dec_s / n_ct * 1e3,
+        "decrypt_cpu_ms_per_ciphertext": dec_cpu / n_ct * 1e3,
         "crt_floor_ms_per_ciphertext_phe_1core": ph["decrypt_s_per_ciphertext"] * 1e3,
         "ours_ms_per_ciphertext_1core": ours_1core * 1e3,
         "phe_decrypt_1e6_s_extrapolated": ph["decrypt_s_per_ciphertext"] * d,
         "max_abs_error": err, "error_bound": params.layout.error_bound(args.clients),
-        "upload_bytes_per_client": res.upload_bytes[1],
+        "upload_bytes_per_client": params.layout.ciphertexts_for(d) * ciphertext_bytes(key_bits),
     }
-    print(f"10-client round d={d}: {res.seconds}", flush=True)
+    print(f"{args.clients}-client round d={d}: {out['round_holder']['seconds']}, "
+          f"decrypt cpu {dec_cpu:.1f} s", flush=True)
     return out
 
 
@@ -131,8 +172,8 @@ def _markdown(payload: dict) -> str:
              "phe columns at d > phe's measured d are linear extrapolations of the measured per-value cost.", ""]
     rows = [r for k in payload["keys"] for r in k["packed"]]
     lines.append(markdown_table(rows, ["key_bits", "exponent", "exponent_bits", "d", "ciphertexts", "encrypt_s",
-                                       "phe_encrypt_s", "phe_measured", "speedup", "bytes", "bytes_ratio",
-                                       "ms_per_ciphertext_per_core", "table_s"]))
+                                       "phe_encrypt_s", "phe_measured", "speedup", "speedup_idle_cores", "bytes",
+                                       "bytes_ratio", "cpu_ms_per_ciphertext", "table_s"]))
     lines += ["", "## 10-client holder round (protocol, short exponent for the uploads)", ""]
     rr = []
     for k in payload["keys"]:
@@ -140,7 +181,9 @@ def _markdown(payload: dict) -> str:
         rr.append({"key_bits": k["key_bits"], "d": r["d"], "ciphertexts": r["ciphertexts"],
                    "encrypt_s": r["seconds"]["encrypt"], "server_sum_s": r["seconds"]["sum"],
                    "holder_decrypt_s": r["seconds"]["decrypt"],
+                   "holder_decrypt_s (idle cores)": r["decrypt_s_idle_cores"],
                    "ms/ct wall": r["decrypt_ms_per_ciphertext_wall"],
+                   "cpu ms/ct": r["decrypt_cpu_ms_per_ciphertext"],
                    "ours ms/ct 1 core": r["ours_ms_per_ciphertext_1core"],
                    "CRT floor ms/ct (phe, 1 core)": r["crt_floor_ms_per_ciphertext_phe_1core"],
                    "phe decrypt 1e6 s (extrap.)": r["phe_decrypt_1e6_s_extrapolated"],
@@ -155,7 +198,8 @@ def _markdown(payload: dict) -> str:
                                  ["key_bits", "d", "ciphertexts", "dealer_setup_s", "encrypt", "sum", "share",
                                   "combine", "decrypt"])]
     lines += ["", "## Targets", ""]
-    lines.append(markdown_table(payload["targets"], ["target", "key_bits", "measured", "goal", "met"]))
+    lines.append(markdown_table(payload["targets"], ["target", "key_bits", "measured", "idle cores", "goal",
+                                                     "met"]))
     return "\n".join(lines) + "\n"
 
 
@@ -165,17 +209,18 @@ def _targets(keys: list[dict]) -> list[dict]:
         big = max(r["d"] for r in k["packed"])
         by = {r["exponent"]: r for r in k["packed"] if r["d"] == big}
         out.append({"target": f"encrypt d={big} speedup, conservative", "key_bits": k["key_bits"],
-                    "measured": by["conservative"]["speedup"], "goal": f">= {TARGET_CONSERVATIVE:.0f}x",
+                    "measured": by["conservative"]["speedup"],
+                    "idle cores": by["conservative"]["speedup_idle_cores"], "goal": f">= {TARGET_CONSERVATIVE:.0f}x",
                     "met": by["conservative"]["speedup"] >= TARGET_CONSERVATIVE})
         out.append({"target": f"encrypt d={big} speedup, short exponent", "key_bits": k["key_bits"],
-                    "measured": by["short"]["speedup"], "goal": f">= {TARGET_SHORT:.0f}x",
+                    "measured": by["short"]["speedup"], "idle cores": by["short"]["speedup_idle_cores"], "goal": f">= {TARGET_SHORT:.0f}x",
                     "met": by["short"]["speedup"] >= TARGET_SHORT})
         out.append({"target": "ciphertext bytes / phe", "key_bits": k["key_bits"],
                     "measured": by["conservative"]["bytes_ratio"], "goal": "<= 0.01",
                     "met": by["conservative"]["bytes_ratio"] <= TARGET_BYTES})
         r = k["round_holder"]
         out.append({"target": f"holder decrypt of {r['clients']}-client d={r['d']} sum (s)", "key_bits": k["key_bits"],
-                    "measured": r["seconds"]["decrypt"], "goal": f"< {TARGET_DECRYPT_S:.0f} s",
+                    "measured": r["seconds"]["decrypt"], "idle cores": r["decrypt_s_idle_cores"], "goal": f"< {TARGET_DECRYPT_S:.0f} s",
                     "met": r["seconds"]["decrypt"] < TARGET_DECRYPT_S})
     return out
 
