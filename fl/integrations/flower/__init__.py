@@ -15,9 +15,16 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 from .mod import FedVaultMod, PolicyError, node_dir_from_context
 from .node import NodeDir, NodeSetupError, Registry, provision
-from .site import HospitalSite, Site
 from .strategy import SecureFedAvg
 from .workflow import RoundAborted, RoundOutcome, SecAggConfig, secure_round
+
+
+def __getattr__(name: str):  # noqa: ANN202 - the site (torch, Opacus) loads only when a stage trains
+    if name in ("HospitalSite", "Site"):
+        from . import site
+
+        return getattr(site, name)
+    raise AttributeError(name)
 
 __all__ = [
     "FedVaultMod", "PolicyError", "node_dir_from_context", "NodeDir", "NodeSetupError", "Registry", "provision",

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
@@ -53,7 +53,9 @@ from secagg.prg import DeterministicRandom
 
 from . import wire
 from .node import NodeDir, NodeSetupError
-from .site import Site
+
+if TYPE_CHECKING:
+    from .site import Site
 
 log = logging.getLogger("fedvault.flower")
 
@@ -103,7 +105,7 @@ class FedVaultMod:
         Threads for mask expansion.
     """
 
-    def __init__(self, site: Callable[[Context], Site], node_dir: Callable[[Context], Path] | None = None, *,
+    def __init__(self, site: Callable[[Context], "Site"], node_dir: Callable[[Context], Path] | None = None, *,
                  min_cohort: int = 3, threads: int = 1):
         self.site = site
         self.node_dir = node_dir or node_dir_from_context

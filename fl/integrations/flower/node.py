@@ -175,8 +175,9 @@ class NodeDir:
         return key
 
 
-def provision(root: str | os.PathLike[str], names: list[str]) -> Registry:
-    """Create ``root/<name>/`` node directories (fresh identity keys) and ``root/registry.json``.
+def provision(root: str | os.PathLike[str], names: list[str], dirs: list[str] | None = None) -> Registry:
+    """Create node directories ``root/<dirs[k]>`` (default: the names) with fresh identity
+    keys, and ``root/registry.json``.
 
     The one-machine stand-in for a consortium's enrolment: in a real deployment each
     hospital generates its key on its own machine and sends only the public key.
@@ -188,7 +189,7 @@ def provision(root: str | os.PathLike[str], names: list[str]) -> Registry:
     reg = Registry({i: Member(i, names[i - 1], K.public_bytes(k)) for i, k in keys.items()})
     (root / "registry.json").write_text(reg.to_json(), encoding="utf-8")
     for i, name in enumerate(names, start=1):
-        d = root / name
+        d = root / (dirs[i - 1] if dirs else name)
         d.mkdir(mode=0o700, exist_ok=True)
         os.chmod(d, 0o700)
         pem = keys[i].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -23,7 +23,6 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from fl.strategies import FedAvg, weighted_mean_delta
 
 from . import wire
 from .node import Registry
@@ -49,7 +48,11 @@ class SecureFedAvg:
                  on_stage: Callable[[int, str], None] | None = None):
         self.registry = registry
         self.secagg = secagg
-        self.optimizer = server_optimizer or FedAvg()
+        if server_optimizer is None:
+            from fl.strategies import FedAvg
+
+            server_optimizer = FedAvg()
+        self.optimizer = server_optimizer
         self.on_stage = on_stage
         self.session_id = os.urandom(16)
         self.history: list[dict[str, Any]] = []
@@ -87,8 +90,7 @@ class SecureFedAvg:
             self.history.append({
                 "round": rnd, "participants": out.survivors, "dropped": out.dropped, "refused": out.refused,
                 "server_seconds": out.server_seconds, "wall_seconds": out.wall_seconds,
-                "upload_bytes": out.upload_bytes, "mean_update_norm": float(
-                    (weighted_mean_delta(out.total) ** 2).sum() ** 0.5),
+                "upload_bytes": out.upload_bytes, "stage_seconds": out.stage_seconds, "total": out.total.tolist(), "records": float(out.total[-1]),
             })
             log.info("fedvault round %d: %d hospitals in the sum, dropped %s, refused %s", rnd,
                      len(out.survivors), {k: v for k, v in out.dropped.items() if v}, list(out.refused))

@@ -1,0 +1,1 @@
+"""Flower app: the breast-cancer federation with fedvault's DP-SGD and SecAgg(+)."""
