@@ -220,6 +220,8 @@ def federate(
                 res = hs.fit(weights, r)
             except BudgetExceeded as e:
                 refused[hs.name] = str(e)
+                if hs.ledger is not None:
+                    hs.ledger.refuse(r, str(e))  # the hospital's own ledger keeps the reason too
                 continue
             train_s[hs.name] = time.perf_counter() - t0
             inputs[hs.name] = res.vector

@@ -114,6 +114,11 @@ def test_budget_refusal_is_recorded_and_the_study_stops_cleanly():
     assert "stopped" in h and "min_clients" in h["stopped"]["reason"]
     for r in h["rounds"]:
         assert set(r["participants"]).isdisjoint(r["refused"])
+    # every refusal is in the refusing hospital's own ledger as well
+    from_rounds = {(c, r["round"]) for r in h["rounds"] for c in r["refused"]}
+    from_rounds |= {(c, h["stopped"]["round"]) for c in h["stopped"].get("refused", {})}
+    from_ledgers = {(c, x["round"]) for c, led in h["privacy"].items() for x in led["refused"]}
+    assert from_rounds == from_ledgers and from_ledgers
 
 
 def test_secagg_dropouts_are_recovered_in_a_federation():
