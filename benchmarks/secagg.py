@@ -163,6 +163,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.ns, args.dims, args.repeat = [10, 20], [10_000], 1
 
+    load_before = os.getloadavg()
     rows = []
     for d in args.dims:
         for n in args.ns:
@@ -202,8 +203,12 @@ def main(argv: list[str]) -> int:
     if flower:
         md += ["", "## Flower SecAgg+ (server seconds, same run)", "",
                markdown_table(flower, ["n", "d", "dropped", "flower_server_s", "fedvault_server_s", "speedup", "flower_version"])]
+    load_after = os.getloadavg()
+    md.insert(3, f"Machine load average (1, 5, 15 min) before: {tuple(round(x, 2) for x in load_before)}, "
+                 f"after: {tuple(round(x, 2) for x in load_after)} (other jobs share the 2 cores when it is above ~1).\n")
     name = "secagg" if not args.quick else "secagg_quick"
-    write(name, {"rows": rows, "flower": flower, "threads": args.threads}, "\n".join(md), args.out)
+    write(name, {"rows": rows, "flower": flower, "threads": args.threads,
+                 "loadavg_before": load_before, "loadavg_after": load_after}, "\n".join(md), args.out)
     return 0
 
 
