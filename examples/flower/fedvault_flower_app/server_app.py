@@ -59,7 +59,9 @@ def main(grid: Grid, context: Context) -> None:
     nodes = wait_for_nodes(grid, int(rc.get("num-hospitals", 4)))
     secagg = SecAggConfig(
         clip=float(rc.get("max-records", 256)) * cfg.aggregation.update_clip, graph=str(rc.get("graph", "complete")),
-        stage_timeout=float(rc.get("stage-timeout", 60.0)), min_clients=int(rc.get("min-clients", 3)),
+        stage_timeout=float(rc.get("stage-timeout", 60.0)), enrol_timeout=float(rc.get("enrol-timeout", 120.0)),
+        train_timeout=float(rc.get("train-timeout", 90.0)),
+        min_clients=int(rc.get("min-clients", 3)),
     )
     strategy = SecureFedAvg(registry, secagg, on_stage=on_stage)
     initial = ArrayRecord(task.make_model(cfg).state_dict())

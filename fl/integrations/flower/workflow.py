@@ -48,6 +48,13 @@ class SecAggConfig:
         update_clip`` for weighted updates ``[n_k delta_k, n_k]``).
     stage_timeout
         Seconds each stage waits for replies; a node silent that long has dropped.
+    train_timeout
+        Seconds the masked-input stage waits (hospitals train then); default ``stage_timeout``.
+    poll_interval
+        Seconds between polls for replies (Flower's own ``send_and_receive`` polls every 3 s).
+    enrol_timeout
+        Seconds the enrolment waits (default ``stage_timeout``): the first message of a
+        run may start a cold ClientApp process on every node.
     min_clients
         Fewest enrolled hospitals to start a round (at least 2).
     threads
@@ -59,6 +66,9 @@ class SecAggConfig:
     threshold: int | None = None
     bits: int = 32
     stage_timeout: float = 60.0
+    enrol_timeout: float | None = None
+    train_timeout: float | None = None
+    poll_interval: float = 0.5
     min_clients: int = 3
     threads: int = 2
 
@@ -75,6 +85,21 @@ class RoundOutcome:
     wall_seconds: float
     upload_bytes: int
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll: float) -> list[Message]:
+    """``grid.send_and_receive`` with a shorter poll interval."""
+    ids = set(grid.push_messages(messages))
+    end = time.monotonic() + timeout
+    out: list[Message] = []
+    while ids:
+        got = list(grid.pull_messages(ids))
+        out.extend(got)
+        ids.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not ids or time.monotonic() >= end:
+            break
+        time.sleep(poll)
+    return out
 
 
 class RoundAborted(RuntimeError):
@@ -110,7 +135,10 @@ def secure_round(
         if on_stage is not None:
             on_stage(stage)
         t = time.perf_counter()
-        replies = list(grid.send_and_receive(list(outbox.values()), timeout=config.stage_timeout))
+        wait = config.stage_timeout if stage != wire.ENROL else (config.enrol_timeout or config.stage_timeout)
+        if stage == "masked_input":
+            wait = config.train_timeout or config.stage_timeout
+        replies = _send_and_receive(grid, list(outbox.values()), wait, config.poll_interval)
         stage_s[stage] = time.perf_counter() - t
         return replies
 
