@@ -126,6 +126,9 @@ class FedVaultMod:
             self._forget(context)
             log.warning("fedvault: refused %s message: %s: %s", stage, type(e).__name__, e)
             return Message(Error(REFUSED, f"fedvault/refused: {type(e).__name__}: {e}"), reply_to=msg)
+        except BaseException:
+            self._forget(context)  # e.g. training crashed: this round cannot be resumed here
+            raise
 
     # -- stages -------------------------------------------------------------------------
     def _handle(self, stage: str, rec: ConfigRecord, msg: Message, context: Context) -> Message:

@@ -1,0 +1,55 @@
+"""fedvault on Flower's simulation engine (Ray): the secure aggregate equals the plaintext sum of
+exactly the survivors, with one hospital over its privacy budget (Flower error, left out) and one
+crashing after it shared its keys (dropout recovery)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+from tests._flower_helpers import app_task, plaintext_sum  # noqa: E402
+
+
+def _exhausted_ledger(path, name: str) -> None:
+    """A ledger one more DP round would push past its ε = 3 budget."""
+    from dp.ledger import PrivacyEvent, PrivacyLedger
+
+    led = PrivacyLedger(client=name, delta=1e-5, accountant="rdp", budget_epsilon=3.0)
+    steps = 1
+    while led.epsilon_if(PrivacyEvent(0, 2.0, 0.1, steps * 2)) <= 3.0:
+        steps *= 2
+    led.record(PrivacyEvent(0, 2.0, 0.1, steps))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    led.save(path)
+
+
+
+def test_simulation_aggregate_is_the_survivors_plaintext_sum(tmp_path):
+    app_task()  # examples/flower on sys.path
+    from fedvault_flower_app import simulate as sim
+
+    root = tmp_path / "consortium"
+    _exhausted_ledger(root / "node-1" / "ledger.json", "hospital_1")
+    overrides = {"num-hospitals": 5, "num-server-rounds": 1, "dp-seed": 0, "simulate-crash": "3",
+                 "budget-epsilon": 3.0}
+    hist = sim.simulate(5, 1, root=root, dp_seed=0, simulate_crash="3", budget_epsilon=3.0)
+    (r1,) = hist["rounds"]
+    assert "aborted" not in r1, r1
+    assert r1["participants"] == ["hospital_0", "hospital_3", "hospital_4"]
+    assert r1["dropped"]["masked_input"] == ["hospital_2"]
+    (reason,) = r1["refused"].values()
+    assert reason.startswith("fedvault/budget:") and "hospital_1" in reason
+    # The refusal is in the hospital's own ledger, and it spent nothing.
+    doc = json.loads((root / "node-1" / "ledger.json").read_text())
+    assert len(doc["ledger"]["events"]) == 1 and doc["ledger"]["refused"]
+    # No secret left behind: the per-round vaults are empty once the round is over.
+    assert not [p for k in range(5) for p in (root / f"node-{k}" / "rounds").glob("*.seed")]
+    expect = plaintext_sum(overrides, r1["participants"], hist["initial"], 1, tmp_path)
+    total = np.asarray(r1["total"])
+    assert total[-1] == expect[-1]  # exact record count of the survivors
+    np.testing.assert_allclose(total, expect, atol=1e-3)
