@@ -134,8 +134,8 @@ def wait_port(port: int, timeout: float) -> None:
 
 
 def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_input", rounds: int = 1,
-           workdir: str | Path | None = None, timeout: float = 300.0, stage_timeout: float = 20.0,
-           train_timeout: float = 30.0,
+           workdir: str | Path | None = None, timeout: float = 400.0, stage_timeout: float = 60.0,
+           train_timeout: float = 45.0,
            dp_seed: int = 0) -> dict:
     """Run the deployment; returns the server's result JSON plus ``killed`` and ``workdir``."""
     from fl.integrations.flower import provision
@@ -214,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--kill", type=int, default=3, help="client id (1-based) whose SuperNode is killed; 0: none")
     ap.add_argument("--kill-at", default="masked_input", choices=["share", "masked_input", "consistency"])
-    ap.add_argument("--stage-timeout", type=float, default=20.0)
-    ap.add_argument("--train-timeout", type=float, default=30.0)
+    ap.add_argument("--stage-timeout", type=float, default=60.0)
+    ap.add_argument("--train-timeout", type=float, default=45.0,
+                    help="the masked-input stage (training) waits this long; the killed node costs all of it")
     ap.add_argument("--keep", default=None, help="keep certificates, node directories and logs in this folder")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
