@@ -549,10 +549,11 @@ def markdown(report: AuditReport) -> str:
         f"| canaries (IN / total, slots) | {r.included} / {r.canaries} (model supports {report.canary_slots}) |",
         f"| guesses: correct / made (IN-guesses k+, OUT-guesses k−) | {r.correct} / {r.guesses} ({r.k_plus}, {r.k_minus}) |",
         f"| guess strategies tried (Bonferroni) | {r.candidates} |",
+        f"| largest bound these canaries can certify (all guesses right) | {r.ceiling:.3f} |",
         "",
         "The lower bound holds with the stated confidence over the canaries' inclusion coins. "
-        "A bound below the claim means the audit found no violation; it does not prove the claim "
-        f"(with {r.canaries} canaries the largest certifiable bound is limited).",
+        "A bound below the claim means the audit found no violation; it does not prove the claim, "
+        f"and claims above {r.ceiling:.2f} cannot be falsified with {r.canaries} canaries on this model.",
         "",
         "![ε claimed vs empirical](epsilon.png)",
         "",

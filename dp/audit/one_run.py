@@ -147,6 +147,8 @@ class OneRunAudit:
         k_plus, k_minus: the chosen candidate's IN / OUT guess counts.
         candidates: how many (k+, k−) pairs were tried (Bonferroni factor).
         included: how many canaries were actually IN.
+        ceiling: the largest bound any guesser could certify with these m canaries and
+            candidates (all guesses correct) — a small ceiling means the audit is weak.
     """
 
     epsilon_lower: float
@@ -160,6 +162,7 @@ class OneRunAudit:
     candidates: int
     included: int
     tried: tuple[tuple[int, int, int, float], ...] = field(default=(), repr=False)  # (k+, k−, v, ε or nan: not better)
+    ceiling: float = math.nan  # the bound a perfect guesser would reach with these canaries
 
     @property
     def accuracy(self) -> float:
@@ -170,7 +173,7 @@ class OneRunAudit:
             "epsilon_lower": self.epsilon_lower, "confidence": self.confidence, "delta": self.delta,
             "canaries": self.canaries, "included": self.included, "guesses": self.guesses,
             "correct": self.correct, "k_plus": self.k_plus, "k_minus": self.k_minus,
-            "candidates": self.candidates,
+            "candidates": self.candidates, "ceiling": self.ceiling,
             "tried": [{"k_plus": a, "k_minus": b, "correct": c, "epsilon_lower": e} for a, b, c, e in self.tried],
         }
 
@@ -217,9 +220,12 @@ def audit_scores(
         if best is None or (not math.isnan(eps) and (math.isnan(best[0]) or eps > best[0])):
             best = (eps, kp, km, v)
     eps, kp, km, v = best  # type: ignore[misc]
-    if math.isnan(eps):  # no candidate rejects even ε = 0
+    if math.isnan(eps) or eps == 0.0:  # nothing rejected: report the most accurate candidate
+        kp, km, v, _ = max(tried, key=lambda t: (t[2] / max(t[0] + t[1], 1), t[0] + t[1]))
         eps = 0.0
+    ceiling = max(epsilon_lower_bound(m, a + b, a + b, delta, per_test) for a, b in cands)
     return OneRunAudit(
         epsilon_lower=eps, confidence=confidence, delta=delta, canaries=m, guesses=kp + km, correct=v,
         k_plus=kp, k_minus=km, candidates=len(cands), included=int(b.sum()), tried=tuple(tried),
+        ceiling=ceiling,
     )
