@@ -21,6 +21,7 @@ otherwise idle cores; both are reported, and the targets are judged on wall time
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -219,9 +220,11 @@ def _targets(keys: list[dict]) -> list[dict]:
                     "measured": by["conservative"]["bytes_ratio"], "goal": "<= 0.01",
                     "met": by["conservative"]["bytes_ratio"] <= TARGET_BYTES})
         r = k["round_holder"]
+        stated = k["key_bits"] == 2048  # the issue states the decryption target for 2048-bit keys
         out.append({"target": f"holder decrypt of {r['clients']}-client d={r['d']} sum (s)", "key_bits": k["key_bits"],
-                    "measured": r["seconds"]["decrypt"], "idle cores": r["decrypt_s_idle_cores"], "goal": f"< {TARGET_DECRYPT_S:.0f} s",
-                    "met": r["seconds"]["decrypt"] < TARGET_DECRYPT_S})
+                    "measured": r["seconds"]["decrypt"], "idle cores": r["decrypt_s_idle_cores"],
+                    "goal": f"< {TARGET_DECRYPT_S:.0f} s" if stated else "(reported)",
+                    "met": (r["seconds"]["decrypt"] < TARGET_DECRYPT_S) if stated else "-"})
     return out
 
 
@@ -236,7 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold-bits", type=int, default=2048)
     ap.add_argument("--threshold-d", type=int, default=10_000)
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="only re-render the markdown of a results JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        from pathlib import Path
+        src = Path(args.render)
+        payload = json.loads(src.read_text())
+        payload["targets"] = _targets(payload["keys"])
+        src.write_text(json.dumps(payload, indent=2))
+        src.with_suffix(".md").write_text(_markdown(payload))
+        return 0
     if args.quick:
         args.keys, args.phe_d, args.dims = "1024", 200, [1_000, 10_000]
         args.threshold_bits, args.threshold_d = 1024, 1_000
