@@ -602,22 +602,25 @@ def plots(report: AuditReport, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    # ε claimed vs empirical
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    labels = ["record: claimed", f"record: lower bound\n({100 * report.record.confidence:g}%)"]
-    vals = [report.claimed_epsilon if report.claimed_epsilon is not None else float("nan"), report.record.epsilon_lower]
-    colors = ["tab:blue", "tab:red" if report.violation else "tab:green"]
+    # ε claimed vs empirical: record level (bound) and client level (estimate) on their own axes
+    panels = [("record level", ["claimed\n(accountant)", f"lower bound\n({100 * report.record.confidence:g}%)"],
+               [report.claimed_epsilon, report.record.epsilon_lower],
+               ["tab:blue", "tab:red" if report.violation else "tab:green"])]
     if report.client is not None:
-        labels += ["client: claimed", "client: estimate"]
-        vals += [report.client_claimed_epsilon if report.client_claimed_epsilon is not None else float("nan"),
-                 report.client.epsilon if math.isfinite(report.client.epsilon) else float("nan")]
-        colors += ["tab:blue", "tab:orange"]
-    ax.bar(range(len(vals)), [0 if not math.isfinite(v) else v for v in vals], color=colors)
-    for i, v in enumerate(vals):
-        ax.text(i, (v if math.isfinite(v) else 0) + 0.02, "n/a" if not math.isfinite(v) else f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(vals)), labels, fontsize=7)
-    ax.set_ylabel("ε")
-    ax.set_title("ε claimed (accountant) vs empirical")
+        panels.append(("client level", ["claimed", "one-shot\nestimate"],
+                       [report.client_claimed_epsilon, report.client.epsilon], ["tab:blue", "tab:orange"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    for ax, (title, labels, vals, colors) in zip(np.atleast_1d(axes), panels):
+        shown = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
+        ax.bar(range(len(vals)), shown, color=colors)
+        for i, v in enumerate(vals):
+            txt = "none" if v is None else ("∞" if not math.isfinite(v) else f"{v:.2f}")
+            ax.text(i, shown[i], txt, ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(range(len(vals)), labels, fontsize=8)
+        ax.set_ylabel("ε")
+        ax.set_title(title)
+        ax.margins(y=0.15)
+    fig.suptitle("ε claimed vs empirical", fontsize=10)
     fig.tight_layout()
     p = folder / "epsilon.png"
     fig.savefig(p, dpi=110)

@@ -143,3 +143,29 @@ def test_fault_needs_private_training(tmp_path):
     with pytest.raises(FA.A.AuditError, match="never called"):
         FA.record_audit(cfg, settings)
     assert math.isfinite(settings.confidence)
+
+
+def test_report_files_and_verdict(tmp_path):
+    """The report is written from a typed result; the verdict follows lower bound vs claim."""
+    from dp import audit as A
+
+    rng = np.random.default_rng(0)
+    inc = rng.random(60) < 0.5
+    scores = inc * 10.0 + rng.standard_normal(60) * 0.01  # a perfect attack
+    rec = A.audit_scores(scores, inc, delta=1e-5, confidence=0.95)
+    assert rec.epsilon_lower > 0.5 and rec.ceiling >= rec.epsilon_lower
+    cos_in, cos_out = np.array([0.30, 0.35, 0.40]), rng.normal(0, 0.05, 100)
+    est = A.one_shot_estimate(cos_in, cos_out, delta=1e-5, dimension=100)
+    for claimed, verdict in ((0.2, "VIOLATION"), (5.0, "pass")):
+        r = FA.AuditReport(
+            config={}, settings={}, record=rec, record_scores=scores, canary_hospital="h", canary_slots=60,
+            claimed_epsilon=claimed, delta=1e-5, client=est, client_cosines=(cos_in, cos_out), included=inc,
+            accuracy=0.9,
+        )
+        out = tmp_path / verdict
+        FA.write_report(r, out)
+        assert json.loads((out / "audit.json").read_text())["verdict"] == verdict
+        assert (out / "epsilon.png").stat().st_size > 0 and (out / "canary_scores.png").stat().st_size > 0
+        assert not (out / "roc.png").exists()  # no attacks were run
+    with pytest.raises(ConfigError, match="is a file"):
+        FA.write_report(r, out / "report.md")
