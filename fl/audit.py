@@ -713,6 +713,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"client level: claimed ε = {_fmt_eps(report.client_claimed_epsilon)}, one-shot estimate ε ≈ {_fmt_eps(report.client.epsilon)}")
     for a in report.attacks:
         print(f"membership inference, {a.name}: AUC {a.auc:.3f}, TPR@1%FPR {a.tpr_at_1pct_fpr:.3f}, TPR@0.1%FPR {a.tpr_at_01pct_fpr:.3f}")
+    if report.claimed_epsilon is not None and r.ceiling < report.claimed_epsilon:
+        print(
+            f"note: with {r.canaries} canaries on this model the audit can certify at most ε ≈ {r.ceiling:.2f} "
+            f"(< claimed {claimed}): it could not catch a violation of this claim. Models with more inputs or "
+            "classes hold more canaries (audit.canaries); a smaller claimed ε is easier to falsify."
+        )
     print(f"report written to {md}")
     if report.violation:
         print(
