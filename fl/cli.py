@@ -61,6 +61,8 @@ class RoundTable:
             f"{_fmt(m['roc_auc'], '7.3f')}  {_fmt(eps, '6.2f')}  {row['seconds']['total']:6.2f}"
         )
         notes = []
+        if row.get("aborted"):
+            notes.append("ABORTED (nothing revealed, model unchanged): " + row["aborted"])
         if row.get("refused"):
             notes.append("refused: " + ",".join(sorted(row["refused"])))
         dropped = [c for v in row.get("dropped", {}).values() for c in v]

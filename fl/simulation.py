@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dp.errors import BudgetExceeded
+from protocols.errors import AbortError
 from fl import aggregation, data as data_mod, models, plain, strategies
 from fl.client import Hospital
 from fl.config import Config, to_dict
@@ -235,7 +236,25 @@ def federate(
             history["stopped"] = {"round": r, "reason": stop_reason, "refused": refused}
             break
         t_agg = time.perf_counter()
-        result = agg.aggregate(r, inputs, clip=clip)
+        try:
+            result = agg.aggregate(r, inputs, clip=clip)
+        except AbortError as e:
+            # Too many hospitals vanished for the protocol to unmask: it revealed nothing,
+            # the model stays as it was, and the study goes on with the next round. The
+            # ε of the hospitals that trained stays charged (conservative: their update
+            # was never revealed).
+            row = {"round": r, "participants": [], "selected": sorted(hs.name for hs in selected),
+                   "aborted": str(e), "metrics": evaluate(global_model, fd.X_test, fd.y_test),
+                   "epsilon": {hs.name: hs.epsilon() for hs in hospitals if hs.ledger is not None},
+                   "delta": cfg.privacy.delta if cfg.privacy.enabled else None,
+                   "upload_bytes": {}, "refused": refused, "dropped": {},
+                   "seconds": {"train": max(train_s.values()) if train_s else 0.0,
+                               "aggregate": time.perf_counter() - t_agg,
+                               "total": time.perf_counter() - t_round}}
+            history["rounds"].append(row)
+            if on_round is not None:
+                on_round(row)
+            continue
         agg_s = time.perf_counter() - t_agg
         if strategy.needs_individual_updates:  # plaintext only (enforced by the config)
             ups = [np.clip(inputs[c], -clip, clip) for c in sorted(result.contributors)]
