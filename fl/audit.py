@@ -54,9 +54,6 @@ multiplier* — the kind of implementation bug the audit exists to catch. It pat
 that the patched optimizer was actually used. ``examples/audit_broken.toml`` uses it.
 """
 
-# TODO(lead): the audit recovers the federated standardisation (mean, std) by regression
-# from the data before/after ``federate``; returning them in FederationRun (e.g.
-# ``run.standardisation = (mean, std)``) would make this exact and simpler.
 
 from __future__ import annotations
 
@@ -281,17 +278,6 @@ def insert_canaries(fd: data_mod.FederatedData, can: RecordCanaries) -> data_mod
     return out
 
 
-def _recover_standardisation(before: data_mod.FederatedData, after: data_mod.FederatedData) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) with ``after = (before − mean) / std``, fitted per feature by least squares."""
-    R = np.concatenate([h.X for h in before.hospitals]).astype(np.float64)
-    S = np.concatenate([h.X for h in after.hospitals]).astype(np.float64)
-    sv = S.var(0)
-    cov = ((R - R.mean(0)) * (S - S.mean(0))).mean(0)
-    std = np.where(sv > 1e-12, cov / np.where(sv > 1e-12, sv, 1.0), 1.0)
-    mean = R.mean(0) - std * S.mean(0)
-    return mean, std
-
-
 class _Recorder:
     """An ``extra_updates`` hook that adds nobody and remembers the round-0 global weights."""
 
@@ -420,10 +406,9 @@ def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedDat
     base = fd if fd is not None else data_mod.load(cfg)
     can = design_canaries(base, settings)
     data_in = insert_canaries(base, can)
-    before = copy.deepcopy(data_in)
     rec = _Recorder()
     run = _federate(cfg, data_in, rec, settings.fault)
-    mean, std = _recover_standardisation(before, run.data)
+    mean, std = run.standardisation  # the federation's own (mean, std)
     z_model = (can.raw - mean) / std
     w1 = models.get_vector(run.model)
     scores = canary_scores(run.model, rec.initial, w1, z_model, can.y)

@@ -136,6 +136,7 @@ class FederationRun:
     model: torch.nn.Module
     data: data_mod.FederatedData
     hospitals: list[Hospital]
+    standardisation: tuple[np.ndarray, np.ndarray] | None = None  # federated (mean, std)
 
 
 class ExtraUpdates(Protocol):
@@ -174,7 +175,7 @@ def federate(
     if extra_updates is not None:
         names = names + list(extra_updates.names)
     agg = aggregation.make(cfg, names)
-    federated_standardise(fd, agg)
+    mean_std = federated_standardise(fd, agg)
 
     make_model = _model_factory(cfg, fd)
     torch.manual_seed(cfg.seed)
@@ -309,4 +310,4 @@ def federate(
     history["final"]["max_epsilon"] = max(
         (hs.epsilon() or 0.0 for hs in hospitals if hs.ledger is not None), default=None
     )
-    return FederationRun(history, global_model, fd, hospitals)
+    return FederationRun(history, global_model, fd, hospitals, mean_std)

@@ -106,17 +106,14 @@ def test_canary_design_and_standardisation_recovery():
     data_in = FA.insert_canaries(fd, can)
     host = next(h for h in data_in.hospitals if h.name == can.hospital)
     assert host.n == max(h.n for h in fd.hospitals) + can.included.sum()
-    # standardise as the federation does and recover (mean, std) from before/after
-    import copy
+    # the federation hands back the (mean, std) it standardised with; canaries map through it
+    from fl.simulation import federate
 
-    before = copy.deepcopy(data_in)
-    X = np.concatenate([h.X for h in data_in.hospitals])
-    mean, std = X.mean(0), X.std(0)
-    for h in data_in.hospitals:
-        h.X = ((h.X - mean) / std).astype(np.float32)
-    m2, s2 = FA._recover_standardisation(before, data_in)
-    assert np.allclose(m2, mean, rtol=1e-4, atol=1e-4 * np.abs(mean).max())
-    assert np.allclose(s2, std, rtol=1e-4)
+    pooled = np.concatenate([h.X for h in data_in.hospitals]).astype(np.float64)
+    run = federate(cfg.replace(training={"rounds": 1}, aggregation={"mode": "plaintext"}), data=data_in, baseline=False)
+    mean, std = run.standardisation
+    assert np.allclose(mean, pooled.mean(0), rtol=1e-9)
+    assert np.allclose(std, pooled.std(0), rtol=1e-6)
 
 
 def test_audit_settings_are_validated(tmp_path):
