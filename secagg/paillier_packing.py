@@ -17,7 +17,8 @@ removed after summation. Decoding a slot that holds the sum of ``k`` encoded val
 **Quantisation error bound.** Each value is off by at most ``step / 2`` after rounding
 (``|x' - (u*step - c)| <= step/2``), so the decoded sum of ``k`` values is off by at
 most ``k * step / 2 = k * c / (2^b - 1)`` per coordinate, plus clipping of values
-outside ``[-c, c]`` (which the caller chooses). The integer slot sums themselves are
+outside ``[-c, c]`` (which the caller chooses). For ``b > 52`` float64 rounding of
+``(x' + c) / step`` adds up to ``k * 2^(b-52) * step`` (about ``k`` ulps of ``2c``). The integer slot sums themselves are
 exact: ``unpack(sum of packed) == sum of u`` bit for bit.
 
 **Slot layout** (little-endian inside the plaintext)::
@@ -129,9 +130,9 @@ class PackingLayout:
             raise EncodingError(f"expected a 1-D vector, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise EncodingError("vector contains NaN or infinity; fix the update before encrypting")
-        top = (1 << self.value_bits) - 1
         u = np.rint((np.clip(x, -self.clip, self.clip) + self.clip) / self.step)
-        return np.clip(u, 0, top).astype(np.uint64)
+        # clamp in the integer domain: for b > 53, float(2^b - 1) rounds up to 2^b
+        return np.minimum(np.maximum(u, 0).astype(np.uint64), np.uint64((1 << self.value_bits) - 1))
 
     def dequantise_sum(self, sums: np.ndarray, summands: int) -> np.ndarray:
         """Decode slot sums of ``summands`` encoded vectors: ``step * sum_u - summands * c``."""

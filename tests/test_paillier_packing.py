@@ -71,6 +71,15 @@ def test_quantisation_error_within_documented_bound(values, bits):
     assert np.all(np.abs(back - np.clip(x, -2, 2)) <= layout.error_bound(1) * (1 + 1e-9))
 
 
+@pytest.mark.parametrize("bits", [53, 55, 60])
+def test_wide_values_never_exceed_their_slot(bits):
+    layout = PackingLayout(1024, bits, 8, 1.0)
+    u = layout.quantise(np.array([1.0, 5.0, -1.0, 0.999999999]))
+    assert int(u.max()) == (1 << bits) - 1 and int(u.min()) == 0
+    summed = [sum(col) for col in zip(*[layout.pack(u)] * 8)]
+    assert [int(v) for v in layout.unpack(summed, 4)] == [8 * int(v) for v in u]
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_and_inf_refused(bad):
     with pytest.raises(EncodingError):
