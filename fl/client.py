@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import nn
 
 from fl import plain
 from fl.config import Config
 from fl.data import HospitalData
+from fl.metrics import evaluate
 from fl.models import get_vector, set_vector
 
 
@@ -104,8 +104,6 @@ class Hospital:
     def evaluate(self, global_vec: np.ndarray) -> np.ndarray:
         """Site evaluation of the global model on the own held-out split, as the summable
         vector ``[n_val * accuracy, n_val * loss, n_val]`` (only its federation sum is revealed)."""
-        from fl.metrics import evaluate
-
         model = self.model_factory()
         set_vector(model, global_vec)
         n_val = len(self.data.y_val)
@@ -122,8 +120,6 @@ class Hospital:
         ε before/after; a fine-tuning that would exceed the budget is declined (the
         personalised model is then the global one).
         """
-        from fl.metrics import evaluate
-
         pc = self.cfg.personalization
         h = self.data
         model = self.model_factory()
@@ -164,6 +160,3 @@ class Hospital:
     def epsilon(self) -> float | None:
         return None if self.ledger is None else float(self.ledger.epsilon())
 
-
-def seed_torch(seed: int) -> None:
-    torch.manual_seed(seed)
