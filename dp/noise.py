@@ -309,10 +309,6 @@ def ddg_sigma_for(target_epsilon: float, delta: float, rounds: int, template: DD
         lo, hi = hi, hi * 2
         if hi > 1e12:
             raise AccountingError(f"client-level target ε={target_epsilon:g} is unreachable")
-    while hi - lo > rtol * hi:
-        mid = math.sqrt(lo * hi)
-        if eps(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    from dp.calibrate import _bisect  # the same geometric bisection as DP-SGD's calibration
+
+    return _bisect(eps, target_epsilon, lo, hi, rtol)
