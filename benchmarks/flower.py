@@ -119,7 +119,7 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict):  # 
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
 
-    from fl.integrations.flower import FedVaultMod, Registry, SecAggConfig, secure_round
+    from fedvault.fl.integrations.flower import FedVaultMod, Registry, SecAggConfig, secure_round
 
     node = lambda ctx: root / f"node-{int(ctx.node_config['partition-id'])}"  # noqa: E731
     site = lambda ctx: _SyntheticSite(int(ctx.node_config["partition-id"]), dim, drops)  # noqa: E731
@@ -169,8 +169,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + paths)  # Ray workers import benchmarks.flower
-    from fl.integrations.flower import provision
-    from protocols.secagg import SecAggParams
+    from fedvault.fl.integrations.flower import provision
+    from fedvault.protocols.secagg import SecAggParams
 
     from benchmarks import _report
 

@@ -31,9 +31,9 @@ import numpy as np
 from phe import paillier as phe
 
 from benchmarks._report import markdown_table, write
-from protocols.paillier import (HolderDecryptor, PaillierClient, PaillierParams, PaillierServer, setup_keys,
+from fedvault.protocols.paillier import (HolderDecryptor, PaillierClient, PaillierParams, PaillierServer, setup_keys,
                                 simulate_round)
-from secagg.paillier import (PARALLEL_MIN, CrtDecryptor, FastEncryptor, PackingLayout, ciphertext_bytes, encrypt_vector,
+from fedvault.secagg.paillier import (PARALLEL_MIN, CrtDecryptor, FastEncryptor, PackingLayout, ciphertext_bytes, encrypt_vector,
                              generate_keypair)
 
 TARGET_CONSERVATIVE = 2000.0

@@ -30,8 +30,8 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.dims, args.repeat = [10_000], 1
 
-    from fl.aggregation import PlaintextAggregator, SecAggAggregator
-    from fl.config import from_dict
+    from fedvault.fl.aggregation import PlaintextAggregator, SecAggAggregator
+    from fedvault.fl.config import from_dict
 
     names = [f"hospital_{i}" for i in range(args.hospitals)]
     rows = []

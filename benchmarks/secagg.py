@@ -61,7 +61,7 @@ def _plain_seconds(n: int, d: int, repeat: int) -> float:
 
 def _floor_seconds(n: int, d: int, threads: int) -> float:
     """uint32 sum of n vectors + one AES-CTR self mask per vector (the self-masking floor)."""
-    from secagg.prg import MaskExpander
+    from fedvault.secagg.prg import MaskExpander
 
     rng = np.random.default_rng(2)
     pool = [rng.integers(0, 2**32, d, dtype=np.uint32) for _ in range(min(n, 64))]
@@ -84,7 +84,7 @@ def _threshold_for(params_cls, base: dict, dropped: set[int]) -> int:
 
 
 def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int) -> dict[str, Any]:
-    from protocols.secagg import SecAggParams, simulate_round
+    from fedvault.protocols.secagg import SecAggParams, simulate_round
 
     ids = tuple(range(n))
     k = int(round(rate * n))

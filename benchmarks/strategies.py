@@ -44,8 +44,8 @@ STRATEGIES = {
 def run(dataset: str, strategy: str, rounds: int | None = None) -> dict:
     import torch
 
-    from fl.config import from_dict
-    from fl.simulation import run_federation
+    from fedvault.fl.config import from_dict
+    from fedvault.fl.simulation import run_federation
 
     torch.set_num_threads(1)
     s = {k: (dict(v) if isinstance(v, dict) else v) for k, v in SETTINGS[dataset].items()}

@@ -12,6 +12,6 @@ Modules (import the one you need; this package import stays light and loads no t
 - :mod:`dp.report`     — per-hospital table and ε-over-rounds plot
 """
 
-from dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError, PrivacyError
+from fedvault.dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError, PrivacyError
 
 __all__ = ["AccountingError", "BudgetExceeded", "LedgerIntegrityError", "PrivacyError"]

@@ -16,7 +16,7 @@ steps with equal ``(σ, q)``; :func:`opacus_history` builds exactly that merged 
 from events, so a ledger replay and the live accountant used during training give
 bit-identical ε.
 
-Opacus (and through it torch) is imported lazily, so ``import dp.ledger`` stays light.
+Opacus (and through it torch) is imported lazily, so ``import fedvault.dp.ledger`` stays light.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable
 
-from dp.errors import AccountingError
+from fedvault.dp.errors import AccountingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dp.ledger import PrivacyEvent
+    from fedvault.dp.ledger import PrivacyEvent
 
 ACCOUNTANTS = ("rdp", "prv")
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from dp.accounting import _quiet, check_accountant, opacus_epsilon
-from dp.errors import AccountingError
-from dp.ledger import PrivacyEvent
+from fedvault.dp.accounting import _quiet, check_accountant, opacus_epsilon
+from fedvault.dp.errors import AccountingError
+from fedvault.dp.ledger import PrivacyEvent
 
 SIGMA_MIN = 0.05
 SIGMA_MAX = 1000.0

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from dp.accounting import check_accountant, opacus_epsilon
-from dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError
+from fedvault.dp.accounting import check_accountant, opacus_epsilon
+from fedvault.dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError
 
 FORMAT = "fedvault-privacy-ledger"
 VERSION = 1

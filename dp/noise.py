@@ -77,7 +77,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from dp.errors import AccountingError
+from fedvault.dp.errors import AccountingError
 
 DDG_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256)
 
@@ -309,6 +309,6 @@ def ddg_sigma_for(target_epsilon: float, delta: float, rounds: int, template: DD
         lo, hi = hi, hi * 2
         if hi > 1e12:
             raise AccountingError(f"client-level target ε={target_epsilon:g} is unreachable")
-    from dp.calibrate import _bisect  # the same geometric bisection as DP-SGD's calibration
+    from fedvault.dp.calibrate import _bisect  # the same geometric bisection as DP-SGD's calibration
 
     return _bisect(eps, target_epsilon, lo, hi, rtol)

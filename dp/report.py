@@ -13,8 +13,8 @@ import math
 import os
 from typing import Any, Iterable, Mapping
 
-from dp.accounting import opacus_epsilon
-from dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.accounting import opacus_epsilon
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
 
 def _ledger_dicts(source: Any) -> tuple[list[dict[str, Any]], dict[str, set[int]]]:

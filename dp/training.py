@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dp.accounting import make_accountant, opacus_history
-from dp.errors import AccountingError, BudgetExceeded, PrivacyError
-from dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.accounting import make_accountant, opacus_history
+from fedvault.dp.errors import AccountingError, BudgetExceeded, PrivacyError
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
 OPTIMIZERS = ("sgd", "adam")
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from dp.errors import AccountingError, LedgerIntegrityError
-from dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.errors import AccountingError, LedgerIntegrityError
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
 PRV_ABS_SLACK = 0.01
 

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from fl.config import Config
-from fl.errors import ConfigError, FederationError
-from secagg.errors import ParameterError
+from fedvault.fl.config import Config
+from fedvault.fl.errors import ConfigError, FederationError
+from fedvault.secagg.errors import ParameterError
 
 
 @dataclass
@@ -106,7 +106,7 @@ class SecAggAggregator:
         frac = self.cfg.aggregation.dropout
         if not frac:
             return {}
-        from protocols.secagg import STAGES  # the protocol's stage names
+        from fedvault.protocols.secagg import STAGES  # the protocol's stage names
 
         alive = list(ids)
         drops: dict[str, list[int]] = {}
@@ -122,7 +122,7 @@ class SecAggAggregator:
         self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
         purpose: str = "update",
     ) -> AggregateResult:
-        from protocols.secagg import SecAggParams, simulate_round
+        from fedvault.protocols.secagg import SecAggParams, simulate_round
 
         names = sorted(inputs)
         if len(names) < 2:
@@ -137,7 +137,7 @@ class SecAggAggregator:
         frac_bits = None
         plan = None
         if z is not None:
-            from fl import distributed_dp
+            from fedvault.fl import distributed_dp
 
             bits_ = bits or self.cfg.aggregation.bits
             probe = SecAggParams(session_id=session, round=round, clients=tuple(ids),
@@ -164,7 +164,7 @@ class SecAggAggregator:
         seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()
         vectors = {self.ids[n]: np.asarray(inputs[n], dtype=np.float64) for n in names}
         if plan is not None:
-            from fl import distributed_dp
+            from fedvault.fl import distributed_dp
 
             # Each hospital encodes and adds its own integer noise before masking.
             vectors = {
@@ -191,7 +191,7 @@ def make(cfg: Config, all_clients: list[str]) -> Aggregator:
     if mode in ("masked", "secagg"):
         return SecAggAggregator(cfg, all_clients)
     if mode == "paillier":
-        from fl.paillier_aggregation import PaillierAggregator
+        from fedvault.fl.paillier_aggregation import PaillierAggregator
 
         return PaillierAggregator(cfg, all_clients)
     raise FederationError(f"unknown aggregation mode {mode!r}")

@@ -72,11 +72,11 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from dp import audit as A
-from fl import data as data_mod
-from fl import models, plain
-from fl.config import Config, from_dict
-from fl.errors import ConfigError
+from fedvault.dp import audit as A
+from fedvault.fl import data as data_mod
+from fedvault.fl import models, plain
+from fedvault.fl.config import Config, from_dict
+from fedvault.fl.errors import ConfigError
 
 EXIT_VIOLATION = 1
 FAULTS = ("none", "no_noise", "no_clipping")
@@ -389,7 +389,7 @@ class AuditReport:
 
 
 def _federate(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: str):
-    from fl.simulation import federate
+    from fedvault.fl.simulation import federate
 
     with inject_fault(fault) as counter:
         run = federate(cfg, data=data, baseline=False, extra_updates=extra)
@@ -482,7 +482,7 @@ def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: Reco
 
 def run_audit(cfg: Config, settings: AuditSettings, *, log=None) -> AuditReport:
     """The whole audit (record level, client level, membership inference) as a typed report."""
-    from fl.config import to_dict
+    from fedvault.fl.config import to_dict
 
     t0 = time.perf_counter()
     say = log or (lambda msg: None)

@@ -23,15 +23,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from fl.errors import FLError
+from fedvault.fl.errors import FLError
 
 EXIT_ERROR = 2
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from dp.errors import PrivacyError
-    from protocols.errors import ProtocolError
-    from secagg.errors import SecAggError
+    from fedvault.dp.errors import PrivacyError
+    from fedvault.protocols.errors import ProtocolError
+    from fedvault.secagg.errors import SecAggError
 
     return (FLError, PrivacyError, ProtocolError, SecAggError, OSError)
 
@@ -106,7 +106,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _run(cfg, output: Path | None, quiet: bool) -> dict[str, Any]:
-    from fl.simulation import run_federation
+    from fedvault.fl.simulation import run_federation
 
     table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def _run(cfg, output: Path | None, quiet: bool) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fl.config import demo_config
+    from fedvault.fl.config import demo_config
 
     cfg = demo_config()
     if args.rounds is not None:
@@ -139,7 +139,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fl.config import load
+    from fedvault.fl.config import load
 
     cfg = load(args.config)
     if args.output.exists() and args.output.is_dir():
@@ -162,7 +162,7 @@ def _read_history(path: Path) -> dict[str, Any]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Recompute every hospital's ε from its events with dp_accounting (no Opacus)."""
-    from dp.verify import verify
+    from fedvault.dp.verify import verify
 
     h = _read_history(args.history)
     report = verify(h["privacy"], tolerance=args.tolerance)
@@ -174,7 +174,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_privacy(args: argparse.Namespace) -> int:
     """Per-hospital privacy table and a PNG of ε over rounds."""
-    from dp.report import ledger_table, plot_epsilon
+    from fedvault.dp.report import ledger_table, plot_epsilon
 
     h = _read_history(args.history)
     print(ledger_table(h))
@@ -192,7 +192,10 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fedvault import __version__
+
     p = argparse.ArgumentParser(prog="fedvault", description="Privacy-hardened federated learning between hospitals.")
+    p.add_argument("--version", action="version", version=f"fedvault {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the breast-cancer demo federation (no arguments needed)")
     d.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--plot", type=Path, default=None, help="PNG path (default: HISTORY.epsilon.png)")
     pr.set_defaults(func=cmd_privacy)
     try:  # the audit subcommand lives with the audit code
-        from fl import audit as _audit
+        from fedvault.fl import audit as _audit
 
         _audit.register(sub)
     except ImportError:

@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from fl import plain
-from fl.config import Config
-from fl.data import HospitalData
-from fl.metrics import evaluate
-from fl.models import get_vector, set_vector
+from fedvault.fl import plain
+from fedvault.fl.config import Config
+from fedvault.fl.data import HospitalData
+from fedvault.fl.metrics import evaluate
+from fedvault.fl.models import get_vector, set_vector
 
 
 @dataclass
@@ -56,8 +56,8 @@ class Hospital:
         self.trainer = None
         self.noise_multiplier = noise_multiplier
         if cfg.privacy.enabled:
-            from dp.ledger import PrivacyLedger
-            from dp.training import PrivateTrainer
+            from fedvault.dp.ledger import PrivacyLedger
+            from fedvault.dp.training import PrivateTrainer
 
             p = cfg.privacy
             self.ledger = PrivacyLedger(
@@ -134,8 +134,8 @@ class Hospital:
         out: dict = {"global": before, "epsilon_before": eps_before}
         lr = pc.lr if pc.lr is not None else self.cfg.training.lr
         if self.ledger is not None:
-            from dp.errors import BudgetExceeded
-            from dp.training import PrivateTrainer
+            from fedvault.dp.errors import BudgetExceeded
+            from fedvault.dp.training import PrivateTrainer
 
             # A second trainer on the same ledger continues the same accountant.
             ft = PrivateTrainer(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from fl.errors import ConfigError
+from fedvault.fl.errors import ConfigError
 
 DATASETS = ("breast_cancer", "digits", "csv")
 MODELS = ("logreg", "mlp", "cnn")

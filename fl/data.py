@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fl.config import Config
-from fl.errors import DataError
+from fedvault.fl.config import Config
+from fedvault.fl.errors import DataError
 
 
 @dataclass

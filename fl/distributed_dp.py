@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dp import noise as ddg
+from fedvault.dp import noise as ddg
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl.config import ModelConfig
-from fl.errors import ConfigError
+from fedvault.fl.config import ModelConfig
+from fedvault.fl.errors import ConfigError
 
 
 class SmallCNN(nn.Module):

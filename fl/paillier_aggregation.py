@@ -16,9 +16,9 @@ from typing import Mapping
 
 import numpy as np
 
-from fl.aggregation import AggregateResult, _session_id
-from fl.config import Config
-from fl.errors import FederationError
+from fedvault.fl.aggregation import AggregateResult, _session_id
+from fedvault.fl.config import Config
+from fedvault.fl.errors import FederationError
 
 
 class PaillierAggregator:
@@ -31,7 +31,7 @@ class PaillierAggregator:
         self.setup_seconds = 0.0
 
     def _params(self, session: bytes, round: int, clients: tuple[int, ...], clip: float, value_bits: int):
-        from protocols.paillier import PaillierParams
+        from fedvault.protocols.paillier import PaillierParams
 
         a = self.cfg.aggregation
         return PaillierParams(
@@ -49,7 +49,7 @@ class PaillierAggregator:
 
     def _keys(self):
         if self.setup is None:
-            from protocols.paillier import setup_keys
+            from fedvault.protocols.paillier import setup_keys
 
             t0 = time.perf_counter()
             all_ids = tuple(sorted(self.ids.values()))
@@ -63,7 +63,7 @@ class PaillierAggregator:
         self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
         purpose: str = "update",
     ) -> AggregateResult:
-        from protocols.paillier import simulate_round
+        from fedvault.protocols.paillier import simulate_round
 
         names = sorted(inputs)
         if len(names) < 2:

@@ -16,14 +16,14 @@ from typing import Any, Callable, Mapping, Protocol
 import numpy as np
 import torch
 
-from dp.errors import BudgetExceeded
-from protocols.errors import AbortError
-from fl import aggregation, data as data_mod, models, plain, strategies
-from fl.client import Hospital
-from fl.config import Config, to_dict
-from fl.errors import FederationError
-from fl.metrics import evaluate
-from fl.stats import federated_standardise
+from fedvault.dp.errors import BudgetExceeded
+from fedvault.protocols.errors import AbortError
+from fedvault.fl import aggregation, data as data_mod, models, plain, strategies
+from fedvault.fl.client import Hospital
+from fedvault.fl.config import Config, to_dict
+from fedvault.fl.errors import FederationError
+from fedvault.fl.metrics import evaluate
+from fedvault.fl.stats import federated_standardise
 
 SCHEMA_VERSION = 1
 
@@ -46,7 +46,7 @@ def calibrated_noise(cfg: Config, n_records: int) -> float | None:
         return None
     if p.noise_multiplier is not None:
         return p.noise_multiplier
-    from dp.calibrate import noise_multiplier_for
+    from fedvault.dp.calibrate import noise_multiplier_for
 
     k = _batches_per_epoch(n_records, cfg.training.batch_size)
     # Planned participation: with client sampling a hospital expects client_fraction of
@@ -101,7 +101,7 @@ class EarlyStopping:
 
 
 def _client_level_row(cfg: Config, plan, r: int, clip: float, dim: int, ev_model: list, ev_server: list) -> dict:
-    from dp.noise import ddg_epsilon
+    from fedvault.dp.noise import ddg_epsilon
 
     ev_model.append(plan.event(r, clip, dim, cfg.training.client_fraction))
     ev_server.append(plan.event(r, clip, dim, 1.0, replace_one=True))
@@ -113,7 +113,7 @@ def _client_level_row(cfg: Config, plan, r: int, clip: float, dim: int, ev_model
 
 
 def _client_level_summary(cfg: Config, ev_model: list, ev_server: list) -> dict:
-    from dp.noise import ddg_epsilon
+    from fedvault.dp.noise import ddg_epsilon
 
     return {
         "mechanism": "distributed discrete Gaussian (Kairouz et al. 2021) under SecAgg",

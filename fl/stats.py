@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl.aggregation import Aggregator
-from fl.data import FederatedData
-from fl.errors import DataError
+from fedvault.fl.aggregation import Aggregator
+from fedvault.fl.data import FederatedData
+from fedvault.fl.errors import DataError
 
 STATS_CLIP = float(2**40)
 STATS_BITS = 64

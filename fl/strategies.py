@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fl.errors import FederationError
+from fedvault.fl.errors import FederationError
 
 SUM_BASED = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
 ROBUST = ("fedmedian", "trimmed_mean")

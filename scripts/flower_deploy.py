@@ -138,7 +138,7 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
            train_timeout: float = 45.0,
            dp_seed: int = 0) -> dict:
     """Run the deployment; returns the server's result JSON plus ``killed`` and ``workdir``."""
-    from fl.integrations.flower import provision
+    from fedvault.fl.integrations.flower import provision
 
     tmp = None
     if workdir is None:

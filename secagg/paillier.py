@@ -58,8 +58,8 @@ from gmpy2 import mpz, powmod
 from phe import paillier as phe_paillier
 from phe.paillier import EncodedNumber, EncryptedNumber, PaillierPrivateKey, PaillierPublicKey
 
-from secagg.errors import EncodingError, IntegrityError, ParameterError
-from secagg.paillier_packing import CapacityError, PackingLayout
+from fedvault.secagg.errors import EncodingError, IntegrityError, ParameterError
+from fedvault.secagg.paillier_packing import CapacityError, PackingLayout
 
 __all__ = [
     "PARALLEL_MIN", "RandomBytes", "CapacityError", "PackingLayout", "KeyMismatchError",

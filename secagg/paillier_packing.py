@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from secagg.errors import EncodingError, ParameterError
+from fedvault.secagg.errors import EncodingError, ParameterError
 
 __all__ = ["CapacityError", "PackingLayout"]
 

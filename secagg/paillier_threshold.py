@@ -55,8 +55,8 @@ from cryptography.hazmat.primitives import hashes
 from gmpy2 import mpz, powmod
 from phe.paillier import PaillierPublicKey
 
-from secagg.errors import IntegrityError, ParameterError
-from secagg.paillier import RandomBytes, _map_chunks, _split, _uniform_below, ciphertext_bytes
+from fedvault.secagg.errors import IntegrityError, ParameterError
+from fedvault.secagg.paillier import RandomBytes, _map_chunks, _split, _uniform_below, ciphertext_bytes
 
 __all__ = ["ShareVerificationError", "ThresholdPublicKey", "ThresholdKeyShare", "DecryptionShare",
            "generate_safe_prime", "deal", "decryption_share", "verify_share", "combine"]

@@ -23,7 +23,7 @@ def plaintext_sum(rc: dict, survivors: list[str], initial: list[float], round: i
     fresh ledgers), summed in float64: what the secure aggregate must equal."""
     import torch
 
-    from fl.integrations.flower.site import HospitalSite
+    from fedvault.fl.integrations.flower.site import HospitalSite
 
     torch.set_num_threads(1)
     task = app_task()

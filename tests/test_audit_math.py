@@ -1,4 +1,4 @@
-"""dp.audit statistics checked against independent computations of the papers' formulas."""
+"""fedvault.dp.audit statistics checked against independent computations of the papers' formulas."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from dp import audit
-from dp.audit import AuditError
+from fedvault.dp import audit
+from fedvault.dp.audit import AuditError
 
 
 # ------------------------------------------------------------------ Steinke-Nasr-Jagielski

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl import audit as FA
-from fl.config import from_dict
-from fl.errors import ConfigError
+from fedvault.fl import audit as FA
+from fedvault.fl.config import from_dict
+from fedvault.fl.errors import ConfigError
 
 # Digits + logistic regression: 64 features x 10 labels of canary slots; small and fast.
 SMALL = """
@@ -50,7 +50,7 @@ def _write(tmp_path: Path, fault: str) -> Path:
 def test_broken_configuration_is_caught(tmp_path):
     """No noise while the ledger claims σ = 4: the lower bound exceeds the (small) claimed ε,
     the CLI exits 1 and writes the report."""
-    from fl.cli import main
+    from fedvault.fl.cli import main
 
     out = tmp_path / "report"
     rc = main(["audit", str(_write(tmp_path, "no_noise")), "--output", str(out), "--quiet"])
@@ -107,7 +107,7 @@ def test_canary_design_and_standardisation_recovery():
     host = next(h for h in data_in.hospitals if h.name == can.hospital)
     assert host.n == max(h.n for h in fd.hospitals) + can.included.sum()
     # the federation hands back the (mean, std) it standardised with; canaries map through it
-    from fl.simulation import federate
+    from fedvault.fl.simulation import federate
 
     pooled = np.concatenate([h.X for h in data_in.hospitals]).astype(np.float64)
     run = federate(cfg.replace(training={"rounds": 1}, aggregation={"mode": "plaintext"}), data=data_in, baseline=False)
@@ -144,7 +144,7 @@ def test_fault_needs_private_training(tmp_path):
 
 def test_report_files_and_verdict(tmp_path):
     """The report is written from a typed result; the verdict follows lower bound vs claim."""
-    from dp import audit as A
+    from fedvault.dp import audit as A
 
     rng = np.random.default_rng(0)
     inc = rng.random(60) < 0.5

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from dp.accounting import opacus_epsilon
-from dp.calibrate import noise_multiplier_for
-from dp.errors import AccountingError
-from dp.ledger import PrivacyEvent, PrivacyLedger
-from dp.verify import rdp_epsilon, verify
+from fedvault.dp.accounting import opacus_epsilon
+from fedvault.dp.calibrate import noise_multiplier_for
+from fedvault.dp.errors import AccountingError
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.verify import rdp_epsilon, verify
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def _ledgers():
 
 
 def test_verify_accepts_honest_ledgers_in_every_input_form(tmp_path):
-    from dp.verify import _ledger_records
+    from fedvault.dp.verify import _ledger_records
 
     leds = _ledgers()
     rep = verify(leds)

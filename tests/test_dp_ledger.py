@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError
-from dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.errors import AccountingError, BudgetExceeded, LedgerIntegrityError
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
 
 def stepwise_opacus_eps(events, delta, accountant="rdp"):
@@ -131,7 +131,7 @@ def test_corrupted_file_detected(tmp_path):
 
 
 def _rewrite(p, mutate, *, fix_digest, key=None):
-    from dp.ledger import _digest
+    from fedvault.dp.ledger import _digest
 
     doc = json.loads(p.read_text())
     mutate(doc["ledger"])

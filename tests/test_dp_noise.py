@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dp.noise import (
+from fedvault.dp.noise import (
     DDG_ORDERS,
     DDGEvent,
     client_sigma,

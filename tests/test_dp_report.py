@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dp.ledger import PrivacyEvent, PrivacyLedger
-from dp.report import epsilon_curves, ledger_table, plot_epsilon
+from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.report import epsilon_curves, ledger_table, plot_epsilon
 
 
 def _history():

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dp.errors import BudgetExceeded
-from dp.ledger import PrivacyLedger
-from dp.training import PrivateTrainer, UnsupportedModelError, plan_round
+from fedvault.dp.errors import BudgetExceeded
+from fedvault.dp.ledger import PrivacyLedger
+from fedvault.dp.training import PrivateTrainer, UnsupportedModelError, plan_round
 
 
 def data(n=40, d=5, seed=0, scale=1.0):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fl.config import load
-from fl.simulation import run_federation
+from fedvault.fl.config import load
+from fedvault.fl.simulation import run_federation
 
 # Configs with an [audit] section belong to `fedvault audit` (tested in test_audit_*).
 EXAMPLES = sorted(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fl.cli import main
+from fedvault.fl.cli import main
 
 GOOD_HEADER = "age,marker,label"
 
@@ -130,7 +130,7 @@ def test_good_csv_runs(tmp_path, capsys):
 def test_no_traceback_from_a_real_process(tmp_path):
     cfg = config(tmp_path, "[data]\ndataset = 'nope'")
     p = subprocess.run(
-        [sys.executable, "-m", "fl.cli", "run", str(cfg), "--quiet"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fedvault.fl.cli", "run", str(cfg), "--quiet"], capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr

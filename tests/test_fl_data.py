@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fl import data as data_mod
-from fl.aggregation import PlaintextAggregator
-from fl.config import from_dict
-from fl.errors import DataError
-from fl.stats import federated_standardise
+from fedvault.fl import data as data_mod
+from fedvault.fl.aggregation import PlaintextAggregator
+from fedvault.fl.config import from_dict
+from fedvault.fl.errors import DataError
+from fedvault.fl.stats import federated_standardise
 
 
 @settings(max_examples=30, deadline=None)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl.aggregation import SecAggAggregator
-from fl.config import from_dict
-from fl.errors import ConfigError
+from fedvault.fl.aggregation import SecAggAggregator
+from fedvault.fl.config import from_dict
+from fedvault.fl.errors import ConfigError
 
 
 class ScriptedDrops(SecAggAggregator):
@@ -66,7 +66,7 @@ def test_client_level_dp_refused_without_secure_aggregation():
 
 
 def test_federation_reports_both_privacy_levels():
-    from fl.simulation import run_federation
+    from fedvault.fl.simulation import run_federation
 
     cfg = from_dict({
         "seed": 1, "data": {"hospitals": 6, "min_records": 30},

@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from fl.config import from_dict
-from fl.models import get_vector
-from fl.simulation import federate
+from fedvault.fl.config import from_dict
+from fedvault.fl.models import get_vector
+from fedvault.fl.simulation import federate
 
 BASE = {
     "seed": 3,
@@ -44,7 +44,7 @@ def strip_timings(obj):
 
 def test_masked_sum_equals_plaintext_sum_up_to_the_quantisation_bound():
     """Real hospital updates of a DP round, summed by the plaintext and the masked aggregator."""
-    from fl.aggregation import PlaintextAggregator, SecAggAggregator
+    from fedvault.fl.aggregation import PlaintextAggregator, SecAggAggregator
 
     cfg = cfg_with(aggregation={"mode": "masked"})
     run = federate(cfg, baseline=False)
@@ -55,7 +55,7 @@ def test_masked_sum_equals_plaintext_sum_up_to_the_quantisation_bound():
     plain = PlaintextAggregator().aggregate(2, inputs, clip=clip).total
     masked_agg = SecAggAggregator(cfg, sorted(inputs))
     masked = masked_agg.aggregate(2, inputs, clip=clip).total
-    from secagg.encoding import FixedPointEncoder
+    from fedvault.secagg.encoding import FixedPointEncoder
 
     e = FixedPointEncoder(clip=clip, bits=32, max_summands=len(inputs)).error_bound(len(inputs))
     diff = np.abs(plain - masked)

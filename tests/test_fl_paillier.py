@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl.aggregation import PlaintextAggregator
-from fl.config import from_dict
-from fl.paillier_aggregation import PaillierAggregator
+from fedvault.fl.aggregation import PlaintextAggregator
+from fedvault.fl.config import from_dict
+from fedvault.fl.paillier_aggregation import PaillierAggregator
 
 
 @pytest.mark.parametrize("keys", ["holder", "threshold"])
@@ -30,7 +30,7 @@ def test_paillier_aggregator_matches_plaintext(keys):
 
 
 def test_paillier_federation_runs_and_records_costs():
-    from fl.simulation import run_federation
+    from fedvault.fl.simulation import run_federation
 
     cfg = from_dict({
         "seed": 2, "data": {"hospitals": 3},

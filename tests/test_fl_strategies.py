@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fl import strategies
-from fl.config import from_dict
-from fl.errors import ConfigError
-from fl.simulation import EarlyStopping
+from fedvault.fl import strategies
+from fedvault.fl.config import from_dict
+from fedvault.fl.errors import ConfigError
+from fedvault.fl.simulation import EarlyStopping
 
 
 def weighted(deltas, ns):

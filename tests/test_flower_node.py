@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fl.integrations.flower import NodeDir, NodeSetupError, PolicyError, provision  # noqa: E402
-from fl.integrations.flower import wire  # noqa: E402
-from fl.integrations.flower.mod import check_policy  # noqa: E402
-from protocols.secagg import SecAggParams  # noqa: E402
+from fedvault.fl.integrations.flower import NodeDir, NodeSetupError, PolicyError, provision  # noqa: E402
+from fedvault.fl.integrations.flower import wire  # noqa: E402
+from fedvault.fl.integrations.flower.mod import check_policy  # noqa: E402
+from fedvault.protocols.secagg import SecAggParams  # noqa: E402
 
 
 @pytest.fixture

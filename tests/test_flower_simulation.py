@@ -17,7 +17,7 @@ from tests._flower_helpers import app_task, plaintext_sum  # noqa: E402
 
 def _exhausted_ledger(path, name: str) -> None:
     """A ledger one more DP round would push past its ε = 3 budget."""
-    from dp.ledger import PrivacyEvent, PrivacyLedger
+    from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
     led = PrivacyLedger(client=name, delta=1e-5, accountant="rdp", budget_epsilon=3.0)
     steps = 1

@@ -8,8 +8,8 @@ from gmpy2 import mpz, powmod
 from hypothesis import given, settings, strategies as st
 from phe import paillier as phe
 
-import secagg.paillier as sp
-from secagg.paillier import (CapacityError, CiphertextError, CrtDecryptor, EncryptedVector, FastEncryptor,
+import fedvault.secagg.paillier as sp
+from fedvault.secagg.paillier import (CapacityError, CiphertextError, CrtDecryptor, EncryptedVector, FastEncryptor,
                              KeyMismatchError, PackingLayout, decrypt_number, decrypt_vector, encrypt_vector,
                              seeded_random, to_phe)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from secagg.errors import EncodingError, ParameterError
-from secagg.paillier_packing import CapacityError, PackingLayout
+from fedvault.secagg.errors import EncodingError, ParameterError
+from fedvault.secagg.paillier_packing import CapacityError, PackingLayout
 
 
 @st.composite

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from protocols.errors import AbortError, DecodeError, ProtocolError, RefusedError, StageError
-from protocols.paillier import (AggregatePlaintext, AggregateRequest, DecryptionShareMessage, HolderDecryptor,
+from fedvault.protocols.errors import AbortError, DecodeError, ProtocolError, RefusedError, StageError
+from fedvault.protocols.paillier import (AggregatePlaintext, AggregateRequest, DecryptionShareMessage, HolderDecryptor,
                                 PaillierClient, PaillierParams, PaillierServer, ThresholdDecryptor, Upload,
                                 setup_keys, simulate_round)
-from secagg.errors import ParameterError
-from secagg.paillier import FastEncryptor, seeded_random
-from secagg.paillier_threshold import ShareVerificationError, combine, deal, decryption_share, verify_share
+from fedvault.secagg.errors import ParameterError
+from fedvault.secagg.paillier import FastEncryptor, seeded_random
+from fedvault.secagg.paillier_threshold import ShareVerificationError, combine, deal, decryption_share, verify_share
 
 CLIENTS = (11, 12, 13, 14, 15)
 SID = b"study-A"
@@ -263,7 +263,7 @@ def test_parameter_refusals():
 
 
 def test_setup_accepts_precomputed_primes():
-    from secagg.paillier_threshold import generate_safe_prime
+    from fedvault.secagg.paillier_threshold import generate_safe_prime
 
     p = params("threshold")
     rng = seeded_random(b"primes")

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.errors import DecodeError, ProtocolError
-from protocols.messages import HEADER_BYTES, MAGIC, MaskedInput, MessageType, decode
-from protocols.secagg import SecAggParams, simulate_round
+from fedvault.protocols.errors import DecodeError, ProtocolError
+from fedvault.protocols.secagg.messages import HEADER_BYTES, MAGIC, MaskedInput, MessageType, decode
+from fedvault.protocols.secagg import SecAggParams, simulate_round
 
 from test_protocol_secagg_refusals import Round
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from protocols.errors import (
+from fedvault.protocols.errors import (
     DecodeError,
     DoubleRevealError,
     DuplicateClientError,
@@ -19,7 +19,7 @@ from protocols.errors import (
     TamperedError,
     ThresholdError,
 )
-from protocols.messages import (
+from fedvault.protocols.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
     ForwardedShares,
@@ -31,9 +31,9 @@ from protocols.messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from protocols.secagg import Client, ClientStage, SecAggParams, Server, ServerStage, simulation_identities
-from secagg import keys as K
-from secagg.prg import DeterministicRandom
+from fedvault.protocols.secagg import Client, ClientStage, SecAggParams, Server, ServerStage, simulation_identities
+from fedvault.secagg import keys as K
+from fedvault.secagg.prg import DeterministicRandom
 
 
 class Round:
@@ -119,7 +119,7 @@ def test_server_refuses_a_client_revealing_the_wrong_share():
     reply = rnd.clients[1].receive(out[1].encode())[0]
     e = reply.entries[0]
     other = 1 - int(e.kind)
-    from protocols.messages import ShareKind
+    from fedvault.protocols.secagg.messages import ShareKind
 
     bad = replace(reply, entries=(UnmaskEntry(e.owner, ShareKind(other), e.share),) + reply.entries[1:])
     with pytest.raises(InconsistentError):

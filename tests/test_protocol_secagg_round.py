@@ -7,10 +7,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from protocols.errors import AbortError, InputError
-from protocols.secagg import STAGES, SecAggParams, simulate_round
-from secagg.errors import ParameterError
-from secagg.masking import plain_sum
+from fedvault.protocols.errors import AbortError, InputError
+from fedvault.protocols.secagg import STAGES, SecAggParams, simulate_round
+from fedvault.secagg.errors import ParameterError
+from fedvault.secagg.masking import plain_sum
 
 
 def _inputs(params: SecAggParams, dim: int, seed: int = 0) -> dict[int, np.ndarray]:
@@ -152,7 +152,7 @@ def test_server_sees_uniform_masked_vectors_of_zero_inputs():
     """On the wire, a client's masked all-zero vector passes a chi-square test on bytes; the sum is 0."""
     from scipy.stats import chisquare
 
-    from protocols.messages import MessageType, decode
+    from fedvault.protocols.secagg.messages import MessageType, decode
 
     params = SecAggParams(b"uniform", 0, (1, 2, 3, 4), threshold=2)
     transcript: list = []

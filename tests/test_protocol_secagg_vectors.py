@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocols.secagg_vectors import VECTORS, generate
+from fedvault.protocols.secagg.vectors import VECTORS, generate
 
 V = json.loads(VECTORS.read_text())
 
@@ -97,7 +97,7 @@ def test_session_tag_matches_spec_description():
 
 
 def test_traffic_formulas_in_spec():
-    from protocols.secagg import SecAggParams, simulate_round
+    from fedvault.protocols.secagg import SecAggParams, simulate_round
 
     params = SecAggParams(b"s", 0, tuple(range(10)))
     res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})

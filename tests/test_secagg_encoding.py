@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from secagg.encoding import FixedPointEncoder, ring_dtype
-from secagg.errors import EncodingError, ParameterError
-from secagg.masking import mask_input, pair_seed, plain_sum
-from secagg.prg import DeterministicRandom, MaskExpander
-from secagg import keys as K
+from fedvault.secagg.encoding import FixedPointEncoder, ring_dtype
+from fedvault.secagg.errors import EncodingError, ParameterError
+from fedvault.secagg.masking import mask_input, pair_seed, plain_sum
+from fedvault.secagg.prg import DeterministicRandom, MaskExpander
+from fedvault.secagg import keys as K
 
 
 @st.composite

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg import graph as G
-from secagg import keys as K
-from secagg import shamir
-from secagg.errors import IntegrityError, ParameterError
-from secagg.prg import DeterministicRandom, MaskExpander, derive_key
+from fedvault.secagg import graph as G
+from fedvault.secagg import keys as K
+from fedvault.secagg import shamir
+from fedvault.secagg.errors import IntegrityError, ParameterError
+from fedvault.secagg.prg import DeterministicRandom, MaskExpander, derive_key
 
 
 # -- PRG ---------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ Running a federation with canaries and writing the report is the orchestration l
 job (``fl.audit``, ``fedvault audit CONFIG.toml``).
 """
 
-from dp.audit.errors import AuditError
-from dp.audit.gaussian import (
+from fedvault.dp.audit.errors import AuditError
+from fedvault.dp.audit.gaussian import (
     ClientLevelEstimate,
     cosines,
     epsilon_between_gaussians,
@@ -25,7 +25,7 @@ from dp.audit.gaussian import (
     one_shot_estimate,
     random_directions,
 )
-from dp.audit.mia import (
+from fedvault.dp.audit.mia import (
     AttackResult,
     auc,
     cross_entropy,
@@ -36,7 +36,7 @@ from dp.audit.mia import (
     roc,
     tpr_at_fpr,
 )
-from dp.audit.one_run import (
+from fedvault.dp.audit.one_run import (
     OneRunAudit,
     audit_scores,
     default_candidates,

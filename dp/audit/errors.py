@@ -1,6 +1,6 @@
 """Errors of :mod:`dp.audit`."""
 
-from dp.errors import PrivacyError
+from fedvault.dp.errors import PrivacyError
 
 
 class AuditError(PrivacyError, ValueError):

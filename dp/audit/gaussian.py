@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from dp.audit.errors import AuditError
+from fedvault.dp.audit.errors import AuditError
 
 _norm = stats.norm
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from dp.audit.errors import AuditError
+from fedvault.dp.audit.errors import AuditError
 
 
 def _pair(members, nonmembers) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 from scipy import special, stats
 
-from dp.audit.errors import AuditError
+from fedvault.dp.audit.errors import AuditError
 
 
 def _check_counts(m: int, r: int, v: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fl.integrations.flower import FedVaultMod, NodeDir, node_dir_from_context
+from fedvault.fl.integrations.flower import FedVaultMod, NodeDir, node_dir_from_context
 
 # torch/Opacus load only in the stages that train (enrol, masked_input): a SuperNode starts
 # a fresh process for every message, so the other stages stay light.
@@ -27,7 +27,7 @@ class CrashingSite:
 def load_site(context: Context):  # noqa: ANN201 - HospitalSite | CrashingSite
     import torch
 
-    from fl.integrations.flower.site import HospitalSite
+    from fedvault.fl.integrations.flower.site import HospitalSite
 
     from . import task
 

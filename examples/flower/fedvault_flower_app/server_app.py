@@ -11,9 +11,9 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fl import models
-from fl.integrations.flower import Registry, SecAggConfig, SecureFedAvg, wire
-from fl.metrics import evaluate
+from fedvault.fl import models
+from fedvault.fl.integrations.flower import Registry, SecAggConfig, SecureFedAvg, wire
+from fedvault.fl.metrics import evaluate
 
 from . import task
 

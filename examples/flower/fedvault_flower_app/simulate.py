@@ -36,7 +36,7 @@ def simulate(hospitals: int = 4, rounds: int = 2, root: str | Path | None = None
     from flwr.supercore.telemetry import EventType
     from flwr.supercore.run import Run
 
-    from fl.integrations.flower import provision
+    from fedvault.fl.integrations.flower import provision
 
     from .client_app import app as client_app
     from .server_app import app as server_app

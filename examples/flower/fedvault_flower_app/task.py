@@ -15,11 +15,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from fl import data as data_mod
-from fl import models
-from fl.client import Hospital
-from fl.config import Config, from_dict
-from fl.simulation import calibrated_noise
+from fedvault.fl import data as data_mod
+from fedvault.fl import models
+from fedvault.fl.client import Hospital
+from fedvault.fl.config import Config, from_dict
+from fedvault.fl.simulation import calibrated_noise
 
 
 def config(rc: Mapping[str, Any]) -> Config:

@@ -11,7 +11,7 @@ directory on the hospital's disk: :mod:`fl.integrations.flower.node`.
 try:
     import flwr  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the install
-    raise ImportError("fl.integrations.flower needs Flower: pip install 'fedvault[flower]' (flwr 1.41.x)") from e
+    raise ImportError("fedvault.fl.integrations.flower needs Flower: pip install 'fedvault[flower]' (flwr 1.41.x)") from e
 
 from .mod import FedVaultMod, PolicyError, node_dir_from_context
 from .node import NodeDir, NodeSetupError, Registry, provision

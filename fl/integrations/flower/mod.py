@@ -44,12 +44,12 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.common.constant import ErrorCode
 
-from dp.errors import PrivacyError
-from protocols.errors import ProtocolError, RefusedError
-from protocols.messages import ForwardedShares, decode
-from protocols.secagg import Client, ClientStage, SecAggParams
-from secagg.errors import SecAggError
-from secagg.prg import DeterministicRandom
+from fedvault.dp.errors import PrivacyError
+from fedvault.protocols.errors import ProtocolError, RefusedError
+from fedvault.protocols.secagg.messages import ForwardedShares, decode
+from fedvault.protocols.secagg import Client, ClientStage, SecAggParams
+from fedvault.secagg.errors import SecAggError
+from fedvault.secagg.prg import DeterministicRandom
 
 from . import wire
 from .node import NodeDir, NodeSetupError
@@ -140,7 +140,7 @@ class FedVaultMod:
             site = self.site(context)
             reason = site.refusal(rnd)
             if reason is not None:
-                from dp.errors import BudgetExceeded
+                from fedvault.dp.errors import BudgetExceeded
 
                 raise BudgetExceeded(reason, client=site.name, round=rnd)
             return Message(wire.reply(stage, rnd, node.client), reply_to=msg)

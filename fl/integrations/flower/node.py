@@ -41,7 +41,7 @@ from typing import Mapping
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg import keys as K
+from fedvault.secagg import keys as K
 
 REGISTRY_FORMAT = "fedvault-flower-registry"
 SEED_BYTES = 32
@@ -94,7 +94,7 @@ class Registry:
                 members[int(k)] = Member(int(k), str(v["name"]), ident)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise NodeSetupError(f"{path}: cannot read the consortium registry ({e}); run `python -m "
-                                 "fl.integrations.flower.provision` or copy the consortium's registry.json") from e
+                                 "fedvault.fl.integrations.flower.provision` or copy the consortium's registry.json") from e
         return cls(members)
 
 
@@ -154,7 +154,7 @@ class NodeDir:
         self.path = Path(path)
         if not (self.path / "node.json").is_file():
             raise NodeSetupError(f"{self.path} is not a fedvault node directory (no node.json); provision it with "
-                                 "`python -m fl.integrations.flower.provision`")
+                                 "`python -m fedvault.fl.integrations.flower.provision`")
         mode = stat.S_IMODE(self.path.stat().st_mode)
         if mode & 0o077:
             raise NodeSetupError(f"{self.path} is readable by others (mode {mode:o}); run chmod 700 on it")

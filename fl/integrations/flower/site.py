@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from dp.errors import BudgetExceeded
-from fl.client import Hospital
+from fedvault.dp.errors import BudgetExceeded
+from fedvault.fl.client import Hospital
 
 
 class Site(Protocol):
@@ -58,8 +58,8 @@ class HospitalSite:
         self.ledger_path = Path(ledger_path)
         self.ledger_key = ledger_key
         if hospital.trainer is not None:
-            from dp.ledger import PrivacyLedger
-            from dp.training import PrivateTrainer
+            from fedvault.dp.ledger import PrivacyLedger
+            from fedvault.dp.training import PrivateTrainer
 
             if self.ledger_path.exists():
                 ledger = PrivacyLedger.load(self.ledger_path, key=ledger_key)

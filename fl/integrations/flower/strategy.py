@@ -49,7 +49,7 @@ class SecureFedAvg:
         self.registry = registry
         self.secagg = secagg
         if server_optimizer is None:
-            from fl.strategies import FedAvg
+            from fedvault.fl.strategies import FedAvg
 
             server_optimizer = FedAvg()
         self.optimizer = server_optimizer

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from protocols.secagg import SecAggParams
+from fedvault.protocols.secagg import SecAggParams
 
 RECORD = "fedvault"
 WEIGHTS = "fedvault.weights"

@@ -10,7 +10,7 @@ node that did not answer has dropped), and returns only the aggregate::
      +- a node over its privacy budget answers with an error and is left out of the round
 
 What the server (and Flower's SuperLink, which only relays) learns is what
-:mod:`protocols.secagg_server` says: the sum of the survivors' encoded vectors, who
+:mod:`protocols.secagg.server` says: the sum of the survivors' encoded vectors, who
 dropped when, the mask keys of clients dropped after sharing.  A refused or
 malformed reply is logged (never its bytes) and ignored; the round goes on.
 """
@@ -27,8 +27,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
-from protocols.errors import AbortError, ProtocolError
-from protocols.secagg import SecAggParams, Server, ServerStage
+from fedvault.protocols.errors import AbortError, ProtocolError
+from fedvault.protocols.secagg import SecAggParams, Server, ServerStage
 
 from . import wire
 from .node import Registry

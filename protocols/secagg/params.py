@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from typing import Sequence
 
-from secagg.encoding import FixedPointEncoder
-from secagg.errors import ParameterError
-from secagg.graph import Graph, build_graph, check_ids
+from fedvault.secagg.encoding import FixedPointEncoder
+from fedvault.secagg.errors import ParameterError
+from fedvault.secagg.graph import Graph, build_graph, check_ids
 
 from .messages import SESSION_TAG_BYTES
 

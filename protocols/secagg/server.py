@@ -30,14 +30,14 @@ from typing import Mapping
 
 import numpy as np
 
-from secagg import keys as K
-from secagg import shamir
-from secagg.encoding import ring_reduce
-from secagg.errors import IntegrityError, ParameterError
-from secagg.masking import dropped_pair_removal_terms, pair_seed, self_mask_removal_terms
-from secagg.prg import MaskExpander
+from fedvault.secagg import keys as K
+from fedvault.secagg import shamir
+from fedvault.secagg.encoding import ring_reduce
+from fedvault.secagg.errors import IntegrityError, ParameterError
+from fedvault.secagg.masking import dropped_pair_removal_terms, pair_seed, self_mask_removal_terms
+from fedvault.secagg.prg import MaskExpander
 
-from .errors import (
+from ..errors import (
     AbortError,
     DuplicateClientError,
     InconsistentError,
@@ -64,7 +64,7 @@ from .messages import (
     UnmaskShares,
     decode,
 )
-from .secagg_params import SecAggParams
+from .params import SecAggParams
 
 
 class ServerStage(enum.Enum):

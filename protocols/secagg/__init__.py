@@ -24,15 +24,15 @@ from typing import Callable, Collection, Mapping
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from secagg import keys as K
-from secagg.errors import ParameterError
-from secagg.prg import DeterministicRandom
+from fedvault.secagg import keys as K
+from fedvault.secagg.errors import ParameterError
+from fedvault.secagg.prg import DeterministicRandom
 
-from .errors import AbortError, ProtocolError
+from ..errors import AbortError, ProtocolError
 from .messages import Message
-from .secagg_client import Client, ClientStage
-from .secagg_params import SecAggParams
-from .secagg_server import STAGES, Server, ServerStage
+from .client import Client, ClientStage
+from .params import SecAggParams
+from .server import STAGES, Server, ServerStage
 
 __all__ = [
     "SecAggParams",

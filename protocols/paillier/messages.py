@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from protocols.errors import DecodeError, RefusedError
+from fedvault.protocols.errors import DecodeError, RefusedError
 
 __all__ = ["Upload", "AggregateRequest", "AggregatePlaintext", "DecryptionShareMessage", "int_blob", "sha256_digest"]
 

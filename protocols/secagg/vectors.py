@@ -1,6 +1,6 @@
 """Test vectors for ``protocols/SPEC.md``: produced by the code, checked by the tests.
 
-``python -m protocols.secagg_vectors`` rewrites ``protocols/vectors/secagg_v1.json``.
+``python -m fedvault.protocols.secagg.vectors`` rewrites ``protocols/vectors/secagg_v1.json``.
 Every value is derived from fixed seeds, so another implementation can replay the
 primitives and a whole round and compare bytes.
 """
@@ -15,16 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from secagg import keys as K
-from secagg import shamir
-from secagg.graph import build_graph, graph_seed
-from secagg.masking import pair_domain, self_domain
-from secagg.prg import DeterministicRandom, MaskExpander
+from fedvault.secagg import keys as K
+from fedvault.secagg import shamir
+from fedvault.secagg.graph import build_graph, graph_seed
+from fedvault.secagg.masking import pair_domain, self_domain
+from fedvault.secagg.prg import DeterministicRandom, MaskExpander
 
 from .messages import decode
-from .secagg import SecAggParams, simulate_round, simulation_identities
+from . import SecAggParams, simulate_round, simulation_identities
 
-VECTORS = Path(__file__).parent / "vectors" / "secagg_v1.json"
+VECTORS = Path(__file__).parent.parent / "vectors" / "secagg_v1.json"
 SEED = bytes(range(32))
 
 

@@ -44,14 +44,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from phe.paillier import PaillierPrivateKey, PaillierPublicKey
 
-from protocols.errors import AbortError, DecodeError, ProtocolError, RefusedError, StageError
-from protocols.paillier_messages import (AggregatePlaintext, AggregateRequest, DecryptionShareMessage, Upload,
+from fedvault.protocols.errors import AbortError, DecodeError, ProtocolError, RefusedError, StageError
+from fedvault.protocols.paillier.messages import (AggregatePlaintext, AggregateRequest, DecryptionShareMessage, Upload,
                                          int_blob, sha256_digest)
-from secagg.errors import SecAggError
-from secagg.paillier import (CrtDecryptor, EncryptedVector, FastEncryptor, PackingLayout, RandomBytes,
+from fedvault.secagg.errors import SecAggError
+from fedvault.secagg.paillier import (CrtDecryptor, EncryptedVector, FastEncryptor, PackingLayout, RandomBytes,
                              ciphertext_bytes, encrypt_vector, generate_keypair, keypair_from_primes,
                              seeded_random)
-from secagg.paillier_threshold import (DecryptionShare, ShareVerificationError, ThresholdKeyShare,
+from fedvault.secagg.paillier_threshold import (DecryptionShare, ShareVerificationError, ThresholdKeyShare,
                                        ThresholdPublicKey, combine, deal, decryption_share, verify_share)
 
 __all__ = [

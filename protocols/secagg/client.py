@@ -39,13 +39,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from secagg import keys as K
-from secagg import shamir
-from secagg.errors import EncodingError, IntegrityError
-from secagg.masking import mask_input, pair_seed
-from secagg.prg import MaskExpander, RandomSource, system_random
+from fedvault.secagg import keys as K
+from fedvault.secagg import shamir
+from fedvault.secagg.errors import EncodingError, IntegrityError
+from fedvault.secagg.masking import mask_input, pair_seed
+from fedvault.secagg.prg import MaskExpander, RandomSource, system_random
 
-from .errors import (
+from ..errors import (
     DecodeError,
     DoubleRevealError,
     DuplicateClientError,
@@ -75,7 +75,7 @@ from .messages import (
     UnmaskShares,
     decode,
 )
-from .secagg_params import SecAggParams
+from .params import SecAggParams
 
 _NONCE = bytes(12)  # each AES-GCM key encrypts exactly one message (directional, per round)
 

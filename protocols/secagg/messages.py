@@ -40,7 +40,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from .errors import DecodeError
+from ..errors import DecodeError
 
 MAGIC = b"FVSA"
 VERSION = 1
