@@ -15,6 +15,34 @@ class DecodeError(ProtocolError, ValueError):
     """Bytes on the wire are not a valid message of the expected schema and version."""
 
 
+class HeaderError(DecodeError):
+    """Bad magic (or another protocol's), unsupported version, or reserved header bits set."""
+
+
+class UnknownTypeError(DecodeError):
+    """The type byte names no message of the protocol."""
+
+
+class TruncatedError(DecodeError):
+    """The message ends before its fields do (or a count exceeds the bytes left)."""
+
+
+class TrailingBytesError(DecodeError):
+    """Bytes remain after the last field of the message."""
+
+
+class SizeLimitError(DecodeError):
+    """A message, field or count exceeds its cap (see :mod:`protocols.codec`)."""
+
+
+class FieldError(DecodeError):
+    """A field holds a value outside its range (e.g. a ciphertext that is not a unit mod n^2)."""
+
+
+class UsageError(ProtocolError, ValueError):
+    """A caller (not a peer) passed arguments that cannot work, e.g. an unknown stage name."""
+
+
 class StageError(ProtocolError):
     """A message or call arrived in a stage where it is not allowed."""
 

@@ -28,7 +28,8 @@ from fedvault.secagg import keys as K
 from fedvault.secagg.errors import ParameterError
 from fedvault.secagg.prg import DeterministicRandom
 
-from ..errors import AbortError, ProtocolError
+from ..driver import DriverStats, run_in_memory
+from ..errors import InputError
 from .messages import Message
 from .client import Client, ClientStage
 from .params import SecAggParams
@@ -140,75 +141,21 @@ def simulate_round(
     id_pub = {i: K.public_bytes(identities[i]) for i in params.clients}
     root = DeterministicRandom(seed, b"simulate_round")
 
-    csec = {i: 0.0 for i in params.clients}
-    up = {i: 0 for i in params.clients}
-    down = {i: 0 for i in params.clients}
-    ssec = 0.0
-
+    stats = DriverStats()
     t0 = clock()
     server = Server(params, id_pub, threads=threads)
-    ssec += clock() - t0
-    clients: dict[int, Client] = {}
+    stats.server_seconds += clock() - t0
+    clients: dict[int, _LazyInput] = {}
     for i in params.clients:
         t0 = clock()
-        clients[i] = Client(params, i, identities[i], id_pub, root.child(b"client/%d" % i), threads=threads)
-        csec[i] += clock() - t0
+        c = Client(params, i, identities[i], id_pub, root.child(b"client/%d" % i), threads=threads)
+        stats.party_seconds[i] = clock() - t0
+        clients[i] = _LazyInput(c, inputs, i)
 
-    gone: set[int] = set()
-
-    def send_to_server(i: int, msgs: list[Message]) -> None:
-        nonlocal ssec
-        for m in msgs:
-            data = m.encode()
-            up[i] += len(data)
-            if transcript is not None:
-                transcript.append(("up", i, data))
-            t = clock()
-            server.receive(data)
-            ssec += clock() - t
-
-    def server_advance() -> dict[int, bytes]:
-        nonlocal ssec
-        t = clock()
-        try:
-            out = {i: m.encode() for i, m in server.advance().items()}
-        finally:
-            ssec += clock() - t
-        return out
-
-    # Stage 0: advertise keys.
-    gone |= drop.get("advertise", set())
-    for i in params.clients:
-        if i in gone:
-            continue
-        t = clock()
-        msg = clients[i].advertise()
-        csec[i] += clock() - t
-        send_to_server(i, [msg])
-    outbox = server_advance()
-
-    for stage in STAGES[1:]:
-        gone |= drop.get(stage, set())
-        for i, data in outbox.items():
-            down[i] += len(data)
-            if transcript is not None:
-                transcript.append(("down", i, data))
-            if i in gone:
-                continue
-            c = clients[i]
-            t = clock()
-            if stage == "masked_input":
-                c.set_input(inputs[i])
-            try:
-                replies = c.receive(data)
-            except ProtocolError:
-                # An honest client refused (e.g. too few live neighbours): it drops out.
-                csec[i] += clock() - t
-                gone.add(i)
-                continue
-            csec[i] += clock() - t
-            send_to_server(i, replies)
-        outbox = server_advance()
+    try:
+        run_in_memory(server, clients, drop=drop, clock=clock, transcript=transcript, stats=stats)
+    except _LocalInputError as e:
+        raise e.error from None
 
     assert server.stage is ServerStage.DONE and server.result is not None
     enc = params.encoder
@@ -219,8 +166,41 @@ def simulate_round(
         encoded_total=server.result,
         survivors=survivors,
         dropped={s: list(server.dropped.get(s, [])) for s in STAGES},
-        upload_bytes=up,
-        download_bytes=down,
-        client_seconds=csec,
-        server_seconds=ssec,
+        upload_bytes=stats.upload_bytes,
+        download_bytes=stats.download_bytes,
+        client_seconds=stats.party_seconds,
+        server_seconds=stats.server_seconds,
     )
+
+
+class _LazyInput:
+    """A :class:`Client` as a :class:`~protocols.session.ClientRole` that fetches its input
+    from a (possibly lazy) mapping only when the masked-input stage needs it."""
+
+    def __init__(self, client: Client, inputs: Mapping[int, np.ndarray], i: int) -> None:
+        self.client, self._inputs, self._i = client, inputs, i
+
+    @property
+    def stage(self) -> ClientStage:
+        return self.client.stage
+
+    @property
+    def done(self) -> bool:
+        return self.client.done
+
+    def start(self) -> list[Message]:
+        return self.client.start()
+
+    def receive(self, data: bytes | Message) -> list[Message]:
+        if self.client.stage is ClientStage.AWAIT_SHARES:
+            try:
+                self.client.set_input(self._inputs[self._i])
+            except InputError as e:  # the caller's input, not a peer's message: not a refusal
+                raise _LocalInputError(e) from e
+        return self.client.receive(data)
+
+
+class _LocalInputError(Exception):
+    def __init__(self, error: InputError) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -192,6 +192,15 @@ class Client:
         self.stage = ClientStage.AWAIT_KEYS
         return AdvertiseKeys(self.params.session_tag, self.params.round, self.id, c_pk, s_pk, sig)
 
+    def start(self) -> list[Message]:
+        """:class:`~protocols.session.ClientRole` entry point: ``[advertise()]``."""
+        return [self.advertise()]
+
+    @property
+    def done(self) -> bool:
+        """True once the client has answered the unmask request (or aborted)."""
+        return self.stage in (ClientStage.DONE, ClientStage.ABORTED)
+
     def receive(self, message: Message | bytes) -> list[Message]:
         """Handle one server message; return the messages to send back.
 

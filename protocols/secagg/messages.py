@@ -1,7 +1,8 @@
 """Wire messages of the SecAgg/SecAgg+ protocol (version 1): explicit layouts, no pickle.
 
-Every message is ``HEADER || PAYLOAD``; integers are unsigned big-endian except the
-masked vector's words, which are little-endian (so receivers can map them without
+Every message is ``HEADER || PAYLOAD`` in the common codec of :mod:`protocols.codec`
+(the one for every protocol); integers are unsigned big-endian except the masked
+vector's words, which are little-endian (so receivers can map them without
 copying).  The header (32 bytes, ``struct`` format ``>4sBBH16sII``)::
 
     magic   4  b"FVSA"
@@ -40,21 +41,27 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..errors import DecodeError
+from ..codec import HEADER_BYTES, SERVER_ID, SESSION_TAG_BYTES, VERSION, Reader, decoder, register
+from ..codec import Message as _WireMessage
+from ..codec import check_bytes as _check_bytes
+from ..codec import check_ids as _check_ids
+from ..codec import check_u32 as _check_u32
+from ..errors import DecodeError, FieldError
+
+__all__ = [
+    "MAGIC", "VERSION", "SERVER_ID", "HEADER_BYTES", "SESSION_TAG_BYTES", "MessageType", "ShareKind", "KeyEntry",
+    "ShareEntry", "SignatureEntry", "UnmaskEntry", "Message", "AdvertiseKeys", "KeyBroadcast", "ShareKeys",
+    "ForwardedShares", "MaskedInput", "ConsistencyRequest", "ConsistencySignature", "UnmaskRequest",
+    "UnmaskShares", "decode", "word_dtype",
+]
 
 MAGIC = b"FVSA"
-VERSION = 1
-SERVER_ID = 0xFFFFFFFF
-SESSION_TAG_BYTES = 16
 KEY_BYTES = 32
 SIG_BYTES = 64
 SHARE_BYTES = 32
 SHARE_PLAINTEXT_BYTES = 4 + 4 + SHARE_BYTES + SHARE_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # AES-GCM tag
-_HEADER = struct.Struct(">4sBBH16sII")
-HEADER_BYTES = _HEADER.size
 _U32 = struct.Struct(">I")
-_MAX_U32 = 0xFFFFFFFF
 
 
 class MessageType(enum.IntEnum):
@@ -97,98 +104,24 @@ class UnmaskEntry(NamedTuple):
     share: bytes
 
 
-# --------------------------------------------------------------------------- helpers
-def _check_u32(name: str, v: int) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or not (0 <= v <= _MAX_U32):
-        raise DecodeError(f"{name} must be an integer in [0, 2^32), got {v!r}")
-
-
-def _check_ids(name: str, ids: tuple[int, ...]) -> None:
-    if not isinstance(ids, tuple):
-        raise DecodeError(f"{name} must be a tuple of ids")
-    if ids:
-        if any(type(i) is not int for i in ids):
-            raise DecodeError(f"{name} must contain integers")
-        if min(ids) < 0 or max(ids) > _MAX_U32:
-            raise DecodeError(f"{name} must be integers in [0, 2^32)")
-
-
-def _check_bytes(name: str, v: bytes, n: int) -> None:
-    if not isinstance(v, (bytes, bytearray)) or len(v) != n:
-        raise DecodeError(f"{name} must be {n} bytes")
-
-
-class _Reader:
-    def __init__(self, data: memoryview) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > len(self.data):
-            raise DecodeError("message is truncated")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        return _U32.unpack(self.take(4))[0]
-
-    def count(self, entry_size: int) -> int:
-        n = self.u32()
-        if n * entry_size > len(self.data) - self.pos:
-            raise DecodeError("entry count exceeds the message length")
-        return n
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise DecodeError(f"{len(self.data) - self.pos} trailing bytes after the message")
-
-
 def _ids(ids: tuple[int, ...]) -> bytes:
     return _U32.pack(len(ids)) + b"".join(_U32.pack(i) for i in ids)
 
 
-def _read_ids(r: _Reader) -> tuple[int, ...]:
-    n = r.count(4)
-    return struct.unpack(f">{n}I", r.take(4 * n)) if n else ()
+def _read_ids(r: Reader) -> tuple[int, ...]:
+    return r.ids()
 
 
 # --------------------------------------------------------------------------- messages
 @dataclass(frozen=True)
-class Message:
-    """Common header fields; subclasses add the payload."""
+class Message(_WireMessage):
+    """A SecAgg message: the common header of :mod:`protocols.codec` (magic ``FVSA``); subclasses add the payload."""
 
-    session: bytes
-    round: int
-    sender: int
-
+    PROTOCOL: ClassVar[bytes] = MAGIC
     TYPE: ClassVar[MessageType]
 
-    def __post_init__(self) -> None:
-        _check_bytes("session", self.session, SESSION_TAG_BYTES)
-        _check_u32("round", self.round)
-        _check_u32("sender", self.sender)
-        self._validate()
 
-    def _validate(self) -> None:  # overridden
-        pass
-
-    def _payload(self) -> bytes:  # overridden
-        raise NotImplementedError
-
-    def encode(self) -> bytes:
-        """The wire bytes of this message (computed once; messages are immutable)."""
-        cached = self.__dict__.get("_wire")
-        if cached is None:
-            cached = _HEADER.pack(MAGIC, VERSION, int(self.TYPE), 0, bytes(self.session), self.round, self.sender) + self._payload()
-            if not isinstance(self, MaskedInput):  # large vectors: do not keep a second copy alive
-                object.__setattr__(self, "_wire", cached)
-        return cached
-
-
+@register
 @dataclass(frozen=True)
 class AdvertiseKeys(Message):
     """Client -> server: per-round X25519 public keys signed with the identity key."""
@@ -207,10 +140,11 @@ class AdvertiseKeys(Message):
         return bytes(self.channel_pk) + bytes(self.mask_pk) + bytes(self.signature)
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "AdvertiseKeys":
+    def _parse(cls, h: tuple, r: Reader) -> "AdvertiseKeys":
         return cls(*h, bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64)))
 
 
+@register
 @dataclass(frozen=True)
 class KeyBroadcast(Message):
     """Server -> client: the signed keys of the client's neighbours that advertised (and its own)."""
@@ -231,7 +165,7 @@ class KeyBroadcast(Message):
         )
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "KeyBroadcast":
+    def _parse(cls, h: tuple, r: Reader) -> "KeyBroadcast":
         n = r.count(132)
         es = tuple(KeyEntry(r.u32(), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64))) for _ in range(n))
         return cls(*h, es)
@@ -241,7 +175,7 @@ def _share_entries_payload(entries: tuple[ShareEntry, ...]) -> bytes:
     return _U32.pack(len(entries)) + b"".join(_U32.pack(e.peer) + bytes(e.ciphertext) for e in entries)
 
 
-def _parse_share_entries(r: _Reader) -> tuple[ShareEntry, ...]:
+def _parse_share_entries(r: Reader) -> tuple[ShareEntry, ...]:
     n = r.count(4 + CIPHERTEXT_BYTES)
     return tuple(ShareEntry(r.u32(), bytes(r.take(CIPHERTEXT_BYTES))) for _ in range(n))
 
@@ -252,6 +186,7 @@ def _validate_share_entries(entries: tuple[ShareEntry, ...]) -> None:
         _check_bytes("ciphertext", e.ciphertext, CIPHERTEXT_BYTES)
 
 
+@register
 @dataclass(frozen=True)
 class ShareKeys(Message):
     """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``peer`` = recipient)."""
@@ -266,10 +201,11 @@ class ShareKeys(Message):
         return _share_entries_payload(self.entries)
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "ShareKeys":
+    def _parse(cls, h: tuple, r: Reader) -> "ShareKeys":
         return cls(*h, _parse_share_entries(r))
 
 
+@register
 @dataclass(frozen=True)
 class ForwardedShares(Message):
     """Server -> client: the ciphertexts addressed to the client (``peer`` = original sender)."""
@@ -284,7 +220,7 @@ class ForwardedShares(Message):
         return _share_entries_payload(self.entries)
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "ForwardedShares":
+    def _parse(cls, h: tuple, r: Reader) -> "ForwardedShares":
         return cls(*h, _parse_share_entries(r))
 
 
@@ -292,6 +228,7 @@ def word_dtype(bits: int) -> np.dtype:
     return np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
 
 
+@register
 @dataclass(frozen=True, eq=False)
 class MaskedInput(Message):
     """Client -> server: ``y_i`` in Z_(2^bits) (words little-endian; values < 2^bits)."""
@@ -299,28 +236,29 @@ class MaskedInput(Message):
     bits: int
     vector: np.ndarray
     TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
+    CACHE_WIRE: ClassVar[bool] = False
 
     def _validate(self) -> None:
         if not isinstance(self.bits, int) or not (16 <= self.bits <= 64):
-            raise DecodeError(f"bits must be in [16, 64], got {self.bits!r}")
+            raise FieldError(f"bits must be in [16, 64], got {self.bits!r}")
         v = self.vector
         if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind != "u" or v.dtype.itemsize != word_dtype(self.bits).itemsize:
-            raise DecodeError(f"vector must be a 1-d array of {word_dtype(self.bits)} words")
+            raise FieldError(f"vector must be a 1-d array of {word_dtype(self.bits)} words")
         _check_u32("dim", v.shape[0])
         if v.size and self.bits not in (32, 64) and int(v.max()) >> self.bits:
-            raise DecodeError(f"vector has words >= 2^{self.bits}")
+            raise FieldError(f"vector has words >= 2^{self.bits}")
 
     def _payload(self) -> bytes:
         wd = word_dtype(self.bits)
         return bytes([self.bits, 0, 0, 0]) + _U32.pack(self.vector.shape[0]) + self.vector.astype(wd, copy=False).tobytes()
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "MaskedInput":
+    def _parse(cls, h: tuple, r: Reader) -> "MaskedInput":
         bits = r.u8()
         if not (16 <= bits <= 64):
-            raise DecodeError(f"bits must be in [16, 64], got {bits}")
+            raise FieldError(f"bits must be in [16, 64], got {bits}")
         if bytes(r.take(3)) != b"\0\0\0":
-            raise DecodeError("padding bytes of MASKED_INPUT must be zero")
+            raise FieldError("padding bytes of MASKED_INPUT must be zero")
         wd = word_dtype(bits)
         dim = r.u32()
         raw = r.take(dim * wd.itemsize)
@@ -330,6 +268,7 @@ class MaskedInput(Message):
         return cls(*h, bits, vec)
 
 
+@register
 @dataclass(frozen=True)
 class ConsistencyRequest(Message):
     """Server -> client: the survivor set U3 (clients whose masked input the server holds)."""
@@ -344,10 +283,11 @@ class ConsistencyRequest(Message):
         return _ids(self.survivors)
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "ConsistencyRequest":
+    def _parse(cls, h: tuple, r: Reader) -> "ConsistencyRequest":
         return cls(*h, _read_ids(r))
 
 
+@register
 @dataclass(frozen=True)
 class ConsistencySignature(Message):
     """Client -> server: Ed25519 signature of the survivor set it was shown."""
@@ -362,10 +302,11 @@ class ConsistencySignature(Message):
         return bytes(self.signature)
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "ConsistencySignature":
+    def _parse(cls, h: tuple, r: Reader) -> "ConsistencySignature":
         return cls(*h, bytes(r.take(64)))
 
 
+@register
 @dataclass(frozen=True)
 class UnmaskRequest(Message):
     """Server -> client: which neighbours are alive (reveal self-mask seed share) or dropped
@@ -388,7 +329,7 @@ class UnmaskRequest(Message):
         return _ids(self.alive) + _ids(self.dropped) + sigs
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "UnmaskRequest":
+    def _parse(cls, h: tuple, r: Reader) -> "UnmaskRequest":
         alive = _read_ids(r)
         dropped = _read_ids(r)
         n = r.count(68)
@@ -396,6 +337,7 @@ class UnmaskRequest(Message):
         return cls(*h, alive, dropped, sigs)
 
 
+@register
 @dataclass(frozen=True)
 class UnmaskShares(Message):
     """Client -> server: one share per neighbour: self-mask seed share if alive, mask-key share if dropped."""
@@ -407,7 +349,7 @@ class UnmaskShares(Message):
         for e in self.entries:
             _check_u32("owner", e.owner)
             if not isinstance(e.kind, ShareKind):
-                raise DecodeError(f"share kind must be a ShareKind, got {e.kind!r}")
+                raise FieldError(f"share kind must be a ShareKind, got {e.kind!r}")
             _check_bytes("share", e.share, SHARE_BYTES)
 
     def _payload(self) -> bytes:
@@ -416,52 +358,16 @@ class UnmaskShares(Message):
         )
 
     @classmethod
-    def _parse(cls, h: tuple, r: _Reader) -> "UnmaskShares":
+    def _parse(cls, h: tuple, r: Reader) -> "UnmaskShares":
         n = r.count(37)
         out = []
         for _ in range(n):
             owner, k = r.u32(), r.u8()
             if k not in (0, 1):
-                raise DecodeError(f"share kind must be 0 or 1, got {k}")
+                raise FieldError(f"share kind must be 0 or 1, got {k}")
             out.append(UnmaskEntry(owner, ShareKind(k), bytes(r.take(SHARE_BYTES))))
         return cls(*h, tuple(out))
 
 
-_BY_TYPE: dict[int, type[Message]] = {
-    c.TYPE: c
-    for c in (
-        AdvertiseKeys,
-        KeyBroadcast,
-        ShareKeys,
-        ForwardedShares,
-        MaskedInput,
-        ConsistencyRequest,
-        ConsistencySignature,
-        UnmaskRequest,
-        UnmaskShares,
-    )
-}
-
-
-def decode(data: bytes | bytearray | memoryview) -> Message:
-    """Parse wire bytes into a message; raises :class:`DecodeError` (only) if they are not one."""
-    try:
-        mv = memoryview(data).cast("B")
-    except (TypeError, ValueError) as e:
-        raise DecodeError("message must be a bytes-like object") from e
-    if len(mv) < HEADER_BYTES:
-        raise DecodeError(f"message shorter than the {HEADER_BYTES}-byte header")
-    magic, version, mtype, flags, session, round_, sender = _HEADER.unpack(mv[:HEADER_BYTES])
-    if magic != MAGIC:
-        raise DecodeError("not a fedvault SecAgg message (bad magic)")
-    if version != VERSION:
-        raise DecodeError(f"unsupported message version {version} (this implementation speaks {VERSION})")
-    if flags != 0:
-        raise DecodeError("reserved header bits are set")
-    cls = _BY_TYPE.get(mtype)
-    if cls is None:
-        raise DecodeError(f"unknown message type {mtype}")
-    r = _Reader(mv[HEADER_BYTES:])
-    msg = cls._parse((session, round_, sender), r)
-    r.end()
-    return msg
+decode = decoder(MAGIC)
+"""Parse wire bytes into a SecAgg message; raises :class:`DecodeError` (only) if they are not one."""

@@ -356,6 +356,11 @@ class Server:
 
     # -- result ------------------------------------------------------------------------
     @property
+    def done(self) -> bool:
+        """True once the round is over (DONE with :attr:`result`, or ABORTED)."""
+        return self.stage in (ServerStage.DONE, ServerStage.ABORTED)
+
+    @property
     def survivors(self) -> tuple[int, ...]:
         """U3: the clients whose inputs are in :attr:`result`."""
         return self.u3
