@@ -105,12 +105,19 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def _run(cfg, output: Path | None, quiet: bool) -> dict[str, Any]:
-    from fedvault.fl.simulation import run_federation
+def _print_warnings(warnings: Sequence[str], quiet: bool) -> None:
+    for w in warnings:
+        print(f"fedvault: warning: {w}", file=sys.stderr, flush=True)
 
+
+def _run(ready, output: Path | None, quiet: bool) -> dict[str, Any]:
+    from fedvault.fl.simulation import federate
+
+    cfg = ready.cfg
+    _print_warnings(ready.warnings, quiet)
     table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
     t0 = time.perf_counter()
-    history = run_federation(cfg, on_round=table)
+    history = federate(cfg, data=ready.data, on_round=table).history
     history["final"]["seconds"] = time.perf_counter() - t0
     if not quiet:
         print_summary(history)
@@ -124,27 +131,31 @@ def _run(cfg, output: Path | None, quiet: bool) -> dict[str, Any]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fedvault.fl.config import demo_config
+    from fedvault.fl.preflight import prepare
 
     cfg = demo_config()
     if args.rounds is not None:
         cfg = cfg.replace(training={"rounds": args.rounds})
+    if args.seed is not None:
+        cfg = cfg.replace(seed=args.seed)
     if not args.quiet:
         print(
             f"fedvault demo: {cfg.data.hospitals} hospitals, breast-cancer data (Dirichlet α={cfg.data.dirichlet_alpha}), "
             f"DP-SGD target ε={cfg.privacy.target_epsilon} at δ={cfg.privacy.delta:g}, "
             f"{cfg.aggregation.mode} aggregation, {cfg.training.rounds} rounds\n"
         )
-    _run(cfg, args.output, args.quiet)
+    ready = prepare(cfg, outputs=[(args.output, "file", "--output")], quiet=args.quiet, what="the demo")
+    _run(ready, args.output, args.quiet)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedvault.fl.config import load
+    from fedvault.fl.preflight import prepare_file
 
-    cfg = load(args.config)
-    if args.output.exists() and args.output.is_dir():
-        raise FLError(f"--output {args.output} is a directory; give a file name such as history.json")
-    _run(cfg, args.output, args.quiet)
+    # Config, --output, data and feasibility are all checked (and every problem reported)
+    # before any hospital trains or spends privacy budget.
+    ready = prepare_file(args.config, outputs=[(args.output, "file", "--output")], seed=args.seed, quiet=args.quiet)
+    _run(ready, args.output, args.quiet)
     return 0
 
 
@@ -200,11 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the breast-cancer demo federation (no arguments needed)")
     d.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     d.add_argument("--output", type=Path, default=None, help="also write history.json here")
+    d.add_argument("--seed", type=int, default=None,
+                   help="override the demo's seed (data split, model initialisation, client sampling)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     r = sub.add_parser("run", help="run a federation from a TOML config")
     r.add_argument("config", type=Path)
     r.add_argument("--output", "-o", type=Path, default=Path("history.json"))
+    r.add_argument("--seed", type=int, default=None,
+                   help="override the config's seed (data split, model initialisation, client sampling)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("verify", help="recompute every hospital's ε from history.json with dp_accounting (RDP + PLD)")

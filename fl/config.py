@@ -1,18 +1,46 @@
 """Run configuration: TOML in, a validated, frozen :class:`Config` out.
 
-Every key is documented in the README ("Configuration"). Unknown keys, wrong types
-and out-of-range values raise :class:`~fl.errors.ConfigError` with a message that names
-the key and says what to write instead; nothing is guessed.
+Every key is documented in the README ("Configuration keys"). Loading never stops at the
+first mistake: every unknown key (with "did you mean"), wrong type, out-of-range value
+and contradiction between keys is collected and reported together in one
+:class:`~fl.errors.ConfigError` whose ``problems`` list names each key and the fix.
+
+Why hand-written validation and not pydantic
+--------------------------------------------
+* pydantic would become a direct dependency of the core library; today it arrives only
+  with the optional ``[flower]`` extra (through flwr). The schema is six flat tables of
+  scalars and lists, which ~100 lines of coercion below handle completely.
+* What matters for a study is the cross-key and data-dependent feasibility (noise vs
+  rounds, Shamir threshold vs hospitals, ring size vs clip and record counts, δ vs n_k).
+  pydantic validators for those would be the same hand-written functions inside a
+  framework, plus its import cost on every ``fedvault`` invocation.
+* Messages: pydantic's are generic ("Input should be a valid integer"); ours name the
+  key and value, say what to write instead, and suggest the closest known key, table or
+  choice (``difflib``), including "this key belongs in [training]".
+
+How to add a check (every helper)
+---------------------------------
+* A key's own range or choice: in its section's ``check(self, p)``, with
+  ``p.range(key, value, lo, hi)``, ``p.choice(key, value, allowed)`` or
+  ``p.error("key: what is wrong; what to write")``. A ``raise ConfigError`` there still
+  works (it ends that section's checks only).
+* A rule across keys/sections: a function ``(cfg) -> Iterable[str]`` yielding one message
+  per problem, decorated with :func:`config_check` (see the ones at the end of this file).
+* A rule that needs the data (record counts, classes) or a calibration: a function in
+  :mod:`fl.preflight` decorated with ``@preflight_check``; it runs before any training
+  and before any ε is spent. Yield :func:`warning` ("...") for advice that should not
+  stop the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from fedvault.fl.errors import ConfigError
 
@@ -24,31 +52,101 @@ ROBUST_STRATEGIES = ("fedmedian", "trimmed_mean")
 ACCOUNTANTS = ("rdp", "prv")
 
 
+# --------------------------------------------------------------------------- collecting problems
+
+
+class Warning_(str):
+    """A finding that does not stop the run (printed before it starts)."""
+
+
+def warning(message: str) -> Warning_:
+    """Mark a check's message as a warning rather than an error."""
+    return Warning_(message)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class Problems:
+    """Every problem found so far; :meth:`raise_if_any` reports them all at once."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+    def error(self, message: str) -> None:
+        if message not in self.errors:
+            self.errors.append(message)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def add(self, message: str) -> None:
+        """A check's message: a :func:`warning` goes to warnings, anything else is an error."""
+        (self.warn if isinstance(message, Warning_) else self.error)(str(message))
+
+    def run(self, check: Callable[..., Iterable[str] | None], *args: Any) -> None:
+        """Run one check, collecting what it yields or raises (a ConfigError/DataError)."""
+        from fedvault.fl.errors import FLError
+
+        try:
+            for m in check(*args) or ():
+                self.add(m)
+        except FLError as e:
+            for m in getattr(e, "problems", None) or [str(e)]:
+                self.error(m)
+
+    def range(self, key: str, value: Any, lo: float, hi: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+            self.error(f"{key} = {value!r} is out of range; use a number between {lo:g} and {hi:g}")
+            return False
+        return True
+
+    def choice(self, key: str, value: Any, allowed: tuple[str, ...]) -> bool:
+        if value not in allowed:
+            self.error(f"{key} = {value!r} is not supported{did_you_mean(value, allowed)} (one of: {', '.join(allowed)})")
+            return False
+        return True
+
+    def raise_if_any(self, what: str = "the configuration") -> None:
+        if self.errors:
+            raise ConfigError.collect(self.errors, what=what, warnings=self.warnings)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "breast_cancer"
     hospitals: int = 5
     dirichlet_alpha: float = 1.0
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # 0.0 when test_csv is given and test_fraction is not (see _build)
     min_records: int = 40
     csv: tuple[str, ...] = ()
     label: str = ""
     test_csv: str = ""
 
-    def check(self) -> None:
-        _choice("data.dataset", self.dataset, DATASETS)
+    def check(self, p: Problems) -> None:
+        p.choice("data.dataset", self.dataset, DATASETS)
         if self.dataset == "csv":
             if len(self.csv) < 2:
-                raise ConfigError("data.csv: give one CSV file per hospital (at least 2), e.g. csv = [\"a.csv\", \"b.csv\"]")
+                p.error("data.csv: give one CSV file per hospital (at least 2), e.g. csv = [\"a.csv\", \"b.csv\"]")
             if not self.label:
-                raise ConfigError("data.label: name the label column of your CSV files, e.g. label = \"diagnosis\"")
+                p.error("data.label: name the label column of your CSV files, e.g. label = \"diagnosis\"")
         else:
             if self.csv or self.test_csv:
-                raise ConfigError("data.csv/test_csv are only used with dataset = \"csv\"; remove them or set dataset = \"csv\"")
-            _range("data.hospitals", self.hospitals, 2, 1000)
-        _range("data.dirichlet_alpha", self.dirichlet_alpha, 1e-3, 1e6)
-        _range("data.test_fraction", self.test_fraction, 0.01, 0.9)
-        _range("data.min_records", self.min_records, 1, 10**9)
+                p.error("data.csv/test_csv are only used with dataset = \"csv\"; remove them or set dataset = \"csv\"")
+            p.range("data.hospitals", self.hospitals, 2, 1000)
+        p.range("data.dirichlet_alpha", self.dirichlet_alpha, 1e-3, 1e6)
+        # With a test CSV nothing needs withholding (0 allowed); without one the held-out
+        # records are the test set, so some must be held out.
+        p.range("data.test_fraction", self.test_fraction, 0.0 if self.test_csv else 0.01, 0.9)
+        p.range("data.min_records", self.min_records, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -56,10 +154,10 @@ class ModelConfig:
     kind: str = "logreg"
     hidden: tuple[int, ...] = (32,)
 
-    def check(self) -> None:
-        _choice("model.kind", self.kind, MODELS)
+    def check(self, p: Problems) -> None:
+        p.choice("model.kind", self.kind, MODELS)
         for h in self.hidden:
-            _range("model.hidden[]", h, 1, 100_000)
+            p.range("model.hidden[]", h, 1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -82,26 +180,26 @@ class TrainingConfig:
     patience: int | None = None
     min_delta: float = 1e-3
 
-    def check(self) -> None:
-        _range("training.client_fraction", self.client_fraction, 1e-6, 1.0)
-        _range("training.prox_mu", self.prox_mu, 0.0, 1e6)
-        _range("training.server_momentum", self.server_momentum, 0.0, 0.999999)
-        _range("training.beta1", self.beta1, 0.0, 0.999999)
-        _range("training.beta2", self.beta2, 0.0, 0.999999)
-        _range("training.tau", self.tau, 1e-12, 1.0)
-        _range("training.trim_fraction", self.trim_fraction, 0.0, 0.49)
+    def check(self, p: Problems) -> None:
+        p.range("training.client_fraction", self.client_fraction, 1e-6, 1.0)
+        p.range("training.prox_mu", self.prox_mu, 0.0, 1e6)
+        p.range("training.server_momentum", self.server_momentum, 0.0, 0.999999)
+        p.range("training.beta1", self.beta1, 0.0, 0.999999)
+        p.range("training.beta2", self.beta2, 0.0, 0.999999)
+        p.range("training.tau", self.tau, 1e-12, 1.0)
+        p.range("training.trim_fraction", self.trim_fraction, 0.0, 0.49)
         if self.target_accuracy is not None:
-            _range("training.target_accuracy", self.target_accuracy, 0.0, 1.0)
+            p.range("training.target_accuracy", self.target_accuracy, 0.0, 1.0)
         if self.patience is not None:
-            _range("training.patience", self.patience, 1, 10**6)
-        _range("training.min_delta", self.min_delta, 0.0, 1.0)
-        _range("training.rounds", self.rounds, 1, 100_000)
-        _range("training.local_epochs", self.local_epochs, 1, 10_000)
-        _range("training.batch_size", self.batch_size, 1, 10**7)
-        _range("training.lr", self.lr, 1e-9, 1e3)
-        _range("training.server_lr", self.server_lr, 1e-9, 1e3)
-        _range("training.min_clients", self.min_clients, 1, 10**6)
-        _choice("training.strategy", self.strategy, STRATEGIES)
+            p.range("training.patience", self.patience, 1, 10**6)
+        p.range("training.min_delta", self.min_delta, 0.0, 1.0)
+        p.range("training.rounds", self.rounds, 1, 100_000)
+        p.range("training.local_epochs", self.local_epochs, 1, 10_000)
+        p.range("training.batch_size", self.batch_size, 1, 10**7)
+        p.range("training.lr", self.lr, 1e-9, 1e3)
+        p.range("training.server_lr", self.server_lr, 1e-9, 1e3)
+        p.range("training.min_clients", self.min_clients, 1, 10**6)
+        p.choice("training.strategy", self.strategy, STRATEGIES)
 
 
 @dataclass(frozen=True)
@@ -120,29 +218,29 @@ class PrivacyConfig:
         """The ε cap each hospital enforces: ``budget_epsilon``, else ``target_epsilon``, else none."""
         return self.budget_epsilon if self.budget_epsilon is not None else self.target_epsilon
 
-    def check(self) -> None:
+    def check(self, p: Problems) -> None:
         if self.noise_multiplier is not None and self.target_epsilon is not None:
-            raise ConfigError(
+            p.error(
                 "privacy: set either noise_multiplier or target_epsilon, not both "
                 "(target_epsilon calibrates the noise multiplier for you)"
             )
         if self.enabled and self.noise_multiplier is None and self.target_epsilon is None:
-            raise ConfigError("privacy: set noise_multiplier (e.g. 1.0) or target_epsilon (e.g. 3.0), or enabled = false")
+            p.error("privacy: set noise_multiplier (e.g. 1.0) or target_epsilon (e.g. 3.0), or enabled = false")
         if self.budget_epsilon is not None and not (self.budget_epsilon > 0 and math.isfinite(self.budget_epsilon)):
-            raise ConfigError(f"privacy.budget_epsilon must be a positive number, got {self.budget_epsilon!r}")
+            p.error(f"privacy.budget_epsilon must be a positive number, got {self.budget_epsilon!r}")
         if self.target_epsilon is not None and self.budget_epsilon is not None and self.budget_epsilon < self.target_epsilon:
-            raise ConfigError("privacy.budget_epsilon is below target_epsilon; the planned rounds would be refused. "
+            p.error("privacy.budget_epsilon is below target_epsilon; the planned rounds would be refused. "
                               "Leave budget_epsilon out (it defaults to target_epsilon) or raise it")
         if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
-            raise ConfigError(f"privacy.target_epsilon must be a positive number, got {self.target_epsilon!r}")
+            p.error(f"privacy.target_epsilon must be a positive number, got {self.target_epsilon!r}")
         if self.noise_multiplier is not None:
-            _range("privacy.noise_multiplier", self.noise_multiplier, 0.0, 1e6)
-        _range("privacy.max_grad_norm", self.max_grad_norm, 1e-9, 1e9)
+            p.range("privacy.noise_multiplier", self.noise_multiplier, 0.0, 1e6)
+        p.range("privacy.max_grad_norm", self.max_grad_norm, 1e-9, 1e9)
         if not (0 < self.delta < 1):
-            raise ConfigError(f"privacy.delta must be in (0, 1), e.g. 1e-5; got {self.delta!r}")
-        _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+            p.error(f"privacy.delta must be in (0, 1), e.g. 1e-5; got {self.delta!r}")
+        p.choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         if self.client_noise_multiplier is not None:
-            _range("privacy.client_noise_multiplier", self.client_noise_multiplier, 1e-3, 1e6)
+            p.range("privacy.client_noise_multiplier", self.client_noise_multiplier, 1e-3, 1e6)
 
 
 @dataclass(frozen=True)
@@ -158,19 +256,19 @@ class AggregationConfig:
     slot_bits: int = 32
     short_exponent: bool = False
 
-    def check(self) -> None:
-        _choice("aggregation.mode", self.mode, AGGREGATIONS)
-        _choice("aggregation.keys", self.keys, ("holder", "threshold"))
-        _range("aggregation.key_bits", self.key_bits, 512, 4096)
-        _range("aggregation.slot_bits", self.slot_bits, 8, 56)
-        _range("aggregation.dropout", self.dropout, 0.0, 0.9)
+    def check(self, p: Problems) -> None:
+        p.choice("aggregation.mode", self.mode, AGGREGATIONS)
+        p.choice("aggregation.keys", self.keys, ("holder", "threshold"))
+        p.range("aggregation.key_bits", self.key_bits, 512, 4096)
+        p.range("aggregation.slot_bits", self.slot_bits, 8, 56)
+        p.range("aggregation.dropout", self.dropout, 0.0, 0.9)
         if self.dropout and self.mode not in ("masked", "secagg"):
-            raise ConfigError("aggregation.dropout simulates lost hospitals in the secagg protocol; use mode = \"secagg\" or dropout = 0")
-        _range("aggregation.bits", self.bits, 16, 64)
-        _range("aggregation.update_clip", self.update_clip, 1e-9, 1e9)
-        _choice("aggregation.graph", self.graph, ("complete", "sparse"))
+            p.error("aggregation.dropout simulates lost hospitals in the secagg protocol; use mode = \"secagg\" or dropout = 0")
+        p.range("aggregation.bits", self.bits, 16, 64)
+        p.range("aggregation.update_clip", self.update_clip, 1e-9, 1e9)
+        p.choice("aggregation.graph", self.graph, ("complete", "sparse"))
         if self.threshold is not None:
-            _range("aggregation.threshold", self.threshold, 2, 10**6)
+            p.range("aggregation.threshold", self.threshold, 2, 10**6)
 
 
 @dataclass(frozen=True)
@@ -180,10 +278,10 @@ class PersonalizationConfig:
     lr: float | None = None
     head_only: bool = True
 
-    def check(self) -> None:
-        _range("personalization.epochs", self.epochs, 1, 10_000)
+    def check(self, p: Problems) -> None:
+        p.range("personalization.epochs", self.epochs, 1, 10_000)
         if self.lr is not None:
-            _range("personalization.lr", self.lr, 1e-9, 1e3)
+            p.range("personalization.lr", self.lr, 1e-9, 1e3)
 
 
 @dataclass(frozen=True)
@@ -197,34 +295,24 @@ class Config:
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     base_dir: str = "."
 
+    @property
+    def n_hospitals(self) -> int:
+        """How many hospitals the study has (CSV files, or simulated hospitals)."""
+        return len(self.data.csv) if self.data.dataset == "csv" else self.data.hospitals
+
+    def problems(self, p: Problems | None = None) -> Problems:
+        """Every problem of this config (nothing raised): each section, then every :func:`config_check`."""
+        p = p if p is not None else Problems()
+        p.range("seed", self.seed, 0, 2**63 - 1)
+        for name in _SECTIONS:
+            p.run(lambda sec=getattr(self, name): sec.check(p))
+        for check in CONFIG_CHECKS:
+            p.run(check, self)
+        return p
+
     def check(self) -> "Config":
-        _range("seed", self.seed, 0, 2**63 - 1)
-        for sec in (self.data, self.model, self.training, self.privacy, self.aggregation, self.personalization):
-            sec.check()
-        if self.training.strategy in ROBUST_STRATEGIES and self.aggregation.mode != "plaintext":
-            raise ConfigError(
-                f"training.strategy = {self.training.strategy!r} needs every hospital's individual update, which "
-                f"aggregation.mode = {self.aggregation.mode!r} hides from the server; use mode = \"plaintext\", or keep "
-                "secure aggregation with a sum-based strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi) and bound "
-                "each update's norm with aggregation.update_clip"
-            )
-        if self.data.dataset == "csv":
-            n = len(self.data.csv)
-        else:
-            n = self.data.hospitals
-        if self.training.min_clients > n:
-            raise ConfigError(
-                f"training.min_clients = {self.training.min_clients} but only {n} hospitals exist; lower min_clients"
-            )
-        if self.privacy.client_noise_multiplier is not None and self.aggregation.mode not in ("masked", "secagg"):
-            raise ConfigError(
-                "privacy.client_noise_multiplier adds distributed integer noise inside secure aggregation; "
-                "use aggregation.mode = \"secagg\" (or \"masked\"), or remove client_noise_multiplier"
-            )
-        if self.privacy.client_noise_multiplier is not None and self.training.strategy in ROBUST_STRATEGIES:
-            raise ConfigError("client-level DP needs a sum-based strategy; use fedavg/fedprox/fedavgm/fedadam/fedyogi")
-        if self.model.kind == "cnn" and self.data.dataset != "digits":
-            raise ConfigError("model.kind = \"cnn\" needs image data: use dataset = \"digits\" or kind = \"logreg\"/\"mlp\"")
+        """Raise one :class:`ConfigError` listing every problem, or return ``self``."""
+        self.problems().raise_if_any()
         return self
 
     def replace(self, **sections: Mapping[str, Any]) -> "Config":
@@ -247,95 +335,217 @@ _SECTIONS = {
     "personalization": PersonalizationConfig,
 }
 
+# Tables read by another command from the same file (``fedvault audit`` reads [audit]).
+# ``fedvault run`` accepts them; the value, if not None, is "module:function" validating
+# the table (called with the table; raises ConfigError) when that module imports.
+FOREIGN_TABLES: dict[str, str | None] = {"audit": None}
+
+
+# --------------------------------------------------------------------------- cross-key checks
+
+ConfigCheck = Callable[[Config], Iterable[str]]
+CONFIG_CHECKS: list[ConfigCheck] = []
+
+
+def config_check(fn: ConfigCheck) -> ConfigCheck:
+    """Register a rule across keys: ``fn(cfg)`` yields one message per problem."""
+    CONFIG_CHECKS.append(fn)
+    return fn
+
+
+@config_check
+def _robust_strategy_needs_plaintext(cfg: Config) -> Iterator[str]:
+    if cfg.training.strategy in ROBUST_STRATEGIES and cfg.aggregation.mode != "plaintext":
+        yield (
+            f"training.strategy = {cfg.training.strategy!r} needs every hospital's individual update, which "
+            f"aggregation.mode = {cfg.aggregation.mode!r} hides from the server; use mode = \"plaintext\", or keep "
+            "secure aggregation with a sum-based strategy (fedavg, fedprox, fedavgm, fedadam, fedyogi) and bound "
+            "each update's norm with aggregation.update_clip"
+        )
+
+
+@config_check
+def _enough_hospitals(cfg: Config) -> Iterator[str]:
+    n = cfg.n_hospitals
+    if isinstance(cfg.training.min_clients, int) and cfg.training.min_clients > n:
+        yield f"training.min_clients = {cfg.training.min_clients} but only {n} hospitals exist; lower min_clients"
+    t = cfg.aggregation.threshold
+    if isinstance(t, int) and t > n and (cfg.aggregation.mode in ("masked", "secagg") or
+                                         (cfg.aggregation.mode == "paillier" and cfg.aggregation.keys == "threshold")):
+        yield (f"aggregation.threshold = {t} but only {n} hospitals exist: no round could ever be unmasked or "
+               f"decrypted; use a threshold between 2 and {n}")
+
+
+@config_check
+def _client_level_dp(cfg: Config) -> Iterator[str]:
+    if cfg.privacy.client_noise_multiplier is None:
+        return
+    if cfg.aggregation.mode not in ("masked", "secagg"):
+        yield ("privacy.client_noise_multiplier adds distributed integer noise inside secure aggregation; "
+               "use aggregation.mode = \"secagg\" (or \"masked\"), or remove client_noise_multiplier")
+    if cfg.training.strategy in ROBUST_STRATEGIES:
+        yield "client-level DP needs a sum-based strategy; use fedavg/fedprox/fedavgm/fedadam/fedyogi"
+
+
+@config_check
+def _cnn_needs_images(cfg: Config) -> Iterator[str]:
+    if cfg.model.kind == "cnn" and cfg.data.dataset != "digits":
+        yield "model.kind = \"cnn\" needs image data: use dataset = \"digits\" or kind = \"logreg\"/\"mlp\""
+
+
+# --------------------------------------------------------------------------- parsing
+
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} = {value!r} is not supported; use one of: {', '.join(allowed)}")
+    """Raise at once (kept for callers outside a section check; sections use ``p.choice``)."""
+    p = Problems()
+    p.choice(key, value, allowed)
+    p.raise_if_any()
 
 
 def _range(key: str, value: Any, lo: float, hi: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
-        raise ConfigError(f"{key} = {value!r} is out of range; use a number between {lo:g} and {hi:g}")
+    """Raise at once (kept for callers outside a section check; sections use ``p.range``)."""
+    p = Problems()
+    p.range(key, value, lo, hi)
+    p.raise_if_any()
 
 
-def _coerce(section: str, f: dataclasses.Field, value: Any) -> Any:
-    key = f"{section}.{f.name}" if section else f.name
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
+    """The value for field ``f`` or :class:`_Invalid` with the message."""
     t = str(f.type)
     if value is None:
-        raise ConfigError(f"{key}: TOML has no null; leave the key out to use the default")
+        raise _Invalid(f"{key}: TOML has no null; leave the key out to use the default")
     if t.startswith("tuple"):
         if not isinstance(value, list):
             example = "32" if "int" in t else '"a.csv"'
-            raise ConfigError(f"{key} must be a list, e.g. {f.name} = [{example}]")
+            raise _Invalid(f"{key} must be a list, e.g. {f.name} = [{example}]")
         inner = int if "int" in t else str
         for v in value:
             if not isinstance(v, inner) or isinstance(v, bool):
-                raise ConfigError(f"{key} must be a list of {inner.__name__}s; got {value!r}")
+                raise _Invalid(f"{key} must be a list of {inner.__name__}s; got {value!r}")
         return tuple(value)
     if t == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false; got {value!r}")
+            raise _Invalid(f"{key} must be true or false; got {value!r}")
         return value
     if t == "str":
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string in quotes; got {value!r}")
+            raise _Invalid(f"{key} must be a string in quotes; got {value!r}")
         return value
     if "float" in t:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number; got {value!r}")
+            raise _Invalid(f"{key} must be a number; got {value!r}")
         return float(value)
     if "int" in t:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be a whole number; got {value!r}")
+            raise _Invalid(f"{key} must be a whole number; got {value!r}")
         return value
     return value
 
 
-def _build(cls: type, section: str, raw: Mapping[str, Any]) -> Any:
+def _unknown_key(section: str, key: str, known: Iterable[str]) -> str:
+    where = f"[{section}]" if section else "the top level"
+    homes = [s for s, cls in _SECTIONS.items() if s != section and key in {f.name for f in fields(cls)}]
+    if homes:
+        return f"unknown key {key!r} in {where}; it belongs in [{homes[0]}]"
+    if not section and key in _SECTIONS:
+        return f"{key!r} must be a table: write [{key}] on its own line, then its keys"
+    hint = did_you_mean(key, known)
+    return f"unknown key {key!r} in {where}{hint} (known keys: {', '.join(sorted(known))})"
+
+
+def _build(cls: type, section: str, raw: Mapping[str, Any], p: Problems) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"[{section}] must be a table of keys")
+        p.error(f"[{section}] must be a table of keys, e.g. [{section}] on its own line followed by key = value lines")
+        return cls() if cls is not PrivacyConfig else cls(target_epsilon=3.0)
     known = {f.name: f for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     if cls is PrivacyConfig and "noise_multiplier" not in raw and "target_epsilon" not in raw:
         kwargs["target_epsilon"] = 3.0  # the default privacy: calibrate to ε = 3
+    if cls is DataConfig and "test_fraction" not in raw and raw.get("test_csv"):
+        kwargs["test_fraction"] = 0.0  # a test CSV is the test set: withhold nothing by default
     for k, v in raw.items():
         if k not in known:
-            raise ConfigError(
-                f"unknown key {k!r} in [{section}]; known keys: {', '.join(sorted(known))}"
-            )
-        kwargs[k] = _coerce(section, known[k], v)
+            p.error(_unknown_key(section, k, known))
+            continue
+        try:
+            kwargs[k] = _coerce(f"{section}.{k}", known[k], v)
+        except _Invalid as e:
+            p.error(str(e))
     return cls(**kwargs)
 
 
-def from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Config:
-    """Validate a parsed TOML document into a :class:`Config`."""
+def parse(raw: Mapping[str, Any], base_dir: str | Path = ".", p: Problems | None = None) -> tuple[Config, Problems]:
+    """A :class:`Config` from a parsed TOML document and every problem found in it (nothing raised).
+
+    Keys with a wrong type are left at their default so the remaining checks still run.
+    """
+    p = p if p is not None else Problems()
     kwargs: dict[str, Any] = {"base_dir": str(base_dir)}
     for k, v in raw.items():
         if k in _SECTIONS:
-            kwargs[k] = _build(_SECTIONS[k], k, v)
+            kwargs[k] = _build(_SECTIONS[k], k, v, p)
         elif k == "seed":
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"seed must be a whole number; got {v!r}")
-            kwargs["seed"] = v
+                p.error(f"seed must be a whole number; got {v!r}")
+            else:
+                kwargs["seed"] = v
+        elif k in FOREIGN_TABLES:
+            _check_foreign(k, v, p)
         else:
-            raise ConfigError(
-                f"unknown key or section {k!r}; known: seed, " + ", ".join(f"[{s}]" for s in _SECTIONS)
-            )
-    return Config(**kwargs).check()
+            p.error(_unknown_key("", k, ["seed", *_SECTIONS, *FOREIGN_TABLES]))
+    cfg = Config(**kwargs)
+    cfg.problems(p)
+    return cfg, p
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a TOML config file; relative CSV paths resolve from its folder."""
+def _check_foreign(name: str, table: Any, p: Problems) -> None:
+    if not isinstance(table, Mapping):
+        p.error(f"[{name}] must be a table of keys")
+        return
+    target = FOREIGN_TABLES.get(name)
+    if not target:
+        return
+    mod, _, fn = target.partition(":")
+    try:
+        import importlib
+
+        validate = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError):
+        return
+    p.run(lambda: validate(table) and None)
+
+
+def from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".") -> Config:
+    """Validate a parsed TOML document into a :class:`Config` (one error listing every problem)."""
+    cfg, p = parse(raw, base_dir)
+    p.raise_if_any()
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML document at ``path`` (ConfigError naming the fix if it cannot be read)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass the path of a .toml file")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax at that line") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file; save the config as UTF-8 TOML") from None
-    return from_dict(raw, base_dir=p.resolve().parent)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file; relative CSV paths resolve from its folder."""
+    raw = read_toml(path)
+    cfg, p = parse(raw, base_dir=Path(path).resolve().parent)
+    p.raise_if_any(what=str(path))
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -48,8 +49,12 @@ class FederatedData:
         return int(self.X_test.shape[1])
 
 
-def load(cfg: Config) -> FederatedData:
-    """Build the federation's data from the config (seeded, reproducible)."""
+def load(cfg: Config, warn: Callable[[str], None] | None = None) -> FederatedData:
+    """Build the federation's data from the config (seeded, reproducible).
+
+    ``warn`` receives advice that should not stop the study (default: ignored; the
+    preflight collects it and ``fedvault run`` prints it before the first round).
+    """
     if cfg.data.dataset == "csv":
         return _load_csvs(cfg)
     return _load_builtin(cfg)

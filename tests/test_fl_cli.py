@@ -66,8 +66,10 @@ def assert_clean_error(code: int, err: str, *needles: str) -> None:
     "body, needles",
     [
         ("[data\ndataset = 'x'", ["not valid TOML"]),
-        ("[data]\ndatset = 'breast_cancer'", ["unknown key 'datset'", "dataset"]),
-        ("colour = 3", ["unknown key or section 'colour'"]),
+        ("[data]\ndatset = 'breast_cancer'", ["unknown key 'datset'", "did you mean 'dataset'"]),
+        ("[data]\nrounds = 3", ["unknown key 'rounds' in [data]", "belongs in [training]"]),
+        ("[training]\nstrategy = 'fedadm'", ["did you mean 'fedadam'"]),
+        ("colour = 3", ["unknown key 'colour'"]),
         ("[data]\ndataset = 'mnist'", ["data.dataset", "breast_cancer"]),
         ("[privacy]\ntarget_epsilon = -1.0", ["target_epsilon", "positive"]),
         ("[privacy]\ntarget_epsilon = 2.0\nnoise_multiplier = 1.0", ["either noise_multiplier or target_epsilon"]),
@@ -182,3 +184,55 @@ def test_verify_bad_file(tmp_path, capsys):
     p.write_text("{not json")
     code, _, err = run_cli(["verify", str(p)], capsys)
     assert_clean_error(code, err, "not a JSON history")
+
+
+def test_every_config_problem_is_reported_at_once(tmp_path, capsys):
+    body = "[data]\ndatset = 'x'\n[training]\nrounds = 'ten'\nlr = -1.0\n[aggregation]\nmode = 'magic'\n"
+    out = tmp_path / "history.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(out), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("fedvault: error: 4 problems in ")
+    for needle in ["did you mean 'dataset'", "training.rounds", "training.lr", "aggregation.mode"]:
+        assert needle in err
+    assert not out.exists()
+
+
+def test_config_data_and_output_problems_are_reported_together(tmp_path, capsys):
+    write_csv(tmp_path / "a.csv", GOOD_HEADER, good_rows(30, 1) + ["fifty,0.1,1"])
+    write_csv(tmp_path / "b.csv", GOOD_HEADER, good_rows(30, 2))
+    (tmp_path / "afile").write_text("x")
+    body = CSV_CFG.replace("rounds = 2", "rounds = 2\nlr = 0.0")
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(tmp_path / "afile" / "h.json"),
+                            "--quiet"], capsys)
+    assert code == 2
+    assert "3 problems" in err and "training.lr" in err and "not a number" in err and "afile is a file" in err
+
+
+def test_output_under_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    from fedvault.fl import simulation
+
+    monkeypatch.setattr(simulation, "federate", lambda *a, **k: pytest.fail("trained before checking --output"))
+    (tmp_path / "afile").write_text("x")
+    body = "[data]\nhospitals = 3\n[training]\nrounds = 1\n[privacy]\nenabled = false\n"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(tmp_path / "afile" / "sub" / "h.json"),
+                            "--quiet"], capsys)
+    assert_clean_error(code, err, "afile is a file", "choose another path")
+
+
+def test_audit_table_does_not_break_run(tmp_path, capsys):
+    body = ("[data]\nhospitals = 3\n[training]\nrounds = 1\n[privacy]\nenabled = false\n"
+            "[aggregation]\nmode = 'plaintext'\n[audit]\ncanaries = 50\n")
+    out = tmp_path / "h.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert out.exists()
+
+
+def test_seed_flag_overrides_the_config(tmp_path, capsys):
+    import json
+
+    body = "seed = 1\n[data]\nhospitals = 3\n[training]\nrounds = 1\n[privacy]\nenabled = false\n[aggregation]\nmode = 'plaintext'\n"
+    out = tmp_path / "h.json"
+    code, _, err = run_cli(["run", str(config(tmp_path, body)), "--output", str(out), "--quiet", "--seed", "9"], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())["config"]["seed"] == 9
