@@ -118,6 +118,7 @@ def _run(ready, output: Path | None, quiet: bool) -> dict[str, Any]:
     table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
     t0 = time.perf_counter()
     history = federate(cfg, data=ready.data, on_round=table).history
+    history.setdefault("data", ready.data.describe())  # classes and how the raw labels were read
     history["final"]["seconds"] = time.perf_counter() - t0
     if not quiet:
         print_summary(history)

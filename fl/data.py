@@ -42,7 +42,13 @@ class FederatedData:
     n_classes: int
     feature_names: list[str]
     image_shape: tuple[int, ...] | None = None
-    classes: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # class index -> name
+    label_mapping: dict[str, str] = field(default_factory=dict)  # raw label as written -> class name
+
+    def describe(self) -> dict[str, object]:
+        """The history's ``data`` section: classes (index order) and how raw labels were read."""
+        return {"classes": list(self.classes), "label_mapping": dict(self.label_mapping),
+                "test_records": int(len(self.y_test))}
 
     @property
     def n_features(self) -> int:
@@ -56,7 +62,7 @@ def load(cfg: Config, warn: Callable[[str], None] | None = None) -> FederatedDat
     preflight collects it and ``fedvault run`` prints it before the first round).
     """
     if cfg.data.dataset == "csv":
-        return _load_csvs(cfg)
+        return _load_csvs(cfg, warn or (lambda _m: None))
     return _load_builtin(cfg)
 
 
@@ -88,7 +94,8 @@ def _load_builtin(cfg: Config) -> FederatedData:
     for k, part in enumerate(parts):
         idx = train_idx[part]
         hospitals.append(_with_holdout(f"hospital_{k}", X[idx], y[idx], cfg.data.test_fraction, rng))
-    return FederatedData(hospitals, X[test_idx], y[test_idx], int(y.max()) + 1, names, shape, classes)
+    return FederatedData(hospitals, X[test_idx], y[test_idx], int(y.max()) + 1, names, shape, classes,
+                         label_mapping={str(i): c for i, c in enumerate(classes)})
 
 
 def _stratified_split(y: np.ndarray, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -143,110 +150,210 @@ def dirichlet_partition(
 
 # --------------------------------------------------------------------------- CSV
 
+MAX_PROBLEMS_PER_FILE = 5
+DELIMITERS = ",;\t|"
 
-def _read_csv(path: Path, label: str) -> tuple[list[str], np.ndarray, list[str]]:
+
+@dataclass
+class _CsvFile:
+    """One parsed CSV: its features, the rows' values and raw label strings (or problems)."""
+
+    path: Path
+    features: list[str] = field(default_factory=list)
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    labels: list[str] = field(default_factory=list)
+    delimiter: str = ","
+    problems: list[str] = field(default_factory=list)
+
+
+def _sniff_delimiter(text: str) -> str:
+    """The delimiter of the header line: the one of , ; TAB | that splits it most (ties: ',')."""
+    first = text.split("\n", 1)[0]
+    counts = {d: first.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def _read_csv(path: Path, label: str) -> _CsvFile:
+    """Parse one hospital's CSV, collecting (up to a few) problems instead of stopping at the first.
+
+    Excel's UTF-8 byte-order mark is ignored; the delimiter (, ; TAB |) is taken from the
+    header line. Labels stay raw strings here; :func:`label_mapping` decides the classes.
+    """
+    out = _CsvFile(path)
     if not path.is_file():
-        raise DataError(f"CSV file {str(path)!r} not found; check data.csv in the config")
+        out.problems.append(f"CSV file {str(path)!r} not found; check data.csv in the config")
+        return out
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
+        text = path.read_text(encoding="utf-8-sig")  # -sig: drop Excel's byte-order mark
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the CSV as UTF-8") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
+        out.problems.append(f"{path}: not UTF-8 text; save the CSV as UTF-8 (in Excel: 'CSV UTF-8')")
+        return out
+    out.delimiter = _sniff_delimiter(text)
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=out.delimiter) if any(c.strip() for c in r)]
     if not rows:
-        raise DataError(f"{path}: the file is empty; it needs a header row and at least one record")
+        out.problems.append(f"{path}: the file is empty; it needs a header row and at least one record")
+        return out
     header = [h.strip() for h in rows[0]]
     if label not in header:
-        raise DataError(
-            f"{path}: no label column {label!r} (columns: {', '.join(header[:8])}{', ...' if len(header) > 8 else ''}); "
+        near = [h for h in header if h.lower() == label.lower()]
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        out.problems.append(
+            f"{path}: no label column {label!r}{hint} (columns: {', '.join(header[:8])}{', ...' if len(header) > 8 else ''}); "
             "set data.label to the name of the label column"
         )
-    if len(set(header)) != len(header):
-        raise DataError(f"{path}: duplicate column names in the header; make every column name unique")
+        return out
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        out.problems.append(f"{path}: duplicate column names {dupes} in the header; make every column name unique")
+        return out
     body = rows[1:]
     if not body:
-        raise DataError(f"{path}: has a header but no rows; every hospital needs at least one record")
+        out.problems.append(f"{path}: has a header but no rows; every hospital needs at least one record")
+        return out
     li = header.index(label)
-    features = [h for i, h in enumerate(header) if i != li]
-    X = np.empty((len(body), len(features)), dtype=np.float64)
-    labels = []
+    out.features = [h for i, h in enumerate(header) if i != li]
+    X = np.empty((len(body), len(out.features)), dtype=np.float64)
+    bad = 0
+
+    def problem(msg: str) -> None:
+        nonlocal bad
+        bad += 1
+        if bad <= MAX_PROBLEMS_PER_FILE:
+            out.problems.append(msg)
+
     for r, row in enumerate(body, start=2):
         if len(row) != len(header):
-            raise DataError(f"{path}, line {r}: {len(row)} fields but the header has {len(header)}; fix that row")
-        labels.append(row[li].strip())
+            problem(f"{path}, line {r}: {len(row)} fields but the header has {len(header)}; fix that row")
+            continue
+        lab = row[li].strip()
+        if not lab:
+            problem(f"{path}, line {r}: the label {label!r} is empty; label every record or drop the row")
+        out.labels.append(lab)
         vals = [c for i, c in enumerate(row) if i != li]
         for j, v in enumerate(vals):
             try:
                 x = float(v)
             except ValueError:
-                raise DataError(
-                    f"{path}, line {r}, column {features[j]!r}: {v!r} is not a number; features must be numeric "
+                problem(
+                    f"{path}, line {r}, column {out.features[j]!r}: {v!r} is not a number; features must be numeric "
                     "(encode categories as numbers)"
-                ) from None
+                )
+                continue
             if not math.isfinite(x):
-                raise DataError(
-                    f"{path}, line {r}, column {features[j]!r}: {v!r} is missing or not finite; "
+                problem(
+                    f"{path}, line {r}, column {out.features[j]!r}: {v!r} is missing or not finite; "
                     "impute or drop rows with missing values before federating"
                 )
+                continue
             X[r - 2, j] = x
-    return features, X, labels
+    if bad > MAX_PROBLEMS_PER_FILE:
+        out.problems.append(f"{path}: ... and {bad - MAX_PROBLEMS_PER_FILE} more problems like these")
+    out.X = X
+    return out
 
 
-def _load_csvs(cfg: Config) -> FederatedData:
+def _as_number(s: str) -> float | None:
+    try:
+        x = float(s)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def label_mapping(raw_labels: list[str], column: str) -> tuple[list[str], dict[str, int]]:
+    """Classes (names) and ``{raw label: class index}`` for the label values of every file.
+
+    * Numeric labels are compared as numbers: ``1``, ``1.0`` and `` 1 `` are one class, named
+      ``"1"``; classes are ordered by value.
+    * Text labels are classes as written, ordered alphabetically.
+    * Ambiguous sets are refused with the fix: numbers mixed with text (``0``/``1`` and
+      ``"yes"``), or text labels that differ only in case or spacing (``Benign``/``benign``).
+    """
+    distinct = sorted(set(raw_labels))
+    numbers = {l: _as_number(l) for l in distinct}
+    num = [l for l in distinct if numbers[l] is not None]
+    txt = [l for l in distinct if numbers[l] is None]
+    if num and txt:
+        raise DataError(
+            f"label column {column!r} mixes numbers ({', '.join(num[:4])}) and text ({', '.join(map(repr, txt[:4]))}); "
+            "write every label the same way in every file (e.g. all 0/1, or all text)"
+        )
+    if num:
+        values = sorted({numbers[l] for l in num})
+        name = {v: (str(int(v)) if float(v).is_integer() else repr(v)) for v in values}
+        classes = [name[v] for v in values]
+        index = {v: i for i, v in enumerate(values)}
+        mapping = {l: index[numbers[l]] for l in num}
+        if len(values) > 20 and not all(float(v).is_integer() for v in values):
+            raise DataError(
+                f"label column {column!r} has {len(values)} distinct non-integer values; it looks like a measurement, "
+                "not a class. fedvault trains classifiers: bin it into classes, or choose another data.label"
+            )
+        return classes, mapping
+    folded: dict[str, list[str]] = {}
+    for l in txt:
+        folded.setdefault(" ".join(l.lower().split()), []).append(l)
+    clash = [v for v in folded.values() if len(v) > 1]
+    if clash:
+        raise DataError(
+            f"label column {column!r}: {' / '.join(map(repr, clash[0]))} differ only in case or spacing and would "
+            "become separate classes; write each class the same way in every file"
+        )
+    return txt, {l: i for i, l in enumerate(txt)}
+
+
+def _load_csvs(cfg: Config, warn: Callable[[str], None]) -> FederatedData:
     base = Path(cfg.base_dir)
     rng = np.random.default_rng(cfg.seed)
-    loaded = []
-    for p in cfg.data.csv:
-        path = (base / p) if not Path(p).is_absolute() else Path(p)
-        loaded.append((path, *_read_csv(path, cfg.data.label)))
-    features0 = loaded[0][1]
-    for path, feats, _, _ in loaded[1:]:
-        if feats != features0:
-            missing = sorted(set(features0) - set(feats))
-            extra = sorted(set(feats) - set(features0))
-            detail = f"missing {missing}" if missing else ""
-            detail += (", " if detail and extra else "") + (f"extra {extra}" if extra else "")
-            if not detail:
-                detail = "same names in a different order"
-            raise DataError(
-                f"{path}: columns differ from {loaded[0][0]} ({detail}); every hospital's CSV needs the same columns"
-            )
-    test = None
-    if cfg.data.test_csv:
-        tp = Path(cfg.data.test_csv)
-        tp = tp if tp.is_absolute() else base / tp
-        tf, tX, tl = _read_csv(tp, cfg.data.label)
-        if tf != features0:
-            raise DataError(f"{tp}: columns differ from the hospitals' CSVs; the test CSV needs the same columns")
-        test = (tX, tl)
-    all_labels = sorted({l for _, _, _, ls in loaded for l in ls} | (set(test[1]) if test else set()), key=_label_key)
-    if len(all_labels) < 2:
-        raise DataError(f"label column {cfg.data.label!r} has a single value {all_labels}; a classifier needs >= 2 classes")
-    cmap = {l: i for i, l in enumerate(all_labels)}
+
+    def resolve(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else base / p
+
+    files = [_read_csv(resolve(p), cfg.data.label) for p in cfg.data.csv]
+    test = _read_csv(resolve(cfg.data.test_csv), cfg.data.label) if cfg.data.test_csv else None
+    problems = [m for f in files + ([test] if test else []) for m in f.problems]
+    good = [f for f in files + ([test] if test else []) if not f.problems]
+    if good:
+        ref = good[0]
+        for f in good[1:]:
+            if f.features != ref.features:
+                missing = sorted(set(ref.features) - set(f.features))
+                extra = sorted(set(f.features) - set(ref.features))
+                detail = f"missing {missing}" if missing else ""
+                detail += (", " if detail and extra else "") + (f"extra {extra}" if extra else "")
+                problems.append(
+                    f"{f.path}: columns differ from {ref.path} ({detail or 'same names in a different order'}); "
+                    "every hospital's CSV (and the test CSV) needs the same columns"
+                )
+    names = [f.path.stem for f in files]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        problems.append(f"hospital CSV files share a file name {dup}; give each hospital's file a distinct name "
+                        "(the name identifies the hospital)")
+    if problems:
+        raise DataError.collect(problems, what="the data")
+    all_raw = [l for f in files for l in f.labels] + (test.labels if test else [])
+    classes, cmap = label_mapping(all_raw, cfg.data.label)
+    if len(classes) < 2:
+        raise DataError(f"label column {cfg.data.label!r} has a single value {classes}; a classifier needs >= 2 classes")
+    train_classes = {cmap[l] for f in files for l in f.labels}
+    if test is not None:
+        unseen = sorted({classes[cmap[l]] for l in test.labels} - {classes[c] for c in train_classes})
+        if unseen:
+            warn(f"the test CSV has classes no hospital has ({', '.join(unseen)}); the model can never predict them")
     hospitals, test_X, test_y = [], [], []
-    for k, (path, _, X, labels) in enumerate(loaded):
-        y = np.array([cmap[l] for l in labels], dtype=np.int64)
-        name = path.stem
+    for f in files:
+        y = np.array([cmap[l] for l in f.labels], dtype=np.int64)
+        h = _with_holdout(f.path.stem, f.X, y, cfg.data.test_fraction, rng)
         if test is None:
-            h = _with_holdout(name, X, y, cfg.data.test_fraction, rng)
             # Without a test CSV the held-out records also form the global test set.
             test_X.append(h.X_val)
             test_y.append(h.y_val)
-        else:
-            h = _with_holdout(name, X, y, cfg.data.test_fraction, rng)
         hospitals.append(h)
-    names = [h.name for h in hospitals]
-    if len(set(names)) != len(names):
-        raise DataError("two hospital CSV files share a file name; give each hospital's file a distinct name")
     if test is not None:
-        X_test, y_test = test[0], np.array([cmap[l] for l in test[1]], dtype=np.int64)
+        X_test, y_test = test.X, np.array([cmap[l] for l in test.labels], dtype=np.int64)
     else:
         X_test, y_test = np.concatenate(test_X), np.concatenate(test_y)
-    return FederatedData(hospitals, X_test, y_test, len(all_labels), features0, None, all_labels)
-
-
-def _label_key(l: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(l))
-    except ValueError:
-        return (1, l)
+    return FederatedData(hospitals, X_test, y_test, len(classes), files[0].features, None, classes,
+                         label_mapping={l: classes[i] for l, i in sorted(cmap.items())})

@@ -70,3 +70,86 @@ def test_too_many_hospitals_is_refused():
     cfg = from_dict({"data": {"hospitals": 50, "min_records": 40}})
     with pytest.raises(DataError, match="fewer hospitals"):
         data_mod.load(cfg)
+
+
+# --------------------------------------------------------------------------- CSV correctness
+
+from fedvault.fl.errors import ConfigError  # noqa: E402
+from fedvault.fl.preflight import prepare  # noqa: E402
+
+
+def _csv(path, header, rows, *, sep=",", bom=False):
+    text = "\n".join([sep.join(header)] + [sep.join(map(str, r)) for r in rows]) + "\n"
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path.name
+
+
+def _rows(n, seed, labels=("0", "1")):
+    rng = np.random.default_rng(seed)
+    return [[f"{rng.normal(50, 10):.2f}", f"{rng.normal():.3f}", labels[i % len(labels)]] for i in range(n)]
+
+
+def _cfg(tmp_path, files, **data):
+    return from_dict({"data": {"dataset": "csv", "csv": files, "label": "y", **data},
+                      "privacy": {"enabled": False}, "aggregation": {"mode": "plaintext"}}, base_dir=tmp_path)
+
+
+def test_numeric_labels_are_compared_as_numbers_and_the_mapping_is_recorded(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1, ("1", "0")))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2, ("1.0", "0.0", " 1 ")))
+    fd = data_mod.load(_cfg(tmp_path, [a, b]))
+    assert fd.n_classes == 2 and fd.classes == ["0", "1"]
+    assert fd.label_mapping == {"0": "0", "0.0": "0", "1": "1", "1.0": "1"}  # " 1 " is read as "1"
+    assert fd.describe()["classes"] == ["0", "1"]
+
+
+def test_numbers_mixed_with_text_labels_are_refused(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1, ("1", "0")))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2, ("yes", "no")))
+    with pytest.raises(DataError, match="mixes numbers .* and text"):
+        data_mod.load(_cfg(tmp_path, [a, b]))
+
+
+def test_labels_differing_only_in_case_are_refused(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1, ("Benign", "malignant")))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2, ("benign", "malignant")))
+    with pytest.raises(DataError, match="differ only in case"):
+        data_mod.load(_cfg(tmp_path, [a, b]))
+
+
+def test_excel_bom_and_semicolons_are_read(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1), bom=True)
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2), sep=";")
+    fd = data_mod.load(_cfg(tmp_path, [a, b]))
+    assert fd.feature_names == ["age", "m"] and [h.name for h in fd.hospitals] == ["a", "b"]
+
+
+def test_every_data_problem_of_every_file_is_reported(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(10, 1) + [["fifty", "0.1", "1"]])
+    b = _csv(tmp_path / "b.csv", ["age", "m", "label"], _rows(10, 2))
+    with pytest.raises(DataError) as e:
+        data_mod.load(_cfg(tmp_path, [a, b]))
+    assert len(e.value.problems) == 2
+    assert "not a number" in str(e.value) and "no label column 'y'" in str(e.value)
+
+
+def test_with_a_test_csv_nothing_is_withheld_by_default(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(20, 2))
+    t = _csv(tmp_path / "t.csv", ["age", "m", "y"], _rows(15, 3))
+    fd = data_mod.load(_cfg(tmp_path, [a, b], test_csv=t))
+    assert [h.n for h in fd.hospitals] == [30, 20] and all(len(h.y_val) == 0 for h in fd.hospitals)
+    assert len(fd.y_test) == 15
+    fd = data_mod.load(_cfg(tmp_path, [a, b], test_csv=t, test_fraction=0.2))
+    assert [len(h.y_val) for h in fd.hospitals] == [6, 4]
+
+
+def test_a_tiny_hospital_is_warned_about_with_its_dp_consequence(tmp_path):
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(60, 1))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(1, 2))
+    t = _csv(tmp_path / "t.csv", ["age", "m", "y"], _rows(15, 3))
+    cfg = from_dict({"data": {"dataset": "csv", "csv": [a, b], "label": "y", "test_csv": t},
+                     "privacy": {"noise_multiplier": 1.0}, "aggregation": {"mode": "plaintext"}}, base_dir=tmp_path)
+    ready = prepare(cfg)
+    w = [m for m in ready.warnings if "'b'" in m]
+    assert w and "only 1 training record" in w[0] and "ε grows fastest" in w[0]
