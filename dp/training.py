@@ -54,6 +54,7 @@ from torch import nn
 
 from fedvault.dp.accounting import make_accountant, opacus_history
 from fedvault.dp.errors import AccountingError, BudgetExceeded, PrivacyError
+from fedvault.dp.faults import Fault, GradientCanaryHook, append_per_sample_gradients, dp_optimizer_class
 from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
 
 OPTIMIZERS = ("sgd", "adam")
@@ -75,6 +76,8 @@ class TrainReport:
         epsilon: the hospital's total ε after this round at the ledger's δ.
         loss: mean training loss over non-empty batches (local, non-private diagnostic).
         examples: number of local examples n.
+        fault: the audit fault this round ran with (``"none"`` unless auditing; any
+            other value means the recorded ε is not a guarantee, see :mod:`dp.faults`).
     """
 
     round: int
@@ -84,6 +87,7 @@ class TrainReport:
     epsilon: float
     loss: float
     examples: int
+    fault: str = "none"
 
 
 def plan_round(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
@@ -112,6 +116,11 @@ class PrivateTrainer:
         lr: learning rate of the local optimizer.
         seed: master seed of sampling and noise (None: from os.urandom).
         optimizer: ``"sgd"`` or ``"adam"`` (fresh state each round).
+        fault: TEST/AUDIT ONLY — a deliberate bug (:class:`dp.faults.Fault`) that
+            skips noise or clipping while the accountant records the configured σ.
+        gradient_canaries: AUDIT ONLY — a :class:`dp.faults.GradientCanaryHook`
+            adding canary per-sample gradients before clipping (clipped and noised
+            like any record's).
     """
 
     def __init__(
@@ -124,6 +133,8 @@ class PrivateTrainer:
         lr: float = 0.1,
         seed: int | None = 0,
         optimizer: str = "sgd",
+        fault: Fault | str = Fault.NONE,
+        gradient_canaries: GradientCanaryHook | None = None,
     ) -> None:
         if not isinstance(ledger, PrivacyLedger):
             raise AccountingError("ledger must be a dp.ledger.PrivacyLedger")
@@ -148,6 +159,8 @@ class PrivateTrainer:
         self.optimizer = optimizer
         self.seed = int.from_bytes(os.urandom(8), "big") if seed is None else int(seed)
         self._accountant = make_accountant(ledger.accountant, opacus_history(ledger.events))
+        self.fault = Fault.parse(fault)
+        self.gradient_canaries = gradient_canaries
 
     @property
     def accountant(self):  # noqa: ANN201 - an Opacus IAccountant
@@ -206,7 +219,6 @@ class PrivateTrainer:
             raise AccountingError(f"prox_mu must be >= 0, got {prox_mu!r}")
 
         from opacus.grad_sample import GradSampleModule
-        from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
 
         errors = ModuleValidator.validate(model, strict=False)
@@ -238,7 +250,7 @@ class PrivateTrainer:
         was_training = model.training
         model.train()
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-        dpo = DPOptimizer(
+        dpo = dp_optimizer_class(self.fault)(
             base,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
@@ -249,7 +261,7 @@ class PrivateTrainer:
         taken = 0
         acc = self._accountant
 
-        def on_step(opt: DPOptimizer) -> None:
+        def on_step(opt) -> None:  # noqa: ANN001 - an Opacus DPOptimizer
             nonlocal taken
             acc.step(noise_multiplier=opt.noise_multiplier, sample_rate=q)
             taken += 1
@@ -260,7 +272,7 @@ class PrivateTrainer:
         quiet.__enter__()
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         try:
-            for _ in range(T):
+            for step in range(T):
                 idx = torch.nonzero(torch.rand(n, generator=g_sample) < q).squeeze(1)
                 xb, yb = Xt[idx], yt[idx]
                 dpo.zero_grad(set_to_none=True)
@@ -271,6 +283,8 @@ class PrivateTrainer:
                 else:  # empty Poisson batch: zero per-sample grads, the step still adds noise
                     loss = logits.sum() * 0.0
                 loss.backward()
+                if self.gradient_canaries is not None:  # audit only: canary per-sample gradients
+                    append_per_sample_gradients(params, self.gradient_canaries(round, step, q))
                 if not dpo.pre_step():  # clip, noise, scale, accountant hook
                     raise AccountingError("Opacus skipped a step unexpectedly")
                 if prox_mu > 0:
@@ -301,4 +315,5 @@ class PrivateTrainer:
             epsilon=eps,
             loss=float(np.mean(losses)) if losses else float("nan"),
             examples=n,
+            fault=self.fault.value,
         )

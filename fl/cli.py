@@ -4,7 +4,7 @@
     fedvault run CONFIG.toml --output H.json   any federation from a config file
     fedvault verify H.json                     recompute every ε independently (dp_accounting)
     fedvault privacy H.json                    per-hospital privacy table + ε-over-rounds PNG
-    fedvault audit CONFIG.toml                 empirical privacy audit (see fl/audit.py)
+    fedvault audit CONFIG.toml                 empirical privacy audit (see fl/audit/)
 
 Every expected failure (bad config, bad CSV, exhausted budget, protocol abort) ends
 with one line ``fedvault: error: ...`` naming the problem and the fix, exit code 2,
@@ -232,12 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("history", type=Path)
     pr.add_argument("--plot", type=Path, default=None, help="PNG path (default: HISTORY.epsilon.png)")
     pr.set_defaults(func=cmd_privacy)
-    try:  # the audit subcommand lives with the audit code
-        from fedvault.fl import audit as _audit
+    from fedvault.fl.audit.cli import register as register_audit  # light: argparse only
 
-        _audit.register(sub)
-    except ImportError:
-        pass
+    register_audit(sub)
     return p
 
 

@@ -9,7 +9,7 @@ lives as long as the hospital object — one accountant for the whole study.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from torch import nn
@@ -47,6 +47,7 @@ class Hospital:
         model_factory: Callable[[], nn.Module],
         index: int,
         noise_multiplier: float | None = None,
+        trainer_options: Mapping[str, Any] | None = None,
     ):
         self.data = data
         self.cfg = cfg
@@ -71,6 +72,7 @@ class Hospital:
                 epochs=cfg.training.local_epochs,
                 lr=cfg.training.lr,
                 seed=cfg.seed * 1_000_003 + index,
+                **(trainer_options or {}),  # audit only: dp.faults fault / gradient canaries
             )
 
     @property

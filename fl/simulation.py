@@ -163,12 +163,16 @@ def federate(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     baseline: bool = True,
     extra_updates: ExtraUpdates | None = None,
+    trainer_options: Callable[[str], Mapping[str, Any]] | None = None,
 ) -> FederationRun:
     """Run a study and keep the objects (model, data, hospitals) for further analysis.
 
     ``data`` replaces the data set the config names (e.g. with audit canaries inserted);
     ``extra_updates(round, weights)`` returns additional weighted update vectors that take
     part in the aggregation like any hospital's (e.g. canary clients of a privacy audit).
+    ``trainer_options(hospital_name)`` (audit only) returns extra ``PrivateTrainer``
+    arguments (``fault``, ``gradient_canaries``, see ``dp.faults``); a run with a fault is
+    marked ``not_private`` in its history.
     """
     fd = data if data is not None else data_mod.load(cfg)
     names = [h.name for h in fd.hospitals]
@@ -183,7 +187,9 @@ def federate(
     weights = models.get_vector(global_model)
     strategy = strategies.make(cfg.training)
     hospitals = [
-        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n)) for i, h in enumerate(fd.hospitals)
+        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n),
+                 trainer_options=trainer_options(h.name) if trainer_options is not None else None)
+        for i, h in enumerate(fd.hospitals)
     ]
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
@@ -203,6 +209,10 @@ def federate(
                       for h, hs in zip(fd.hospitals, hospitals)},
         "rounds": [],
     }
+    faulty = sorted({hs.trainer.fault.not_private_reason() for hs in hospitals
+                     if hs.trainer is not None and not hs.trainer.fault.private})
+    if faulty:
+        history["not_private"] = faulty
     stop_reason = f"completed {cfg.training.rounds} rounds"
     sampler = np.random.default_rng([cfg.seed, 0xC11E])  # client sampling (public, seeded)
     for r in range(1, cfg.training.rounds + 1):

@@ -1,0 +1,170 @@
+"""Running the audit: the federation with canaries, the bounds, the attacks.
+
+:func:`run_audit` is the whole audit as a typed :class:`~fedvault.fl.audit.report.AuditReport`:
+
+1. :func:`record_audit` — record-level one-run audit (SNJ 2023; :mod:`fedvault.dp.audit.one_run`).
+2. :func:`client_audit` — client-level one-shot estimate (Andrew et al. 2024).
+3. :func:`membership_attacks` — loss-threshold and LiRA on the final global model.
+
+Every run here is a **simulation-only artefact**: it trains again on the same patients'
+records, and neither the reruns nor the shadow models are charged to any ledger; their
+outputs (scores, models, reports) must not leave the study as patient-data releases.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from fedvault.dp import audit as A
+from fedvault.dp.faults import Fault
+from fedvault.fl import data as data_mod
+from fedvault.fl import models, plain
+from fedvault.fl.audit.canaries import (
+    CanaryClients,
+    GlobalModels,
+    RecordCanaries,
+    canary_scores,
+    canary_slots,
+    design_canaries,
+    insert_canaries,
+    logits,
+)
+from fedvault.fl.audit.report import AuditReport
+from fedvault.fl.audit.settings import AuditSettings
+from fedvault.fl.config import Config
+
+SIMULATION_ONLY = (
+    "simulation-only artefact: the audit retrains on the same patients' records (canary runs, "
+    "shadow models); nothing here is charged to a ledger or may be released as a patient-data result"
+)
+
+
+def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: Fault | str,
+                  trainer_options: Callable[[str], Mapping[str, Any]] | None = None):
+    """One federation run of the audit (no pooled baseline) with the fault in every trainer."""
+    from fedvault.fl.simulation import federate
+
+    fault = Fault.parse(fault)
+    if not fault.private and not cfg.privacy.enabled:
+        raise A.AuditError(
+            f"audit.fault = {fault.value!r} breaks DP-SGD, but privacy.enabled = false (there is no DP "
+            "optimizer to break); remove audit.fault or enable privacy"
+        )
+
+    def options(name: str) -> dict[str, Any]:
+        o = dict(trainer_options(name)) if trainer_options is not None else {}
+        if not fault.private:
+            o["fault"] = fault
+        return o
+
+    return federate(cfg, data=data, baseline=False, extra_updates=extra, trainer_options=options)
+
+
+def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData | None = None):
+    """Run 1: the federation with record canaries. Returns (OneRunAudit, scores, canaries, run, claimed ε)."""
+    base = fd if fd is not None else data_mod.load(cfg)
+    can = design_canaries(base, settings)
+    data_in = insert_canaries(base, can)
+    rec = GlobalModels()
+    run = federate_with(cfg, data_in, rec, settings.fault)
+    mean, std = run.standardisation  # the federation's own (mean, std)
+    z_model = (can.raw - mean) / std
+    w1 = models.get_vector(run.model)
+    scores = canary_scores(run.model, rec.initial, w1, z_model, can.y)
+    delta = cfg.privacy.delta
+    result = A.audit_scores(scores, can.included, delta=delta, confidence=settings.confidence)
+    host = next(h for h in run.hospitals if h.name == can.hospital)
+    claimed = host.epsilon() if cfg.privacy.enabled else None
+    return result, scores, can, run, claimed
+
+
+def client_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData):
+    """Run 2: the federation with canary clients; Andrew et al.'s one-shot estimate."""
+    rng = np.random.default_rng([settings.seed, 0xC11E])
+    make = models.build(cfg.model, fd.n_features, fd.n_classes, fd.image_shape)
+    d = models.n_params(make)
+    k = settings.canary_clients
+    dirs = A.random_directions(rng, k + settings.unobserved_canaries, d)
+    client_level = getattr(cfg.privacy, "client_noise_multiplier", None) is not None
+    weight = float(np.median([h.n for h in fd.hospitals]))
+    clients = CanaryClients(dirs[:k], cfg.aggregation.update_clip, weight, client_level)
+    run = federate_with(cfg, copy.deepcopy(fd), clients, settings.fault)
+    delta_vec = models.get_vector(run.model) - clients.initial
+    cos = A.cosines(delta_vec, dirs)
+    est = A.one_shot_estimate(cos[:k], cos[k:], delta=cfg.privacy.delta, dimension=d)
+    claimed = None
+    cl = run.history.get("client_level")
+    if isinstance(cl, Mapping) and cl.get("epsilon") is not None:
+        claimed = float(cl["epsilon"])
+    return est, claimed, (cos[:k], cos[k:])
+
+
+def train_shadow(cfg: Config, fd: data_mod.FederatedData, X: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
+    """A LiRA shadow model: the same model trained without privacy on ``(X, y)``."""
+    torch.manual_seed(seed)
+    model = models.build(cfg.model, fd.n_features, fd.n_classes, fd.image_shape)
+    epochs = max(1, min(cfg.training.rounds * cfg.training.local_epochs, 20))
+    plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=seed)
+    return model
+
+
+def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: RecordCanaries) -> list[A.AttackResult]:
+    """Loss-threshold and LiRA attacks on the final global model: training vs held-out patients."""
+    fd = run.data
+    # the canary hospital's IN canaries were appended after its records: they are not patients
+    n_canaries = int(canaries.included.sum())
+    Xin, yin = [], []
+    for h in fd.hospitals:
+        k = h.n - (n_canaries if h.name == canaries.hospital else 0)
+        Xin.append(h.X[:k])
+        yin.append(h.y[:k])
+    Xi, yi = np.concatenate(Xin), np.concatenate(yin)
+    Xo = np.concatenate([h.X_val for h in fd.hospitals] + [fd.X_test])
+    yo = np.concatenate([h.y_val for h in fd.hospitals] + [fd.y_test])
+    w = models.get_vector(run.model)
+    zi, zo = logits(run.model, w, Xi), logits(run.model, w, Xo)
+    out = [A.evaluate_attack("loss threshold", A.loss_scores(zi, yi), A.loss_scores(zo, yo))]
+    K = settings.shadow_models
+    if K >= 2:
+        Xall, yall = np.concatenate([Xi, Xo]), np.concatenate([yi, yo])
+        n = len(yall)
+        rng = np.random.default_rng([settings.seed, 0x5AD0])
+        mask = rng.random((n, K)) < 0.5
+        phi = np.empty((n, K))
+        for k in range(K):
+            sm = train_shadow(cfg, fd, Xall[mask[:, k]], yall[mask[:, k]], seed=settings.seed * 1000 + k)
+            phi[:, k] = A.logit_confidence(logits(sm, models.get_vector(sm), Xall), yall)
+        target = A.logit_confidence(np.concatenate([zi, zo]), yall)
+        s = A.lira_scores(target, phi, mask)
+        out.append(A.evaluate_attack(f"LiRA ({K} shadow models)", s[: len(yi)], s[len(yi) :]))
+    return out
+
+
+def run_audit(cfg: Config, settings: AuditSettings, *, log: Callable[[str], None] | None = None) -> AuditReport:
+    """The whole audit (record level, client level, membership inference) as a typed report."""
+    from fedvault.fl.config import to_dict
+
+    t0 = time.perf_counter()
+    say = log or (lambda msg: None)
+    fd = data_mod.load(cfg)
+    say(f"run 1/2: federation with record canaries ({min(settings.canaries, canary_slots(fd.n_features, fd.n_classes))} canaries) ...")
+    rec, scores, can, run, claimed = record_audit(cfg, settings, fd)
+    report = AuditReport(
+        config=to_dict(cfg), settings=settings.to_dict(),
+        record=rec, record_scores=scores, canary_hospital=can.hospital, canary_slots=can.slots,
+        claimed_epsilon=claimed, delta=cfg.privacy.delta, accuracy=run.history["final"]["metrics"]["accuracy"],
+        fault=settings.fault, included=can.included,
+    )
+    if settings.membership:
+        say("membership inference: loss threshold" + (f" + LiRA ({settings.shadow_models} shadow models)" if settings.shadow_models >= 2 else "") + " ...")
+        report.attacks = membership_attacks(cfg, settings, run, can)
+    if settings.canary_clients:
+        say(f"run 2/2: federation with {settings.canary_clients} canary clients ...")
+        report.client, report.client_claimed_epsilon, report.client_cosines = client_audit(cfg, settings, fd)
+    report.seconds = time.perf_counter() - t0
+    return report
