@@ -86,3 +86,21 @@ class InconsistentError(RefusedError):
 
 class InputError(RefusedError):
     """A vector has the wrong length or dtype, NaN/inf, or values outside the clipping range."""
+
+
+# --- Paillier refusals (protocols/paillier/) -------------------------------------------
+class ProofError(RefusedError):
+    """A proof (of plaintext knowledge, or of a decryption share) does not verify."""
+
+
+class CiphertextError(RefusedError):
+    """A ciphertext is not a unit of Z*_(n^2) (0 < c < n^2, gcd(c, n) = 1) or has the wrong size."""
+
+
+class AlreadyAnsweredError(RefusedError):
+    """A decryptor already answered a different contributor set for this (session, round)."""
+
+
+class SumRangeError(AbortError):
+    """The decrypted sum has a slot outside the range honest inputs can produce: some contributor
+    encrypted an out-of-range plaintext.  Nothing else was revealed; the round's sum is unusable."""

@@ -244,12 +244,19 @@ class FastEncryptor:
         All exponents are drawn from ``rng`` here, in order, so the result depends only on
         ``rng`` and not on the number of workers.
         """
+        return self.encrypt_ints_with_exponents(plaintexts, rng, workers)[0]
+
+    def encrypt_ints_with_exponents(self, plaintexts: Sequence[int], rng: RandomBytes = os.urandom,
+                                    workers: int | None = None) -> tuple[list[Any], list[int]]:
+        """:meth:`encrypt_ints`, also returning the DJN exponents ``a_j`` (the witness a proof of
+        plaintext knowledge needs; secret: whoever knows ``a_j`` can open ``c_j``)."""
         self._check_plaintexts(plaintexts)
         exps = rng(self.exponent_bytes * len(plaintexts))
         k = self.exponent_bytes
         chunks = [(list(plaintexts[lo:hi]), exps[lo * k:hi * k])
                   for lo, hi in _split(len(plaintexts), workers)]
-        return _map_chunks(_encrypt_chunk, chunks, {"encryptor": self}, workers)
+        cts = _map_chunks(_encrypt_chunk, chunks, {"encryptor": self}, workers)
+        return cts, [int.from_bytes(exps[j * k:(j + 1) * k], "big") for j in range(len(plaintexts))]
 
     def encrypt_number(self, value: int | float, rng: RandomBytes = os.urandom) -> EncryptedNumber:
         """Encrypt one int/float with phe's :class:`EncodedNumber` encoding; phe can decrypt it."""
@@ -399,17 +406,22 @@ class EncryptedVector:
     @classmethod
     def from_bytes(cls, public_key: PaillierPublicKey, layout: PackingLayout, length: int,
                    summands: int, data: bytes) -> "EncryptedVector":
-        """Parse :meth:`to_bytes` output; every ciphertext must lie in ``[1, n^2)``."""
+        """Parse :meth:`to_bytes` output; every ciphertext must be a unit of ``Z*_(n^2)``
+        (``0 < c < n^2`` and ``gcd(c, n) = 1``; a non-unit is no encryption at all and would
+        make every honest threshold share of the sum fail its proof)."""
         w = ciphertext_bytes(layout.key_bits)
         count = layout.ciphertexts_for(length)
         if len(data) != w * count:
             raise CiphertextError(f"expected {w * count} ciphertext bytes, got {len(data)}")
         n2 = public_key.nsquare
+        n = mpz(public_key.n)
         cts = []
         for i in range(count):
             c = mpz(int.from_bytes(data[i * w:(i + 1) * w], "big"))
             if not 0 < c < n2:
                 raise CiphertextError(f"ciphertext {i} is not in [1, n^2)")
+            if gmpy2.gcd(c, n) != 1:
+                raise CiphertextError(f"ciphertext {i} is not a unit mod n^2 (gcd(c, n) != 1)")
             cts.append(c)
         return cls(public_key, layout, length, summands, tuple(cts))
 

@@ -1,218 +1,263 @@
-"""Wire messages of the packed Paillier protocol (version 1): explicit layouts, no pickle.
+"""Wire messages of the packed Paillier protocol (version 1) on the common codec.
 
-Every message is ``"FVPA" | version u8 (=1) | type u8 | fields``; ``u32`` is a 4-byte
-big-endian integer and ``blob`` is ``length u32 | bytes``::
+Every message is ``HEADER || PAYLOAD`` in the format of :mod:`protocols.codec` (magic
+``FVPA``; session tag = :attr:`PaillierParams.session_tag`; ``sender`` = the client, the
+key holder (0), the threshold party, or ``0xFFFFFFFF`` for the server).  ``w`` is the
+width of one element of ``Z_(n^2)`` (``ceil(2|n|/8)`` bytes), ``v`` that of one element
+of ``Z_n`` (``ceil(|n|/8)``); elements are big-endian, fixed width::
 
-    1 UPLOAD            session blob | round u32 | sender u32 | key_fingerprint blob | length u32 |
-                        ciphertexts blob | signature blob
-    2 AGGREGATE_REQUEST session blob | round u32 | n u32 | [upload blob]*n | aggregate blob
-    3 AGGREGATE_PLAIN   session blob | round u32 | n u32 | [contributor u32]*n | sums blob
-    4 DECRYPTION_SHARE  session blob | round u32 | party u32 | n u32 | [contributor u32]*n |
-                        values blob | e blob | z blob
+    1 UPLOAD             key_fingerprint 32 | length u32 | w u16 | count u32 | ciphertexts count*w |
+                         proof 3*w (A, z_m, z_a) | signature 64                          client -> server
+    2 AGGREGATE_REQUEST  n u32 | [upload blob]*n  (each a complete UPLOAD message)        server -> decryptor(s)
+    3 AGGREGATE_PLAIN    contributors ids | v u16 | count u32 | plaintexts count*v | signature 64
+                                                                                          holder -> server
+    4 DECRYPTION_SHARE   contributors ids | w u16 | count u32 | values count*w | e 32 | z blob |
+                         signature 64  (z minimal big-endian: no leading zero byte)     party -> server
 
-Ciphertexts (and share values) are concatenated big-endian elements of ``Z_(n^2)``,
-``ceil(2|n|/8)`` bytes each; slot sums are little-endian uint64. The signature is Ed25519
-over :meth:`Upload.signed_bytes`. Decoding checks magic, version, type, lengths and
-trailing bytes and raises only :class:`~protocols.errors.DecodeError`; semantic checks
-(who, which round, signatures, sums) belong to the state machines in
-:mod:`protocols.paillier`, which refuse with a precise error.
+Every message a party sends to the server (types 1, 3, 4) ends with an Ed25519 signature
+by the sender's identity key over ``"fedvault/paillier/<type name>/v1" || <the encoded
+message without its last 64 bytes>`` -- header included, so session, round, sender and
+stage (the type) are signed.  Constructors check every
+field's size and range (raising :class:`~protocols.errors.FieldError`); decoding checks
+those and the exact layout, and raises only :class:`~protocols.errors.DecodeError`
+subclasses.  Which key, which round, signatures, proofs, unit checks and sums belong to
+the roles, which refuse with a precise, attributed error.
 """
 
 from __future__ import annotations
 
-import struct
+import enum
 from dataclasses import dataclass
+from typing import ClassVar
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from ..codec import MAX_ENTRIES, Message, Reader, Writer, check_bytes, check_ids, check_u32, decoder, register
+from ..errors import DecodeError, FieldError
 
-from fedvault.protocols.errors import DecodeError, RefusedError
+__all__ = ["MAGIC", "MessageType", "PaillierMessage", "Upload", "AggregateRequest", "AggregatePlaintext",
+           "DecryptionShare", "SignedMessage", "signed", "decode", "elements", "pack_elements", "SIG_BYTES", "FINGERPRINT_BYTES", "MAX_WIDTH"]
 
-__all__ = ["Upload", "AggregateRequest", "AggregatePlaintext", "DecryptionShareMessage", "int_blob", "sha256_digest"]
-
-
-_MAGIC = b"FVPA"
-_VERSION = 1
-_T_UPLOAD, _T_REQUEST, _T_PLAIN, _T_SHARE = 1, 2, 3, 4
-_MAX_FIELD = 1 << 31
-
-
-class _Writer:
-    def __init__(self, kind: int) -> None:
-        self.parts = [_MAGIC, bytes([_VERSION, kind])]
-
-    def u32(self, x: int) -> "_Writer":
-        self.parts.append(struct.pack(">I", x))
-        return self
-
-    def blob(self, b: bytes) -> "_Writer":
-        self.parts.append(struct.pack(">I", len(b)))
-        self.parts.append(bytes(b))
-        return self
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
+MAGIC = b"FVPA"
+SIG_BYTES = 64
+FINGERPRINT_BYTES = 32
+E_BYTES = 32
+MAX_WIDTH = 2048  # bytes of one element: up to 8192-bit n^2
 
 
-class _Reader:
-    def __init__(self, data: bytes, kind: int) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise DecodeError("message must be bytes")
-        self.data, self.pos = memoryview(bytes(data)), 6
-        if len(self.data) < 6 or bytes(self.data[:4]) != _MAGIC:
-            raise DecodeError("not a fedvault Paillier message")
-        if self.data[4] != _VERSION:
-            raise DecodeError(f"unsupported message version {self.data[4]} (this code speaks {_VERSION})")
-        if self.data[5] != kind:
-            raise DecodeError(f"expected message type {kind}, got {self.data[5]}")
-
-    def _take(self, k: int) -> bytes:
-        if k < 0 or self.pos + k > len(self.data):
-            raise DecodeError("message truncated")
-        out = bytes(self.data[self.pos:self.pos + k])
-        self.pos += k
-        return out
-
-    def u32(self) -> int:
-        return struct.unpack(">I", self._take(4))[0]
-
-    def blob(self) -> bytes:
-        return self._take(self.u32())
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise DecodeError("trailing bytes after message")
+class MessageType(enum.IntEnum):
+    UPLOAD = 1
+    AGGREGATE_REQUEST = 2
+    AGGREGATE_PLAINTEXT = 3
+    DECRYPTION_SHARE = 4
 
 
-def sha256_digest(*parts: bytes) -> bytes:
-    h = hashes.Hash(hashes.SHA256())
-    for p in parts:
-        h.update(p)
-    return h.finalize()
+def _check_width(w: int) -> None:
+    if not isinstance(w, int) or isinstance(w, bool) or not 1 <= w <= MAX_WIDTH:
+        raise FieldError(f"element width must be in 1..{MAX_WIDTH} bytes, got {w!r}")
+
+
+def _check_elements(name: str, data: bytes, width: int) -> None:
+    check_bytes(name, data)
+    if len(data) % width:
+        raise FieldError(f"{name} is not a whole number of {width}-byte elements")
+    if len(data) // width > MAX_ENTRIES:
+        raise FieldError(f"{name} has more than {MAX_ENTRIES} elements")
+
+
+def _read_elements(r: Reader) -> tuple[int, bytes]:
+    w = r.u16()
+    _check_width(w)
+    count = r.count(w)
+    return w, r.fixed(count * w)
+
+
+def _write_elements(wr: Writer, width: int, data: bytes) -> Writer:
+    return wr.u16(width).u32(len(data) // width).raw(data)
+
+
+def elements(data: bytes, width: int) -> list[int]:
+    """Split concatenated fixed-width big-endian elements into integers."""
+    return [int.from_bytes(data[i:i + width], "big") for i in range(0, len(data), width)]
+
+
+def pack_elements(values, width: int) -> bytes:
+    """Inverse of :func:`elements` (values must fit in ``width`` bytes)."""
+    try:
+        return b"".join(int(v).to_bytes(width, "big") for v in values)
+    except OverflowError as e:
+        raise FieldError(f"an element does not fit in {width} bytes") from e
 
 
 @dataclass(frozen=True)
-class Upload:
-    """Client -> server: one client's packed ciphertexts, signed (see the module docstring)."""
+class PaillierMessage(Message):
+    """A Paillier message: the common header (magic ``FVPA``); subclasses add the payload."""
 
-    session_id: bytes
-    round: int
-    sender: int
+    PROTOCOL: ClassVar[bytes] = MAGIC
+    TYPE: ClassVar[MessageType]
+
+
+@dataclass(frozen=True)
+class SignedMessage(PaillierMessage):
+    """A party -> server message whose last field is the sender's Ed25519 signature."""
+
+    def _unsigned(self) -> bytes:  # overridden: the payload without the signature
+        raise NotImplementedError
+
+    def _payload(self) -> bytes:
+        return self._unsigned() + bytes(self.signature)  # type: ignore[attr-defined]
+
+    def signed_bytes(self) -> bytes:
+        """What the sender's identity key signs: domain || header || payload without the signature."""
+        return b"fedvault/paillier/" + self.TYPE.name.lower().encode() + b"/v1\x00" + self.header() + self._unsigned()
+
+
+@register
+@dataclass(frozen=True)
+class Upload(SignedMessage):
+    """Client -> server: one client's packed ciphertexts, its proof of plaintext knowledge, signed."""
+
     key_fingerprint: bytes
     length: int
+    width: int
     ciphertexts: bytes
+    proof: bytes
     signature: bytes
+    TYPE: ClassVar[MessageType] = MessageType.UPLOAD
+    STAGE: ClassVar[str] = "upload"
 
-    @staticmethod
-    def signed_bytes(session_id: bytes, round: int, sender: int, key_fingerprint: bytes, length: int,
-                     ciphertexts: bytes) -> bytes:
-        return (b"fedvault/paillier/upload/v1\x00" + struct.pack(">B", len(session_id)) + session_id
-                + struct.pack(">III", round, sender, length) + key_fingerprint + sha256_digest(ciphertexts))
+    def _validate(self) -> None:
+        check_bytes("key_fingerprint", self.key_fingerprint, FINGERPRINT_BYTES)
+        check_u32("length", self.length)
+        _check_width(self.width)
+        _check_elements("ciphertexts", self.ciphertexts, self.width)
+        if not self.ciphertexts:
+            raise FieldError("an upload holds at least one ciphertext")
+        check_bytes("proof", self.proof, 3 * self.width)
+        check_bytes("signature", self.signature, SIG_BYTES)
 
-    def to_bytes(self) -> bytes:
-        return (_Writer(_T_UPLOAD).blob(self.session_id).u32(self.round).u32(self.sender)
-                .blob(self.key_fingerprint).u32(self.length).blob(self.ciphertexts).blob(self.signature).bytes())
+    @property
+    def count(self) -> int:
+        return len(self.ciphertexts) // self.width
+
+    def _unsigned(self) -> bytes:
+        w = Writer().raw(self.key_fingerprint).u32(self.length)
+        return _write_elements(w, self.width, self.ciphertexts).raw(self.proof).getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Upload":
-        r = _Reader(data, _T_UPLOAD)
-        msg = cls(r.blob(), r.u32(), r.u32(), r.blob(), r.u32(), r.blob(), r.blob())
-        r.end()
-        return msg
-
-    def verify(self, identity: Ed25519PublicKey) -> None:
-        """Raise :class:`RefusedError` unless ``identity`` signed this upload."""
-        try:
-            identity.verify(self.signature, self.signed_bytes(self.session_id, self.round, self.sender,
-                                                              self.key_fingerprint, self.length, self.ciphertexts))
-        except InvalidSignature:
-            raise RefusedError(f"upload of client {self.sender} is not signed by that client") from None
+    def _parse(cls, h: tuple, r: Reader) -> "Upload":
+        fp, length = r.fixed(FINGERPRINT_BYTES), r.u32()
+        w, cts = _read_elements(r)
+        return cls(*h, fp, length, w, cts, r.fixed(3 * w), r.fixed(SIG_BYTES))
 
 
+@register
 @dataclass(frozen=True)
-class AggregateRequest:
-    """Server -> decryptor(s): the signed uploads it summed and its claimed sum."""
+class AggregateRequest(PaillierMessage):
+    """Server -> decryptor(s): the uploads to sum (each verified again by the decryptor)."""
 
-    session_id: bytes
-    round: int
-    uploads: tuple[bytes, ...]
-    aggregate: bytes
+    uploads: tuple[Upload, ...]
+    TYPE: ClassVar[MessageType] = MessageType.AGGREGATE_REQUEST
+    STAGE: ClassVar[str] = "decrypt"
+    CACHE_WIRE: ClassVar[bool] = False
 
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_REQUEST).blob(self.session_id).u32(self.round).u32(len(self.uploads))
+    def _validate(self) -> None:
+        if not isinstance(self.uploads, tuple) or any(not isinstance(u, Upload) for u in self.uploads):
+            raise FieldError("uploads must be a tuple of Upload messages")
+        if len(self.uploads) > MAX_ENTRIES:
+            raise FieldError(f"more than {MAX_ENTRIES} uploads")
+
+    def _payload(self) -> bytes:
+        w = Writer().u32(len(self.uploads))
         for u in self.uploads:
-            w.blob(u)
-        return w.blob(self.aggregate).bytes()
+            w.blob(u.encode())
+        return w.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "AggregateRequest":
-        r = _Reader(data, _T_REQUEST)
-        sid, rnd, count = r.blob(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many uploads")
-        ups = tuple(r.blob() for _ in range(count))
-        msg = cls(sid, rnd, ups, r.blob())
-        r.end()
-        return msg
+    def _parse(cls, h: tuple, r: Reader) -> "AggregateRequest":
+        n = r.count(4)
+        ups = []
+        for _ in range(n):
+            try:
+                m = decode(r.blob())
+            except DecodeError as e:
+                raise FieldError(f"upload {len(ups)} in the request is malformed: {e}") from e
+            if not isinstance(m, Upload):
+                raise FieldError(f"entry {len(ups)} of the request is a {type(m).__name__}, not an Upload")
+            ups.append(m)
+        return cls(*h, tuple(ups))
 
 
+@register
 @dataclass(frozen=True)
-class AggregatePlaintext:
-    """Key holder -> server: exact slot sums (uint64, little-endian) of the named contributors."""
+class AggregatePlaintext(SignedMessage):
+    """Key holder -> server: the decrypted plaintexts of the homomorphic sum of the named contributors."""
 
-    session_id: bytes
-    round: int
     contributors: tuple[int, ...]
-    sums: bytes
+    width: int
+    plaintexts: bytes
+    signature: bytes
+    TYPE: ClassVar[MessageType] = MessageType.AGGREGATE_PLAINTEXT
+    STAGE: ClassVar[str] = "decrypt"
 
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_PLAIN).blob(self.session_id).u32(self.round).u32(len(self.contributors))
-        for c in self.contributors:
-            w.u32(c)
-        return w.blob(self.sums).bytes()
+    def _validate(self) -> None:
+        check_ids("contributors", self.contributors)
+        _check_width(self.width)
+        _check_elements("plaintexts", self.plaintexts, self.width)
+        check_bytes("signature", self.signature, SIG_BYTES)
+
+    def _unsigned(self) -> bytes:
+        return _write_elements(Writer().ids(self.contributors), self.width, self.plaintexts).getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "AggregatePlaintext":
-        r = _Reader(data, _T_PLAIN)
-        sid, rnd, count = r.blob(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many contributors")
-        contributors = tuple(r.u32() for _ in range(count))
-        msg = cls(sid, rnd, contributors, r.blob())
-        r.end()
-        return msg
+    def _parse(cls, h: tuple, r: Reader) -> "AggregatePlaintext":
+        ids = r.ids()
+        w, data = _read_elements(r)
+        return cls(*h, ids, w, data, r.fixed(SIG_BYTES))
 
 
+@register
 @dataclass(frozen=True)
-class DecryptionShareMessage:
-    """Threshold party -> server: its decryption share of the aggregate and the proof."""
+class DecryptionShare(SignedMessage):
+    """Threshold party -> server: its decryption share of every summed ciphertext, with the batched proof."""
 
-    session_id: bytes
-    round: int
-    party: int
     contributors: tuple[int, ...]
+    width: int
     values: bytes
     e: bytes
-    z: bytes
+    z: int
+    signature: bytes
+    TYPE: ClassVar[MessageType] = MessageType.DECRYPTION_SHARE
+    STAGE: ClassVar[str] = "decrypt"
 
-    def to_bytes(self) -> bytes:
-        w = _Writer(_T_SHARE).blob(self.session_id).u32(self.round).u32(self.party).u32(len(self.contributors))
-        for c in self.contributors:
-            w.u32(c)
-        return w.blob(self.values).blob(self.e).blob(self.z).bytes()
+    def _validate(self) -> None:
+        check_ids("contributors", self.contributors)
+        _check_width(self.width)
+        _check_elements("values", self.values, self.width)
+        check_bytes("e", self.e, E_BYTES)
+        if not isinstance(self.z, int) or isinstance(self.z, bool) or self.z < 0 or self.z.bit_length() > 8 * 65536:
+            raise FieldError("z must be a non-negative integer of at most 64 KiB")
+        check_bytes("signature", self.signature, SIG_BYTES)
+
+    def _unsigned(self) -> bytes:
+        zb = self.z.to_bytes((self.z.bit_length() + 7) // 8, "big")
+        return _write_elements(Writer().ids(self.contributors), self.width, self.values).raw(self.e).blob(zb).getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "DecryptionShareMessage":
-        r = _Reader(data, _T_SHARE)
-        sid, rnd, party, count = r.blob(), r.u32(), r.u32(), r.u32()
-        if count > 1 << 20:
-            raise DecodeError("too many contributors")
-        contributors = tuple(r.u32() for _ in range(count))
-        msg = cls(sid, rnd, party, contributors, r.blob(), r.blob(), r.blob())
-        r.end()
-        return msg
+    def _parse(cls, h: tuple, r: Reader) -> "DecryptionShare":
+        ids = r.ids()
+        w, data = _read_elements(r)
+        e = r.fixed(E_BYTES)
+        zb = r.blob(max_len=65536)
+        if zb[:1] == b"\0":
+            raise FieldError("z is not minimally encoded (leading zero byte)")
+        return cls(*h, ids, w, data, e, int.from_bytes(zb, "big"), r.fixed(SIG_BYTES))
 
 
-def int_blob(x: int) -> bytes:
-    return x.to_bytes((x.bit_length() + 7) // 8 or 1, "big")
+def signed(msg: SignedMessage, identity) -> SignedMessage:
+    """``msg`` with its signature field set by ``identity`` (an Ed25519 private key) over :meth:`signed_bytes`."""
+    import dataclasses
+
+    return dataclasses.replace(msg, signature=identity.sign(msg.signed_bytes()))
+
+
+decode = decoder(MAGIC)
+"""Parse wire bytes into a Paillier message; raises :class:`DecodeError` (only) if they are not one."""
