@@ -71,21 +71,24 @@ class Fault(str, enum.Enum):
 FAULT_NAMES: tuple[str, ...] = tuple(f.value for f in Fault)
 
 
-def dp_optimizer_class(fault: Fault) -> type:
-    """Opacus' ``DPOptimizer``, or a subclass that skips noise or clipping.
+def dp_optimizer_class(fault: Fault, base: type | None = None) -> type:
+    """``base`` (default Opacus' ``DPOptimizer``; the trainer passes its OS-CSPRNG-noise
+    subclass), or a subclass of it that skips noise or clipping.
 
     The subclasses override Opacus' public ``add_noise`` / ``clip_and_accumulate`` steps
     (the accountant's step hook still runs with the configured noise multiplier).
     """
-    from opacus.optimizers import DPOptimizer
+    if base is None:
+        from opacus.optimizers import DPOptimizer
 
+        base = DPOptimizer
     if fault is Fault.NONE:
-        return DPOptimizer
+        return base
 
     def processed(t: Any) -> None:  # Opacus' "used in a step" mark (checked by zero_grad)
         t._processed = True
 
-    class NoNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc, valid-type]
+    class NoNoiseDPOptimizer(base):  # type: ignore[misc, valid-type]
         """AUDIT FAULT: clips but adds no noise."""
 
         def add_noise(self) -> None:
@@ -93,7 +96,7 @@ def dp_optimizer_class(fault: Fault) -> type:
                 p.grad = p.summed_grad.view_as(p).clone()
                 processed(p.summed_grad)
 
-    class NoClippingDPOptimizer(DPOptimizer):  # type: ignore[misc, valid-type]
+    class NoClippingDPOptimizer(base):  # type: ignore[misc, valid-type]
         """AUDIT FAULT: adds noise but never clips per-sample gradients."""
 
         def clip_and_accumulate(self) -> None:

@@ -28,12 +28,29 @@ non-decreasing in steps, so the recorded ε never exceeds the budget.
 
 Randomness
 ----------
-Poisson sampling and DP noise come from two ``torch.Generator`` seeded from
-``SHA-256(seed, client, round)``, so a run is reproducible from its seed. A seeded
-Mersenne-Twister generator is *not* a cryptographic RNG: this is right for simulation
-and tests; ``seed=None`` draws the master seed from ``os.urandom`` (not reproducible).
-A deployment facing a real adversary should use Opacus' ``secure_mode`` (torchcsprng),
-which is not available in this environment.
+Poisson sampling and the Gaussian noise are the coins DP rests on; by default both come
+from a fresh :class:`~dp.randomness.RandomStream` per round and purpose — AES-256-CTR
+keyed with 256 bits from ``os.urandom`` (the OS CSPRNG), Gaussians hardened against
+floating-point attacks as in Opacus' ``secure_mode`` (see :mod:`dp.randomness` for the
+assumptions: AES is a PRF, the OS CSPRNG is seeded). Nothing the trainer draws depends
+on the config's seed, which is public (history.json): the seed fixes the data split and
+the model initialisation only. A seeded Mersenne Twister (``torch.Generator``, the old
+behaviour) is *not* acceptable for this: anyone knowing the seed replays the noise and
+removes it. Opacus' own ``secure_mode`` needs ``torchcsprng``, which has no build for
+torch 2.13.
+
+``reproducible_seed=`` (only when the user sets ``privacy.reproducible = true``) derives
+the streams from that seed instead; then every draw is replayable by whoever knows the
+seed, the report says ``reproducible = True`` and the run is **not private** — for tests
+and papers only.
+
+Model, loss, optimiser, data
+----------------------------
+Any ``nn.Module`` Opacus can compute per-sample gradients for (checked with Opacus'
+``ModuleValidator`` before anything is charged; BatchNorm is refused with the fix), a
+loss by name (``"cross_entropy"``, ``"mse"``) or a callable, an optimiser by name
+(``"sgd"``, ``"adam"``) or a factory, and inputs of any numeric dtype (integer token
+ids stay int64). See :mod:`dp.objective`.
 
 Loss in :class:`TrainReport` is the mean *non-private* training loss — a local
 diagnostic only; do not send it to the server.
@@ -41,27 +58,37 @@ diagnostic only; do not send it to the server.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedvault.dp.accounting import make_accountant, opacus_history
-from fedvault.dp.errors import AccountingError, BudgetExceeded, PrivacyError
+from fedvault.dp.errors import AccountingError, BudgetExceeded
 from fedvault.dp.faults import Fault, GradientCanaryHook, append_per_sample_gradients, dp_optimizer_class
 from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.objective import (
+    OPTIMIZERS,
+    ArrayLike,
+    LossSpec,
+    OptimizerSpec,
+    UnsupportedModelError,
+    as_inputs,
+    as_targets,
+    batch_loss,
+    check_model,
+    check_optimizer_spec,
+    make_optimizer,
+    resolve_loss,
+    trainable,
+)
+from fedvault.dp.randomness import RandomStream
 
-OPTIMIZERS = ("sgd", "adam")
-
-
-class UnsupportedModelError(PrivacyError, ValueError):
-    """The model has layers Opacus cannot compute per-sample gradients for (e.g. BatchNorm)."""
+__all__ = ["OPTIMIZERS", "PrivateTrainer", "TrainReport", "UnsupportedModelError", "stream_noise_optimizer_class", "plan_round"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,8 @@ class TrainReport:
         epsilon: the hospital's total ε after this round at the ledger's δ.
         loss: mean training loss over non-empty batches (local, non-private diagnostic).
         examples: number of local examples n.
+        reproducible: True when sampling and noise were derived from ``reproducible_seed``
+            (replayable by anyone who knows it: **not private**).
         fault: the audit fault this round ran with (``"none"`` unless auditing; any
             other value means the recorded ε is not a guarantee, see :mod:`dp.faults`).
     """
@@ -87,6 +116,7 @@ class TrainReport:
     epsilon: float
     loss: float
     examples: int
+    reproducible: bool = False
     fault: str = "none"
 
 
@@ -98,9 +128,39 @@ def plan_round(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
     return 1.0 / k, epochs * k
 
 
-def _derive_seed(master: int, client: str, round: int, purpose: str) -> int:
-    h = hashlib.sha256(f"fedvault-dp|{master}|{client}|{round}|{purpose}".encode()).digest()
-    return int.from_bytes(h[:8], "big") & ((1 << 63) - 1)
+_DP_OPTIMIZER: type | None = None
+
+
+def stream_noise_optimizer_class() -> type:
+    """Opacus' ``DPOptimizer`` with its Gaussian noise drawn from a :class:`RandomStream`.
+
+    Everything else — per-sample clipping, scaling by the expected batch size, the step
+    hook — is Opacus' own. Built on first use so that importing this module loads no
+    Opacus.
+    """
+    global _DP_OPTIMIZER
+    if _DP_OPTIMIZER is None:
+        from opacus.optimizers import DPOptimizer
+        from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+        class StreamNoiseDPOptimizer(DPOptimizer):
+            """``DPOptimizer`` whose noise ``N(0, (σC)^2 I)`` comes from ``noise_stream``."""
+
+            def __init__(self, optimizer: torch.optim.Optimizer, *, noise_stream: RandomStream, **kwargs: Any):
+                super().__init__(optimizer, **kwargs)
+                self.noise_stream = noise_stream
+
+            def add_noise(self) -> None:
+                std = self.noise_multiplier * self.max_grad_norm
+                for p in self.params:
+                    _check_processed_flag(p.summed_grad)
+                    s = p.summed_grad
+                    z = torch.from_numpy(self.noise_stream.normal(s.numel(), std)).view(s.shape)
+                    p.grad = (s.double() + z).to(s.dtype).view_as(p)  # add in float64, round once
+                    _mark_as_processed(p.summed_grad)
+
+        _DP_OPTIMIZER = StreamNoiseDPOptimizer
+    return _DP_OPTIMIZER
 
 
 class PrivateTrainer:
@@ -113,14 +173,23 @@ class PrivateTrainer:
         max_grad_norm: per-example clipping norm C > 0.
         batch_size: expected Poisson batch size B (sets q = 1/ceil(n/B)).
         epochs: local epochs per round (T = epochs · ceil(n/B) steps).
-        lr: learning rate of the local optimizer.
-        seed: master seed of sampling and noise (None: from os.urandom).
-        optimizer: ``"sgd"`` or ``"adam"`` (fresh state each round).
+        lr: learning rate of a named optimiser (a factory sets its own).
+        optimizer: ``"sgd"``, ``"adam"`` or a factory ``params -> torch.optim.Optimizer``
+            (fresh state each round).
+        loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(outputs, targets) -> batch
+            mean`` (see :mod:`dp.objective`).
+        reproducible_seed: None (default): sampling and noise from the OS CSPRNG. An
+            integer makes them replayable from it — **not private**; pass it only when
+            the user asked for ``privacy.reproducible = true``.
         fault: TEST/AUDIT ONLY — a deliberate bug (:class:`dp.faults.Fault`) that
             skips noise or clipping while the accountant records the configured σ.
         gradient_canaries: AUDIT ONLY — a :class:`dp.faults.GradientCanaryHook`
             adding canary per-sample gradients before clipping (clipped and noised
             like any record's).
+
+    Raises:
+        AccountingError: invalid privacy parameters.
+        ObjectiveError: unknown loss or optimiser name.
     """
 
     def __init__(
@@ -131,8 +200,10 @@ class PrivateTrainer:
         batch_size: int,
         epochs: int = 1,
         lr: float = 0.1,
-        seed: int | None = 0,
-        optimizer: str = "sgd",
+        optimizer: OptimizerSpec = "sgd",
+        *,
+        loss: LossSpec = "cross_entropy",
+        reproducible_seed: int | None = None,
         fault: Fault | str = Fault.NONE,
         gradient_canaries: GradientCanaryHook | None = None,
     ) -> None:
@@ -148,8 +219,10 @@ class PrivateTrainer:
             raise AccountingError(f"epochs must be an integer >= 1, got {epochs!r}")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise AccountingError(f"lr must be > 0, got {lr!r}")
-        if optimizer not in OPTIMIZERS:
-            raise AccountingError(f"optimizer {optimizer!r} unknown: use one of {OPTIMIZERS}")
+        check_optimizer_spec(optimizer)
+        resolve_loss(loss)
+        if reproducible_seed is not None:
+            RandomStream.reproducible_from(reproducible_seed, "check")  # validates the seed
         self.ledger = ledger
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
@@ -157,10 +230,16 @@ class PrivateTrainer:
         self.epochs = epochs
         self.lr = float(lr)
         self.optimizer = optimizer
-        self.seed = int.from_bytes(os.urandom(8), "big") if seed is None else int(seed)
+        self.loss = loss
+        self.reproducible_seed = reproducible_seed
         self._accountant = make_accountant(ledger.accountant, opacus_history(ledger.events))
         self.fault = Fault.parse(fault)
         self.gradient_canaries = gradient_canaries
+
+    @property
+    def reproducible(self) -> bool:
+        """True when sampling and noise are replayable from ``reproducible_seed`` (not private)."""
+        return self.reproducible_seed is not None
 
     @property
     def accountant(self):  # noqa: ANN201 - an Opacus IAccountant
@@ -176,11 +255,16 @@ class PrivateTrainer:
         """Reason why a round on ``n`` examples would exceed the budget, else None."""
         return self.ledger.would_exceed(self.planned_event(n, round))
 
+    def _stream(self, round: int, purpose: str) -> RandomStream:
+        if self.reproducible_seed is None:
+            return RandomStream.from_os()
+        return RandomStream.reproducible_from(self.reproducible_seed, f"dp-sgd|{self.ledger.client}|{round}|{purpose}")
+
     def train(
         self,
         model: nn.Module,
-        X: np.ndarray,
-        y: np.ndarray,
+        X: ArrayLike,
+        y: ArrayLike,
         round: int,
         *,
         prox_mu: float = 0.0,
@@ -188,25 +272,26 @@ class PrivateTrainer:
     ) -> TrainReport:
         """Train ``model`` in place with DP-SGD on ``(X, y)`` for one round.
 
-        Cross-entropy on the model's logits. With ``prox_mu > 0`` the FedProx term
-        ``(μ/2)·||w − w_ref||²`` is added to the objective; its gradient ``μ(w − w_ref)``
-        involves no data, so it is added *after* clipping and noise (post-processing, no
-        privacy cost). ``reference_params`` defaults to the model's parameters on entry.
+        ``X``: arrays or tensors of shape ``(n, ...)`` (reals → float32, integers stay
+        int64); ``y``: targets of shape ``(n, ...)`` for the trainer's loss. With
+        ``prox_mu > 0`` the FedProx term ``(μ/2)·||w − w_ref||²`` is added to the
+        objective; its gradient ``μ(w − w_ref)`` involves no data, so it is added *after*
+        clipping and noise (post-processing, no privacy cost). ``reference_params``
+        defaults to the model's parameters on entry.
 
         Raises:
             BudgetExceeded: the planned round would exceed the budget (model untouched,
                 nothing recorded; the caller records the refusal).
-            UnsupportedModelError: the model has layers Opacus cannot handle.
+            UnsupportedModelError: the model has layers Opacus cannot handle (nothing
+                recorded).
+            ObjectiveError: inputs/targets that do not fit the loss (nothing recorded).
         """
-        X = np.asarray(X)
-        y = np.asarray(y)
-        if X.ndim < 2 or y.ndim != 1 or len(X) != len(y):
-            raise AccountingError(f"want X of shape (n, ...) and y of shape (n,), got {X.shape}, {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise AccountingError(f"labels must be integers, got dtype {y.dtype}")
-        if not np.all(np.isfinite(X)):
-            raise AccountingError("features contain NaN or infinity")
-        n = len(X)
+        Xt = as_inputs(X)
+        yt = as_targets(y, self.loss)
+        if len(Xt) != len(yt):
+            raise AccountingError(f"inputs hold {len(Xt)} records but targets {len(yt)}")
+        _, loss_fn = resolve_loss(self.loss)
+        n = len(Xt)
         planned = self.planned_event(n, round)
         reason = self.ledger.would_exceed(planned)
         if reason is not None:
@@ -217,51 +302,35 @@ class PrivateTrainer:
             self._accountant = make_accountant(self.ledger.accountant, opacus_history(self.ledger.events))
         if prox_mu < 0 or not math.isfinite(prox_mu):
             raise AccountingError(f"prox_mu must be >= 0, got {prox_mu!r}")
+        check_model(model)
 
         from opacus.grad_sample import GradSampleModule
-        from opacus.validators import ModuleValidator
-
-        errors = ModuleValidator.validate(model, strict=False)
-        if errors:
-            raise UnsupportedModelError(
-                "model cannot be trained with DP-SGD: "
-                + "; ".join(str(e) for e in errors)
-                + " (use GroupNorm/LayerNorm instead of BatchNorm)"
-            )
 
         q, T = planned.sample_rate, planned.steps
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trainable(model)
         if prox_mu > 0:
             ref: Sequence[torch.Tensor] = [
                 r.detach().clone() for r in (reference_params if reference_params is not None else params)
             ]
             if len(ref) != len(params) or any(r.shape != p.shape for r, p in zip(ref, params)):
                 raise AccountingError("reference_params do not match the model's trainable parameters")
-        Xt = torch.as_tensor(X, dtype=torch.float32)
-        yt = torch.as_tensor(y, dtype=torch.int64)
-        g_sample = torch.Generator().manual_seed(_derive_seed(self.seed, self.ledger.client, round, "sample"))
-        g_noise = torch.Generator().manual_seed(_derive_seed(self.seed, self.ledger.client, round, "noise"))
-
-        base: torch.optim.Optimizer
-        if self.optimizer == "sgd":
-            base = torch.optim.SGD(params, lr=self.lr)
-        else:
-            base = torch.optim.Adam(params, lr=self.lr)
+        sampling = self._stream(round, "sample")
+        base = make_optimizer(self.optimizer, params, self.lr)
         was_training = model.training
         model.train()
         gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True)
-        dpo = dp_optimizer_class(self.fault)(
+        dpo = dp_optimizer_class(self.fault, stream_noise_optimizer_class())(
             base,
+            noise_stream=self._stream(round, "noise"),
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=n * q,
             loss_reduction="mean",
-            generator=g_noise,
         )
         taken = 0
         acc = self._accountant
 
-        def on_step(opt) -> None:  # noqa: ANN001 - an Opacus DPOptimizer
+        def on_step(opt: Any) -> None:
             nonlocal taken
             acc.step(noise_multiplier=opt.noise_multiplier, sample_rate=q)
             taken += 1
@@ -273,15 +342,15 @@ class PrivateTrainer:
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         try:
             for step in range(T):
-                idx = torch.nonzero(torch.rand(n, generator=g_sample) < q).squeeze(1)
+                idx = torch.from_numpy(np.flatnonzero(sampling.bernoulli(n, q)))
                 xb, yb = Xt[idx], yt[idx]
                 dpo.zero_grad(set_to_none=True)
-                logits = gsm(xb)
+                out = gsm(xb)
                 if len(idx) > 0:
-                    loss = nn.functional.cross_entropy(logits, yb)
+                    loss = batch_loss(loss_fn, out, yb)
                     losses.append(float(loss.detach()))
                 else:  # empty Poisson batch: zero per-sample grads, the step still adds noise
-                    loss = logits.sum() * 0.0
+                    loss = out.sum() * 0.0
                 loss.backward()
                 if self.gradient_canaries is not None:  # audit only: canary per-sample gradients
                     append_per_sample_gradients(params, self.gradient_canaries(round, step, q))
@@ -315,5 +384,6 @@ class PrivateTrainer:
             epsilon=eps,
             loss=float(np.mean(losses)) if losses else float("nan"),
             examples=n,
+            reproducible=self.reproducible,
             fault=self.fault.value,
         )

@@ -71,7 +71,7 @@ class Hospital:
                 batch_size=cfg.training.batch_size,
                 epochs=cfg.training.local_epochs,
                 lr=cfg.training.lr,
-                seed=cfg.seed * 1_000_003 + index,
+                reproducible_seed=cfg.seed if p.reproducible else None,  # not private: tests/papers
                 **(trainer_options or {}),  # audit only: dp.faults fault / gradient canaries
             )
 
@@ -143,7 +143,7 @@ class Hospital:
             ft = PrivateTrainer(
                 ledger=self.ledger, noise_multiplier=self.trainer.noise_multiplier,
                 max_grad_norm=self.cfg.privacy.max_grad_norm, batch_size=self.cfg.training.batch_size,
-                epochs=pc.epochs, lr=lr, seed=self.cfg.seed * 1_000_003 + self.index + 7,
+                epochs=pc.epochs, lr=lr, reproducible_seed=self.trainer.reproducible_seed,
             )
             try:
                 ft.train(model, h.X, h.y, round=round)

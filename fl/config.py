@@ -212,6 +212,8 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    # opt-in, tests/papers only: DP noise and sampling replayable from `seed` (NOT private)
+    reproducible: bool = False
 
     @property
     def budget(self) -> float | None:

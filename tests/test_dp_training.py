@@ -120,7 +120,9 @@ def test_noise_scale_is_sigma_c_over_expected_batch():
     finals = []
     for s in (1e-6, sigma):
         m = linear()
-        PrivateTrainer(PrivacyLedger("h", 1e-5), s, C, batch_size=20, lr=lr).train(m, X, y, round=0)
+        PrivateTrainer(PrivacyLedger("h", 1e-5), s, C, batch_size=20, lr=lr, reproducible_seed=3).train(
+            m, X, y, round=0
+        )
         finals.append(flat(m))
     # q = 1: both runs see the same batch, so the difference is the noise alone, N(0, (σC/n)^2) per coordinate
     diff = (finals[1] - finals[0]).norm().item()
@@ -128,12 +130,35 @@ def test_noise_scale_is_sigma_c_over_expected_batch():
     assert 0.4 * expected < diff < 1.8 * expected
 
 
-def test_deterministic_given_seed_and_no_hooks_left():
+def test_default_noise_is_fresh_with_the_configured_scale():
+    """Secure default: noise from the OS CSPRNG has std σC/(nq) per coordinate (2000 coordinates)."""
+    d, n, C, sigma, lr = 999, 10, 0.1, 3.0, 1.0
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    outs = []
+    for _ in range(2):
+        m = linear(d)
+        w0 = flat(m)
+        rep = PrivateTrainer(PrivacyLedger("h", 1e-5), sigma, C, batch_size=n, lr=lr).train(m, X, y, round=0)
+        assert rep.reproducible is False and rep.sample_rate == 1.0
+        outs.append(flat(m) - w0)
+    # the clipped gradient sum is the same in both runs (q = 1); the difference is two noises
+    noise_diff = (outs[1] - outs[0]).double()
+    per_coord = noise_diff.std().item() / np.sqrt(2)
+    assert per_coord == pytest.approx(lr * sigma * C / n, rel=0.1)  # sd of the estimate ~ 1.6%
+    assert not torch.equal(outs[0], outs[1])
+
+
+def test_reproducible_seed_replays_and_default_does_not_and_no_hooks_left():
     X, y = data(n=30)
     outs = []
-    for seed in (7, 7, 8):
+    for seed in (7, 7, 8, None, None):
         m = linear()
-        PrivateTrainer(PrivacyLedger("h", 1e-5), 1.0, 1.0, batch_size=5, epochs=2, seed=seed).train(m, X, y, round=2)
+        rep = PrivateTrainer(
+            PrivacyLedger("h", 1e-5), 1.0, 1.0, batch_size=5, epochs=2, reproducible_seed=seed
+        ).train(m, X, y, round=2)
+        assert rep.reproducible is (seed is not None)
         outs.append(flat(m))
         for mod in m.modules():
             assert not mod._forward_hooks and not mod._backward_hooks and not mod._forward_pre_hooks
@@ -146,8 +171,15 @@ def test_deterministic_given_seed_and_no_hooks_left():
         nn.functional.cross_entropy(m(torch.from_numpy(X)), torch.from_numpy(y)).backward()
         assert all(p.grad is not None and not hasattr(p, "grad_sample") for p in m.parameters())
         assert set(m.state_dict()) == {"weight", "bias"}
-    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1])  # opt-in replay
     assert not torch.equal(outs[0], outs[2])
+    assert not torch.equal(outs[3], outs[4])  # the default never repeats
+
+
+def test_config_seed_is_not_a_trainer_parameter():
+    """The public config seed can no longer fix the noise (only reproducible_seed= can)."""
+    with pytest.raises(TypeError):
+        PrivateTrainer(PrivacyLedger("h", 1e-5), 1.0, 1.0, batch_size=5, seed=0)  # type: ignore[call-arg]
 
 
 def test_empty_poisson_batches_are_still_accounted():

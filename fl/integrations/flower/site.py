@@ -70,7 +70,7 @@ class HospitalSite:
             hospital.ledger = ledger
             hospital.trainer = PrivateTrainer(
                 ledger=ledger, noise_multiplier=old.noise_multiplier, max_grad_norm=old.max_grad_norm,
-                batch_size=old.batch_size, epochs=old.epochs, lr=old.lr, seed=dp_seed, optimizer=old.optimizer,
+                batch_size=old.batch_size, epochs=old.epochs, lr=old.lr, reproducible_seed=dp_seed, optimizer=old.optimizer,
             )
 
     @property
