@@ -114,10 +114,42 @@ def sparse_graph(ids: Sequence[int], seed: bytes) -> Graph:
     return Graph("sparse", {i: frozenset(v) for i, v in adj.items()})
 
 
-def build_graph(kind: str, session_id: bytes, round_: int, ids: Sequence[int]) -> Graph:
-    """The round's graph: ``"complete"`` or ``"sparse"`` (public, recomputable by all)."""
+def harary_graph(ids: Sequence[int], degree: int, seed: bytes) -> Graph:
+    """Random Harary graph (Bell et al. 2020): the ids in a uniformly random order drawn
+    from ``seed`` (Fisher-Yates, rejection sampling), each joined to the ``degree / 2``
+    ids before and after it on the cycle.  Every id has exactly ``degree`` neighbours,
+    and for a fixed id its neighbour set is a uniformly random ``degree``-subset of the
+    others (the order is uniform), which is what the threshold derivation in
+    :mod:`protocols.secagg.threat` needs.  ``degree >= n - 1`` gives the complete graph.
+    """
+    ids = check_ids(ids)
+    n = len(ids)
+    if not isinstance(degree, int) or degree < 2 or degree % 2:
+        raise ParameterError(f"Harary degree must be an even integer >= 2, got {degree!r}")
+    if degree >= n - 1:
+        return Graph("sparse", complete_graph(ids).neighbours)
+    rng = DeterministicRandom(seed, b"harary")
+    perm = list(ids)
+    for k in range(n - 1, 0, -1):
+        j = _uniform_below(rng, k + 1)
+        perm[k], perm[j] = perm[j], perm[k]
+    half = degree // 2
+    adj: dict[int, frozenset[int]] = {}
+    for p, i in enumerate(perm):
+        adj[i] = frozenset(perm[(p + o) % n] for o in range(-half, half + 1) if o)
+    return Graph("sparse", adj)
+
+
+def build_graph(kind: str, session_id: bytes, round_: int, ids: Sequence[int], degree: int | None = None,
+                seed: bytes | None = None) -> Graph:
+    """The round's graph: ``"complete"``, or ``"sparse"``: a random Harary graph of
+    ``degree`` from ``seed`` (default: the public :func:`graph_seed`, for tests and
+    vectors; rounds use the hospitals' committed randomness, see protocols/SPEC.md)."""
     if kind == "complete":
         return complete_graph(ids)
     if kind == "sparse":
-        return sparse_graph(ids, graph_seed(session_id, round_, ids))
+        s = graph_seed(session_id, round_, ids) if seed is None else seed
+        if degree is None:
+            return sparse_graph(ids, s)
+        return harary_graph(ids, degree, s)
     raise ParameterError(f"graph must be 'complete' or 'sparse', got {kind!r}")

@@ -32,6 +32,7 @@ from fedvault.protocols.secagg.messages import (
     UnmaskShares,
 )
 from fedvault.protocols.secagg import Client, ClientStage, SecAggParams, Server, ServerStage, simulation_identities
+from fedvault.protocols.secagg.threat import ThreatModel
 from fedvault.secagg import keys as K
 from fedvault.secagg.prg import DeterministicRandom
 
@@ -40,7 +41,9 @@ class Round:
     """Honest clients and server driven stage by stage, so a test can tamper in between."""
 
     def __init__(self, n=5, t=3, graph="complete", round_=1, session=b"session", dim=4):
-        self.params = SecAggParams(session, round_, tuple(range(n)), threshold=t, graph=graph).with_dim(dim)
+        # Refusal tests need small thresholds: declare a server without colluders or dropouts.
+        self.params = SecAggParams(session, round_, tuple(range(n)), threshold=t, graph=graph,
+                                   threat_model=ThreatModel(colluders=0, dropouts=0)).with_dim(dim)
         self.identities = simulation_identities(b"i" * 32, self.params.clients)
         self.pub = {i: K.public_bytes(k) for i, k in self.identities.items()}
         root = DeterministicRandom(b"r" * 32).child(b"%d" % round_)

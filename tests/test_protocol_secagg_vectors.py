@@ -88,11 +88,12 @@ def test_session_tag_matches_spec_description():
     r = V["round"]
     p = r["params"]
     sid = bytes.fromhex(p["session_id"])
-    h = hashlib.sha256(b"fedvault/secagg/session/v1")
+    h = hashlib.sha256(b"fedvault/secagg/session/v2")
     h.update(struct.pack(">B", len(sid)) + sid)
     h.update(struct.pack(">I", len(p["clients"])) + b"".join(struct.pack(">I", i) for i in p["clients"]))
     h.update(struct.pack(">I8sBBdBI", p["threshold"], p["graph"].encode().ljust(8, b"\0"), p["bits"], 0, p["clip"],
                          p["frac_bits"], p["dim"]))
+    h.update(struct.pack(">IIIB", p["degree"], p["colluders"], p["dropouts"], 0))
     assert h.digest()[:16].hex() == r["session_tag"]
 
 
@@ -103,4 +104,4 @@ def test_traffic_formulas_in_spec():
     res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})
     deg, dim, w = 9, 1000, 4
     assert res.upload_bytes[0] == 5 * 32 + 128 + (4 + 92 * deg) + (8 + dim * w) + 64 + (4 + 37 * deg)
-    assert res.download_bytes[0] == 4 * 32 + (4 + 132 * (deg + 1)) + (4 + 92 * deg) + (4 + 4 * 10) + (12 + 72 * deg)
+    assert res.download_bytes[0] == 4 * 32 + (4 + 132 * (deg + 1)) + (4 + 92 * deg) + (4 + 4 * 10) + (12 + 4 * deg + 68 * (deg + 1))

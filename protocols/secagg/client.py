@@ -374,10 +374,16 @@ class Client:
             except IntegrityError as err:
                 raise SignatureError(f"client {e.client} did not sign this survivor set") from err
             signers.add(e.client)
-        if len(signers & self._neighbours) < self._t:
-            raise ThresholdError(
-                f"only {len(signers & self._neighbours)} neighbours confirmed the survivor set; threshold is {self._t}"
-            )
+        # The consistency rule (SPEC 1.2): a share about neighbour j is revealed only if the
+        # decision about j (survived or dropped) carries the signatures of t of j's OWN
+        # neighbours on this survivor set.  Honest hospitals sign one survivor set, so with
+        # 2t > k + C two conflicting decisions about j cannot both carry t signatures.
+        for j in sorted(alive | dropped):
+            backing = len(signers & self.params.neighbours(j))
+            if backing < self._t:
+                raise ThresholdError(
+                    f"only {backing} of client {j}'s neighbours confirmed the survivor set; threshold is {self._t}"
+                )
         entries = []
         for j in sorted(alive | dropped):
             kind = ShareKind.SELF_MASK_SEED if j in alive else ShareKind.MASK_KEY

@@ -22,8 +22,9 @@ from fedvault.secagg.errors import ParameterError
 from fedvault.secagg.graph import Graph, build_graph, check_ids
 
 from .messages import SESSION_TAG_BYTES
+from .threat import Derived, Guarantee, ThreatModel, derive, insecure
 
-_TAG_DOMAIN = b"fedvault/secagg/session/v1"
+_TAG_DOMAIN = b"fedvault/secagg/session/v2"
 GRAPHS = ("complete", "sparse")
 
 
@@ -37,22 +38,30 @@ class SecAggParams:
         Round number in [0, 2^32).  Keys are fresh every round.
     clients
         The registered cohort: distinct ids in [0, 2^32 - 2] (stored sorted).
+    threat_model
+        The adversary the round must withstand (:class:`~protocols.secagg.threat.ThreatModel`:
+        colluding hospitals, dropouts, security parameter).  ``None``: the default model.
+        The graph degree and the threshold are derived from it
+        (:func:`~protocols.secagg.threat.derive`); :meth:`guarantee` says what the round
+        then guarantees.
     threshold
-        Shamir threshold ``t``: a client's secrets need ``t`` of its neighbours to be
-        reconstructed, and every remaining client needs ``t`` live neighbours.
-        Privacy holds against a server colluding with fewer than ``t`` of a client's
-        neighbours; the server cannot obtain both shares of a client unless it can
-        make ``2t`` of its neighbours disagree, which the consistency round prevents
-        when ``t`` exceeds half the neighbourhood.  ``None`` (recommended) picks
-        ``floor(min_degree / 2) + 1``; must be in ``[1, min_degree]``.
+        Shamir threshold ``t``.  ``None`` (recommended): derived from the threat model.
+        An explicit value is checked against it (``2t > k + C`` in the complete graph,
+        the tail bound in the sparse one) and refused if unsafe.
     graph
-        ``"complete"`` (Bonawitz et al. 2017) or ``"sparse"`` (Bell et al. 2020,
-        degree about ``2 log2 n``, derived from public values; see :mod:`secagg.graph`).
+        ``"complete"`` (Bonawitz et al. 2017) or ``"sparse"`` (Bell et al. 2020: a random
+        Harary graph of degree ``degree``; see :mod:`secagg.graph`).
+    degree
+        Sparse graph degree ``k`` (even).  ``None``: the smallest degree the threat model allows.
     bits, clip, frac_bits
         Fixed-point encoding (see :class:`secagg.encoding.FixedPointEncoder`, with
         ``max_summands = len(clients)``).
     dim
         Vector length; must be set before building clients/servers (``with_dim``).
+    insecure_test_only
+        ``True`` takes ``threshold`` (and ``degree``) as given without any security
+        check: for tests that need a weak configuration.  Never a default; the
+        guarantee line then starts with "INSECURE".
     """
 
     session_id: bytes
@@ -64,7 +73,11 @@ class SecAggParams:
     clip: float = 1.0
     frac_bits: int | None = None
     dim: int | None = None
+    threat_model: ThreatModel | None = None
+    degree: int | None = None
+    insecure_test_only: bool = False
     _t: int = field(init=False, repr=False, compare=False)
+    _derived: Derived = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, (bytes, bytearray)) or not (1 <= len(self.session_id) <= 255):
@@ -80,15 +93,36 @@ class SecAggParams:
             raise ParameterError(f"graph must be one of {GRAPHS}, got {self.graph!r}")
         if self.dim is not None and (not isinstance(self.dim, int) or not (0 < self.dim <= 0xFFFFFFFF)):
             raise ParameterError(f"dim must be a positive integer < 2^32, got {self.dim!r}")
+        if self.threshold is not None and (not isinstance(self.threshold, int) or isinstance(self.threshold, bool)):
+            raise ParameterError(f"threshold must be an integer, got {self.threshold!r}")
+        if self.threat_model is not None and not isinstance(self.threat_model, ThreatModel):
+            raise ParameterError("threat_model must be a protocols.secagg.ThreatModel")
         self.encoder  # validates bits / clip / frac_bits
-        dmin = self.neighbourhood.min_degree()
-        t = dmin // 2 + 1 if self.threshold is None else self.threshold
-        if not isinstance(t, int) or not (1 <= t <= dmin):
-            raise ParameterError(
-                f"threshold must be in [1, {dmin}] (the smallest neighbourhood of the {self.graph} graph "
-                f"on {len(ids)} clients), got {t!r}"
-            )
-        object.__setattr__(self, "_t", t)
+        n = len(ids)
+        if self.insecure_test_only:
+            if self.threshold is None:
+                raise ParameterError("insecure_test_only needs an explicit threshold")
+            k = n - 1 if self.graph == "complete" else (self.degree or min(n - 1, 2 * math.ceil(math.log2(n))))
+            d = insecure(self.graph, n, min(k, n - 1), self.threshold)
+        else:
+            d = derive(self.graph, n, self.threat_model or ThreatModel(), threshold=self.threshold,
+                       degree=self.degree)
+        object.__setattr__(self, "_derived", d)
+        object.__setattr__(self, "_t", d.threshold)
+        if self.neighbourhood.min_degree() < d.threshold:
+            raise ParameterError(f"threshold {d.threshold} exceeds the smallest neighbourhood "
+                                 f"({self.neighbourhood.min_degree()}) of the {self.graph} graph on {n} clients")
+
+    @classmethod
+    def from_threat_model(cls, session_id: bytes, round: int, clients: Sequence[int], threat_model: ThreatModel,
+                          *, graph: str = "complete", **encoding) -> "SecAggParams":
+        """Parameters whose degree and threshold are derived from ``threat_model``
+        (raises :class:`ParameterError` saying what is achievable if it cannot be met)."""
+        return cls(session_id, round, tuple(clients), graph=graph, threat_model=threat_model, **encoding)
+
+    def guarantee(self) -> Guarantee:
+        """What this round guarantees (printable ``.line()``, recordable ``.as_dict()``)."""
+        return self._derived.guarantee
 
     @property
     def t(self) -> int:
@@ -99,10 +133,18 @@ class SecAggParams:
     def encoder(self) -> FixedPointEncoder:
         return FixedPointEncoder(float(self.clip), self.bits, len(self.clients), self.frac_bits)
 
+    @property
+    def effective_degree(self) -> int:
+        """The degree ``k`` of the masking graph (``n - 1`` for the complete graph)."""
+        return self._derived.degree
+
     @cached_property
     def neighbourhood(self) -> Graph:
-        """The round's public graph (``neighbours[i]`` excludes ``i``)."""
-        return build_graph(self.graph, self.session_id, self.round, self.clients)
+        """The round's graph (``neighbours[i]`` excludes ``i``)."""
+        d = self._derived
+        if d.graph == "complete" or d.degree >= len(self.clients) - 1:
+            return build_graph("complete", self.session_id, self.round, self.clients)
+        return build_graph("sparse", self.session_id, self.round, self.clients, degree=d.degree)
 
     def neighbours(self, i: int) -> frozenset[int]:
         return self.neighbourhood.neighbours[i]
@@ -123,11 +165,13 @@ class SecAggParams:
         h.update(struct.pack(">I", len(self.clients)) + b"".join(struct.pack(">I", i) for i in self.clients))
         h.update(struct.pack(">I8sBBdBI", self._t, self.graph.encode().ljust(8, b"\0"), self.bits,
                              0, float(self.clip), self.encoder.fractional_bits, self.dim or 0))
+        g = self._derived.guarantee
+        h.update(struct.pack(">IIIB", self._derived.degree, g.colluders, g.dropouts, int(g.insecure)))
         return h.digest()[:SESSION_TAG_BYTES]
 
     # -- the byte strings signatures, AEAD and KDFs bind to --------------------------
     def _prefix(self, label: bytes) -> bytes:
-        return b"fedvault/secagg/v1/" + label + b"/" + self.session_tag + struct.pack(">I", self.round)
+        return b"fedvault/secagg/v2/" + label + b"/" + self.session_tag + struct.pack(">I", self.round)
 
     def advertise_message(self, client: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
         """What a client signs to advertise its round keys."""

@@ -298,8 +298,8 @@ class Server:
         return sorted(holders & self._u3set), sorted(holders - self._u3set)
 
     def _close_consistency(self) -> dict[int, Message]:
-        # A client only reveals if t of its neighbours confirmed; prune the others.
-        u4 = _prune(set(self._sigs), self._nbrs, self._t)
+        # A client reveals a share about j only if t of j's neighbours confirmed (SPEC 1.2).
+        u4 = set(self._sigs)
         for j in self.u2:
             have = len(self._nbrs[j] & u4)
             self._abort_if(have < self._t, f"only {have} neighbours of client {j} confirmed the survivor set; threshold is {self._t}")
@@ -309,7 +309,11 @@ class Server:
         out: dict[int, Message] = {}
         for i in self.u4:
             alive, dropped = self._expected_reveal(i)
-            sigs = tuple(SignatureEntry(j, self._sigs[j]) for j in sorted(self._nbrs[i] & u4))
+            # the signatures of every neighbour of every client i reveals about (two hops)
+            backers = set(self._nbrs[i])
+            for j in alive + dropped:
+                backers |= self._nbrs[j]
+            sigs = tuple(SignatureEntry(j, self._sigs[j]) for j in sorted(backers & u4))
             out[i] = UnmaskRequest(*self._hdr(), tuple(alive), tuple(dropped), sigs)
         self.stage = ServerStage.UNMASK
         return out

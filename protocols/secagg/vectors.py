@@ -1,6 +1,6 @@
 """Test vectors for ``protocols/SPEC.md``: produced by the code, checked by the tests.
 
-``python -m fedvault.protocols.secagg.vectors`` rewrites ``protocols/vectors/secagg_v1.json``.
+``python -m fedvault.protocols.secagg.vectors`` rewrites ``protocols/vectors/secagg_v2.json``.
 Every value is derived from fixed seeds, so another implementation can replay the
 primitives and a whole round and compare bytes.
 """
@@ -23,8 +23,9 @@ from fedvault.secagg.prg import DeterministicRandom, MaskExpander
 
 from .messages import decode
 from . import SecAggParams, simulate_round, simulation_identities
+from .threat import ThreatModel
 
-VECTORS = Path(__file__).parent.parent / "vectors" / "secagg_v1.json"
+VECTORS = Path(__file__).parent.parent / "vectors" / "secagg_v2.json"
 SEED = bytes(range(32))
 
 
@@ -34,7 +35,7 @@ def _hex(b: bytes) -> str:
 
 def generate() -> dict[str, Any]:
     """All vectors as a JSON-ready dict."""
-    out: dict[str, Any] = {"version": 1}
+    out: dict[str, Any] = {"version": 2}
 
     # -- PRG: seed + domain -> mask words
     prg = []
@@ -72,7 +73,8 @@ def generate() -> dict[str, Any]:
                     "neighbours": {str(i): sorted(g.neighbours[i]) for i in ids}}
 
     # -- a whole round with one dropout, wire bytes in order
-    params = SecAggParams(b"vector-session", 1, (1, 2, 3, 4), threshold=2, bits=32, clip=1.0)
+    params = SecAggParams(b"vector-session", 1, (1, 2, 3, 4), threshold=2, bits=32, clip=1.0,
+                          threat_model=ThreatModel(colluders=0))
     inputs = {i: np.array([0.5, -0.25, 0.125 * i]) for i in params.clients}
     transcript: list = []
     res = simulate_round(params, inputs, drop={"masked_input": [4]}, seed=SEED, transcript=transcript)
@@ -81,7 +83,8 @@ def generate() -> dict[str, Any]:
     out["round"] = {
         "params": {"session_id": _hex(params.session_id), "round": 1, "clients": list(params.clients),
                    "threshold": 2, "graph": "complete", "bits": 32, "clip": 1.0, "frac_bits": p.encoder.fractional_bits,
-                   "dim": 3},
+                   "dim": 3, "degree": 3, "colluders": 0, "dropouts": 1},
+        "guarantee": p.guarantee().as_dict(),
         "session_tag": _hex(p.session_tag),
         "seed": _hex(SEED),
         "identity_public_keys": {str(i): _hex(K.public_bytes(k)) for i, k in idents.items()},
