@@ -142,6 +142,7 @@ class SecAggAggregator:
             bits_ = bits or self.cfg.aggregation.bits
             probe = SecAggParams(session_id=session, round=round, clients=tuple(ids),
                                  threshold=self._threshold(len(ids)), graph=self.cfg.aggregation.graph,
+                                 threat_model=self.cfg.threat_model.protocol(),
                                  bits=bits_, clip=max(float(clip), 1.0))
             dim = len(next(iter(inputs.values()))) - 1
             plan = distributed_dp.plan_round(z, float(clip), bits_, len(ids), probe.t, dim)
@@ -154,6 +155,7 @@ class SecAggAggregator:
                 clients=tuple(ids),
                 threshold=self._threshold(len(ids)),
                 graph=self.cfg.aggregation.graph,
+                threat_model=self.cfg.threat_model.protocol(),
                 bits=bits or self.cfg.aggregation.bits,
                 clip=float(clip),
                 frac_bits=frac_bits,

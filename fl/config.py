@@ -274,6 +274,44 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class ThreatModelConfig:
+    """[threat_model]: the adversary secure aggregation must withstand (helper B's keys).
+
+    SecAgg derives its graph degree and threshold from it (protocols.secagg.threat) and
+    every round records the resulting guarantee.  Unset keys take the protocol defaults.
+    """
+
+    colluders: int | None = None
+    colluder_fraction: float | None = None
+    dropouts: int | None = None
+    dropout_fraction: float | None = None
+    security_bits: int = 40
+
+    def check(self, p: Problems) -> None:
+        if self.colluders is not None and self.colluder_fraction is not None:
+            p.error("threat_model: set colluders or colluder_fraction, not both")
+        if self.dropouts is not None and self.dropout_fraction is not None:
+            p.error("threat_model: set dropouts or dropout_fraction, not both")
+        if self.colluders is not None:
+            p.range("threat_model.colluders", self.colluders, 0, 10**6)
+        if self.dropouts is not None:
+            p.range("threat_model.dropouts", self.dropouts, 0, 10**6)
+        if self.colluder_fraction is not None:
+            p.range("threat_model.colluder_fraction", self.colluder_fraction, 0.0, 0.99)
+        if self.dropout_fraction is not None:
+            p.range("threat_model.dropout_fraction", self.dropout_fraction, 0.0, 0.99)
+        p.range("threat_model.security_bits", self.security_bits, 20, 128)
+
+    def protocol(self):
+        """The :class:`protocols.secagg.ThreatModel` these keys declare."""
+        from fedvault.protocols.secagg.threat import ThreatModel
+
+        return ThreatModel(colluders=self.colluders, colluder_fraction=self.colluder_fraction,
+                           dropouts=self.dropouts, dropout_fraction=self.dropout_fraction,
+                           security_bits=self.security_bits)
+
+
+@dataclass(frozen=True)
 class PersonalizationConfig:
     enabled: bool = False
     epochs: int = 2
@@ -295,6 +333,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=lambda: PrivacyConfig(target_epsilon=3.0))
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    threat_model: ThreatModelConfig = field(default_factory=ThreatModelConfig)
     base_dir: str = "."
 
     @property
@@ -335,6 +374,7 @@ _SECTIONS = {
     "privacy": PrivacyConfig,
     "aggregation": AggregationConfig,
     "personalization": PersonalizationConfig,
+    "threat_model": ThreatModelConfig,
 }
 
 # Tables read by another command from the same file (``fedvault audit`` reads [audit]).

@@ -88,6 +88,11 @@ class InputError(RefusedError):
     """A vector has the wrong length or dtype, NaN/inf, or values outside the clipping range."""
 
 
+class InvalidKeyError(RefusedError):
+    """A peer's public key is malformed or of low order (it would make a shared secret
+    predictable); the peer that advertised it is named in the message."""
+
+
 # --- Paillier refusals (protocols/paillier/) -------------------------------------------
 class ProofError(RefusedError):
     """A proof (of plaintext knowledge, or of a decryption share) does not verify."""

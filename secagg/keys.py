@@ -88,6 +88,22 @@ def ed25519_public(data: bytes) -> Ed25519PublicKey:
         raise IntegrityError("invalid Ed25519 public key") from e
 
 
+_PROBE = X25519PrivateKey.from_private_bytes(clamp_x25519(bytes(range(1, 33))))
+
+
+def check_x25519_public(data: bytes) -> None:
+    """Raise :class:`IntegrityError` unless ``data`` is a usable X25519 public key.
+
+    A low-order point (one of the 8-torsion points, in any of its encodings) gives the
+    all-zero shared secret with *every* clamped private key, because clamped scalars
+    are multiples of the cofactor 8; so one exchange with a fixed key detects it.
+    """
+    try:
+        _PROBE.exchange(x25519_public(data))
+    except ValueError as e:
+        raise IntegrityError("X25519 public key has low order (the shared secret would be zero)") from e
+
+
 def agree(private: X25519PrivateKey, peer_public: bytes, context: bytes) -> bytes:
     """32-byte seed ``HKDF-SHA256(X25519(private, peer), info=AGREE_INFO || context)``.
 

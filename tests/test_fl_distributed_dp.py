@@ -25,6 +25,7 @@ def noise_only_sums(drops, rounds=3, d=4000, n=6, z=1.0, C=0.5):
     cfg = from_dict({
         "privacy": {"noise_multiplier": 1.0, "client_noise_multiplier": z},
         "aggregation": {"mode": "secagg", "update_clip": C, "threshold": 3},
+        "threat_model": {"colluders": 0},  # t = 3 of 5 neighbours is safe only without colluders
     })
     names = [f"h{i}" for i in range(n)]
     agg = ScriptedDrops(cfg, names, drops)

@@ -131,6 +131,7 @@ def test_secagg_dropouts_are_recovered_in_a_federation():
         data={"hospitals": 6, "min_records": 30},
         training={"rounds": 3},
         aggregation={"mode": "secagg", "dropout": 0.15, "threshold": 3},
+        threat_model={"colluders": 0},  # t = 3 of 5 neighbours is safe only without colluders
     )
     h = federate(cfg, baseline=False).history
     dropped_any = False

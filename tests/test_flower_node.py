@@ -44,8 +44,8 @@ def test_policy_refuses_small_cohorts_weak_thresholds_and_strangers(node):
     check_policy(SecAggParams(b"s", 1, (1, 2, 3, 4), dim=3), node, 3)
     with pytest.raises(PolicyError, match="minimum"):
         check_policy(SecAggParams(b"s", 1, (1, 2), dim=3), node, 3)
-    with pytest.raises(PolicyError, match="majority"):
-        check_policy(SecAggParams(b"s", 1, (1, 2, 3, 4, 5), threshold=2, dim=3), node, 3)
+    with pytest.raises(PolicyError, match="majority"):  # (such params are refused unless named insecure)
+        check_policy(SecAggParams(b"s", 1, (1, 2, 3, 4, 5), threshold=2, dim=3, insecure_test_only=True), node, 3)
     with pytest.raises(PolicyError, match="registry"):
         check_policy(SecAggParams(b"s", 1, (1, 2, 3, 99), dim=3), node, 3)
     with pytest.raises(PolicyError, match="not in the proposed cohort"):

@@ -8,12 +8,14 @@ import pytest
 from fedvault.protocols.driver import run_in_memory
 from fedvault.protocols.errors import UsageError
 from fedvault.protocols.secagg import Client, SecAggParams, Server, simulation_identities
+from fedvault.protocols.secagg.threat import ThreatModel
 from fedvault.secagg import keys as K
 from fedvault.secagg.prg import DeterministicRandom
 
 
 def _round(n=4, t=2):
-    params = SecAggParams(b"driver", 1, tuple(range(1, n + 1)), threshold=t, bits=32).with_dim(3)
+    params = SecAggParams(b"driver", 1, tuple(range(1, n + 1)), threshold=t, bits=32,
+                          threat_model=ThreatModel(colluders=0)).with_dim(3)
     ids = simulation_identities(b"s" * 32, params.clients)
     pub = {i: K.public_bytes(k) for i, k in ids.items()}
     root = DeterministicRandom(b"s" * 32, b"driver")

@@ -33,10 +33,13 @@ from ..errors import InputError
 from .messages import Message
 from .client import Client, ClientStage
 from .params import SecAggParams
+from .threat import Guarantee, ThreatModel
 from .server import STAGES, Server, ServerStage
 
 __all__ = [
     "SecAggParams",
+    "ThreatModel",
+    "Guarantee",
     "Client",
     "ClientStage",
     "Server",

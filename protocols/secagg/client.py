@@ -51,6 +51,7 @@ from ..errors import (
     DuplicateClientError,
     InconsistentError,
     InputError,
+    InvalidKeyError,
     ProtocolError,
     ReplayError,
     SignatureError,
@@ -259,7 +260,11 @@ class Client:
                 K.verify(self._identity_keys[e.client], e.signature, self.params.advertise_message(e.client, e.channel_pk, e.mask_pk))
             except IntegrityError as err:
                 raise SignatureError(f"keys of client {e.client} are not signed by its identity key") from err
-            for k in (e.channel_pk, e.mask_pk):
+            for name, k in (("channel", e.channel_pk), ("mask", e.mask_pk)):
+                try:
+                    K.check_x25519_public(k)
+                except IntegrityError as err:
+                    raise InvalidKeyError(f"client {e.client} advertised an unusable {name} key: {err}") from err
                 if k in seen_keys:
                     raise DuplicateClientError(f"client {e.client} reuses a public key already in the broadcast")
                 seen_keys.add(k)

@@ -15,7 +15,7 @@ import math
 import struct
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from fedvault.secagg.encoding import FixedPointEncoder
 from fedvault.secagg.errors import ParameterError
@@ -119,6 +119,41 @@ class SecAggParams:
         """Parameters whose degree and threshold are derived from ``threat_model``
         (raises :class:`ParameterError` saying what is achievable if it cannot be met)."""
         return cls(session_id, round, tuple(clients), graph=graph, threat_model=threat_model, **encoding)
+
+    def to_record(self) -> dict:
+        """Every parameter as plain values (ints, floats, str, bytes, int lists) for a transport
+        to carry to the hospitals; :meth:`from_record` rebuilds the same parameters (same
+        session tag).  A hospital must still judge ``guarantee()`` against its own policy:
+        the threat model in a record is the *server's* claim."""
+        tm = self.threat_model or ThreatModel()
+        g = self.guarantee()
+        return {
+            "session": self.session_id, "round": self.round, "clients": list(self.clients), "threshold": self.t,
+            "graph": self.graph, "degree": self.effective_degree if self.graph == "sparse" else 0,
+            "bits": self.bits, "clip": float(self.clip), "frac_bits": self.encoder.fractional_bits,
+            "dim": self.require_dim(), "colluders": g.colluders,
+            "dropouts": -1 if tm.max_dropouts(len(self.clients), self.graph) is None else g.dropouts,
+            "security_bits": tm.security_bits, "correctness_bits": tm.correctness_bits,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping) -> "SecAggParams":
+        """The parameters :meth:`to_record` wrote (raises :class:`ParameterError` if unsafe)."""
+        try:
+            drop = int(rec["dropouts"])
+            tm = ThreatModel(colluders=int(rec["colluders"]), dropouts=None if drop < 0 else drop,
+                             security_bits=int(rec["security_bits"]), correctness_bits=int(rec["correctness_bits"]))
+            graph = str(rec["graph"])
+            return cls(session_id=bytes(rec["session"]), round=int(rec["round"]),
+                       clients=tuple(int(c) for c in rec["clients"]), threshold=int(rec["threshold"]),
+                       graph=graph, degree=(int(rec["degree"]) if graph == "sparse" and int(rec["degree"]) < len(
+                           rec["clients"]) - 1 else None),
+                       bits=int(rec["bits"]), clip=float(rec["clip"]), frac_bits=int(rec["frac_bits"]),
+                       dim=int(rec["dim"]), threat_model=tm)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, ParameterError):
+                raise
+            raise ParameterError(f"incomplete or malformed SecAgg parameter record: {e!r}") from None
 
     def guarantee(self) -> Guarantee:
         """What this round guarantees (printable ``.line()``, recordable ``.as_dict()``)."""

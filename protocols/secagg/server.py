@@ -42,6 +42,7 @@ from ..errors import (
     DuplicateClientError,
     InconsistentError,
     InputError,
+    InvalidKeyError,
     ReplayError,
     SignatureError,
     StageError,
@@ -167,6 +168,11 @@ class Server:
             K.verify(self._identity_keys[i], msg.signature, self.params.advertise_message(i, msg.channel_pk, msg.mask_pk))
         except IntegrityError as e:
             raise SignatureError(f"keys of client {i} are not signed by its identity key") from e
+        for name, pk in (("channel", msg.channel_pk), ("mask", msg.mask_pk)):
+            try:
+                K.check_x25519_public(pk)
+            except IntegrityError as e:
+                raise InvalidKeyError(f"client {i} advertised an unusable {name} key: {e}") from e
         if msg.channel_pk in self._pk_seen or msg.mask_pk in self._pk_seen or msg.channel_pk == msg.mask_pk:
             raise DuplicateClientError(f"client {i} reuses public keys already advertised")
         self._pk_seen.update((msg.channel_pk, msg.mask_pk))

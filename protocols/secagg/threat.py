@@ -206,7 +206,9 @@ def _complete(n: int, C: int, D: int | None, t: int | None, sigma: int) -> Deriv
     elif t < t_min:
         raise ParameterError(
             f"threshold {t} is unsafe against a malicious server colluding with {C} of {n} hospitals: the complete graph "
-            f"needs 2t > n - 1 + C, i.e. t >= {t_min} (or declare at most {max(2 * t - d - 1, -1)} colluders)"
+            f"needs 2t > n - 1 + C, i.e. t >= {t_min}"
+            + (f" (or declare at most {2 * t - d - 1} colluders)" if 2 * t - d - 1 >= 0 else
+               f" (t = {t} is unsafe even against a server without colluders)")
         )
     if t > d:
         raise ParameterError(f"threshold {t} exceeds the {d} neighbours each hospital has")

@@ -62,6 +62,7 @@ def main(grid: Grid, context: Context) -> None:
         stage_timeout=float(rc.get("stage-timeout", 60.0)), enrol_timeout=float(rc.get("enrol-timeout", 120.0)),
         train_timeout=float(rc.get("train-timeout", 90.0)),
         min_clients=int(rc.get("min-clients", 3)),
+        threat_model=cfg.threat_model.protocol(),
     )
     strategy = SecureFedAvg(registry, secagg, on_stage=on_stage)
     initial = ArrayRecord(task.make_model(cfg).state_dict())

@@ -34,6 +34,7 @@ def config(rc: Mapping[str, Any]) -> Config:
         "training": {"rounds": int(rc.get("num-server-rounds", 2)), "batch_size": 8, "lr": 0.5, "min_clients": 2},
         "privacy": privacy,
         "aggregation": {"mode": "secagg", "update_clip": float(rc.get("update-clip", 10.0))},
+        "threat_model": ({"colluders": int(rc["colluders"])} if int(rc.get("colluders", -1)) >= 0 else {}),
     })
 
 

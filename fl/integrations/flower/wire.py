@@ -42,18 +42,11 @@ def is_fedvault(msg: Message) -> bool:
 
 
 def params_record(p: SecAggParams) -> dict:
-    return {
-        "session": p.session_id, "clients": list(p.clients), "threshold": p.t, "graph": p.graph,
-        "bits": p.bits, "clip": float(p.clip), "frac_bits": p.encoder.fractional_bits, "dim": p.require_dim(),
-    }
+    return p.to_record()  # every parameter incl. the threat model and degree (helper B's API)
 
 
 def params_from(rec: ConfigRecord) -> SecAggParams:
-    return SecAggParams(
-        session_id=bytes(rec["session"]), round=int(rec["round"]), clients=tuple(int(c) for c in rec["clients"]),
-        threshold=int(rec["threshold"]), graph=str(rec["graph"]), bits=int(rec["bits"]), clip=float(rec["clip"]),
-        frac_bits=int(rec["frac_bits"]), dim=int(rec["dim"]),
-    )
+    return SecAggParams.from_record(rec)
 
 
 def request(stage: str, round: int, *, wire: bytes | None = None, params: SecAggParams | None = None,

@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 
 from fedvault.protocols.errors import AbortError, ProtocolError
 from fedvault.protocols.secagg import SecAggParams, Server, ServerStage
+from fedvault.protocols.secagg.threat import ThreatModel
 
 from . import wire
 from .node import Registry
@@ -64,6 +65,7 @@ class SecAggConfig:
     clip: float
     graph: str = "complete"
     threshold: int | None = None
+    threat_model: ThreatModel | None = None  # degree/threshold derived from it (protocols.secagg.threat)
     bits: int = 32
     stage_timeout: float = 60.0
     enrol_timeout: float | None = None
@@ -164,6 +166,7 @@ def secure_round(
     dim = wire.flatten(weights).shape[0] + 1
     params = SecAggParams(session_id=session_id, round=round, clients=tuple(sorted(node_of)),
                           threshold=config.threshold, graph=config.graph, bits=config.bits,
+                          threat_model=config.threat_model,
                           clip=float(config.clip), dim=dim)
     t = time.perf_counter()
     server = Server(params, {i: registry.members[i].identity for i in params.clients}, threads=config.threads)

@@ -1,0 +1,106 @@
+"""Issue 12, SecAgg/SecAgg+ attack classes, replayed against honest state machines.
+
+Each test plays the attacker over the wire format (a malicious server, colluding or
+malicious hospitals) and asserts the attack fails; each failed on b8a9b93.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedvault.protocols.driver import run_in_memory
+from fedvault.protocols.errors import InvalidKeyError, ProtocolError
+from fedvault.protocols.secagg import Client, SecAggParams, Server, simulation_identities
+from fedvault.protocols.secagg.messages import AdvertiseKeys, KeyBroadcast, KeyEntry
+from fedvault.secagg import keys as K
+from fedvault.secagg.prg import DeterministicRandom
+
+from _secagg_attack import Harness, split_view_attack
+
+# An X25519 point of order 8 (RFC 7748 section 6.1 lists the low-order points).
+LOW_ORDER = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+
+
+# -- attack 1: SecAgg+ split view, no colluding hospital ------------------------------------
+@pytest.mark.parametrize("victim", [0, 7])
+def test_sparse_split_view_without_colluders_recovers_nothing(victim):
+    params = SecAggParams(b"attack-1", 1, tuple(range(20)), graph="sparse")
+    h = Harness(params)
+    b, s, recovered = split_view_attack(h, victim)
+    assert recovered is None, f"server recovered hospital {victim}'s update {recovered}"
+    assert not (len(b) >= params.t and len(s) >= params.t)
+
+
+# -- attack 2: default threshold too low against colluders (complete graph) --------------------
+@pytest.mark.parametrize("n", [6, 7, 8, 9])
+def test_complete_split_view_with_old_default_colluders_fails(n):
+    """t_old = floor((n-1)/2) + 1; the attack uses t_old - 1 colluders, which broke the old default."""
+    colluders = set(range(n - ((n - 1) // 2), n))  # t_old - 1 of them
+    assert len(colluders) == (n - 1) // 2
+    params = SecAggParams(b"attack-2", 1, tuple(range(n)))
+    h = Harness(params)
+    b, s, recovered = split_view_attack(h, 0, colluders)
+    assert recovered is None, f"server + {len(colluders)} colluders recovered an update: {recovered}"
+
+
+# -- attack 10: low-order X25519 key from a malicious hospital ---------------------------------
+def _low_order_advert(params: SecAggParams, identity, i: int, good: AdvertiseKeys) -> AdvertiseKeys:
+    sig = K.sign(identity, params.advertise_message(i, good.channel_pk, LOW_ORDER))
+    return replace(good, mask_pk=LOW_ORDER, signature=sig)
+
+
+def test_server_refuses_low_order_key_with_typed_error():
+    params = SecAggParams(b"attack-10", 1, tuple(range(5))).with_dim(3)
+    h = Harness(params, dim=3)
+    good = h.clients[4].start()[0]
+    bad = _low_order_advert(h.params, h.ids[4], 4, good)
+    with pytest.raises(InvalidKeyError, match="client 4"):
+        h.server.receive(bad.encode())
+
+
+def test_client_refuses_low_order_key_forwarded_by_a_colluding_server():
+    params = SecAggParams(b"attack-10", 1, tuple(range(5))).with_dim(3)
+    h = Harness(params, dim=3)
+    adverts = {i: c.start()[0] for i, c in h.clients.items()}
+    adverts[4] = _low_order_advert(h.params, h.ids[4], 4, adverts[4])
+    entries = tuple(KeyEntry(i, a.channel_pk, a.mask_pk, a.signature) for i, a in sorted(adverts.items()))
+    msg = KeyBroadcast(h.params.session_tag, 1, 0xFFFFFFFF, entries)
+    with pytest.raises(InvalidKeyError, match="client 4"):
+        h.clients[0].receive(msg.encode())
+
+
+class _LowOrderHospital:
+    """A malicious hospital that advertises a (properly signed) low-order mask key."""
+
+    def __init__(self, client: Client, identity, params) -> None:
+        self.c, self.identity, self.params = client, identity, params
+
+    stage = property(lambda self: self.c.stage)
+    done = property(lambda self: self.c.done)
+
+    def start(self):
+        good = self.c.start()[0]
+        return [_low_order_advert(self.params, self.identity, self.c.id, good)]
+
+    def receive(self, data):
+        return self.c.receive(data)
+
+
+def test_low_order_key_does_not_crash_the_round_and_is_attributed():
+    params = SecAggParams(b"attack-10", 2, tuple(range(6))).with_dim(3)
+    ids = simulation_identities(b"x" * 32, params.clients)
+    pub = {i: K.public_bytes(k) for i, k in ids.items()}
+    root = DeterministicRandom(b"y" * 32)
+    clients = {i: Client(params, i, ids[i], pub, root.child(b"%d" % i)) for i in params.clients}
+    for i, c in clients.items():
+        c.set_input(np.full(3, 0.25))
+    parties = dict(clients)
+    parties[5] = _LowOrderHospital(clients[5], ids[5], params)
+    server = Server(params, pub)
+    stats = run_in_memory(server, parties)
+    assert server.survivors == (0, 1, 2, 3, 4)
+    assert "InvalidKeyError" in stats.refused[5][0]
+    np.testing.assert_allclose(params.encoder.decode_sum(server.result, 5), np.full(3, 1.25))
