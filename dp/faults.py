@@ -112,13 +112,15 @@ class GradientCanaryHook(Protocol):
     """Extra per-sample gradients for one DP-SGD step (audit instrument).
 
     Called once per optimizer step after the batch's per-sample gradients exist and
-    before clipping. Returns a ``(k, P)`` float array/tensor — ``k`` canary gradients over
-    the ``P`` trainable parameters, flattened in ``model.parameters()`` order — or
-    ``None`` when no canary is in this step's batch. The hook draws its own sampling
-    coins (rate ``sample_rate`` per canary per step, like a record).
+    before clipping, with the trainable parameters as they are at that step (at step 0:
+    the model the hospital received). Returns a ``(k, P)`` float array/tensor — ``k``
+    canary gradients over the ``P`` trainable parameters, flattened in
+    ``model.parameters()`` order — or ``None`` when no canary is in this step's batch.
+    The hook draws its own sampling coins (rate ``sample_rate`` per canary per step,
+    like a record's Poisson sampling).
     """
 
-    def __call__(self, round: int, step: int, sample_rate: float) -> Any: ...
+    def __call__(self, round: int, step: int, sample_rate: float, params: Sequence["torch.Tensor"]) -> Any: ...
 
 
 def append_per_sample_gradients(params: Sequence["torch.Tensor"], extra: Any) -> int:

@@ -353,7 +353,7 @@ class PrivateTrainer:
                     loss = out.sum() * 0.0
                 loss.backward()
                 if self.gradient_canaries is not None:  # audit only: canary per-sample gradients
-                    append_per_sample_gradients(params, self.gradient_canaries(round, step, q))
+                    append_per_sample_gradients(params, self.gradient_canaries(round, step, q, params))
                 if not dpo.pre_step():  # clip, noise, scale, accountant hook
                     raise AccountingError("Opacus skipped a step unexpectedly")
                 if prox_mu > 0:

@@ -216,3 +216,61 @@ def test_logit_confidence_stable():
     phi = audit.logit_confidence(z, y)
     assert phi == pytest.approx([1000.0, 0.0, -10.0])
     assert audit.cross_entropy(z, y)[1] == pytest.approx(math.log(2))
+
+
+# --------------------------------------------------------------------------- f-DP one-run bound
+
+
+def test_fdp_bound_is_monotone_and_matches_snj_scale():
+    from fedvault.dp.audit import fdp
+
+    # more correct guesses -> larger bound; perfect guesses: close to (at least) SNJ's
+    b = [fdp.epsilon_lower_bound(200, 60, v, 1e-5, 0.95) for v in (40, 50, 55, 60)]
+    assert b == sorted(b) and b[0] < b[-1]
+    for m, r in ((200, 60), (1000, 100)):
+        f = fdp.epsilon_lower_bound(m, r, r, 1e-5, 0.95)
+        s = audit.epsilon_lower_bound(m, r, r, 1e-5, 0.95)
+        assert s - 0.05 <= f <= s + 0.5
+    # rejection is monotone in the hypothesis: weaker privacy is never rejected when stronger is not
+    inv = [fdp.rejects(fdp.epsdelta_inverse_blowup(e, 1e-5), 200, 60, 55, 0.95) for e in (0.5, 1, 2, 4, 8)]
+    assert inv == sorted(inv, reverse=True)
+    assert fdp.epsilon_lower_bound(200, 60, 30, 1e-5, 0.95) == 0.0  # chance level rejects nothing
+
+
+def test_gdp_epsilon_inverts_the_gdp_privacy_profile():
+    from fedvault.dp.audit import fdp
+
+    for mu in (0.5, 1.0, 2.0):
+        e = fdp.gdp_epsilon(mu, 1e-5)
+        d = stats.norm.cdf(-e / mu + mu / 2) - math.exp(e) * stats.norm.cdf(-e / mu - mu / 2)
+        assert d == pytest.approx(1e-5, rel=1e-3)
+    assert fdp.gdp_epsilon(0.0, 1e-5) == 0.0
+
+
+def test_fdp_bound_is_valid_for_randomized_response():
+    """Each canary's guess is right with probability e^ε0/(1+e^ε0) (ε0-DP randomized response,
+    guessing on every canary): the 95% lower bound exceeds ε0 in at most ~5% of trials."""
+    from fedvault.dp.audit import fdp
+
+    eps0, m, trials = 1.0, 100, 200
+    rng = np.random.default_rng(1)
+    p = math.exp(eps0) / (1 + math.exp(eps0))
+    over = 0
+    for _ in range(trials):
+        v = int(rng.binomial(m, p))
+        over += fdp.epsilon_lower_bound(m, m, v, 0.0, 0.95, tol=1e-3) > eps0
+    assert over <= 0.05 * trials + 3 * math.sqrt(0.05 * 0.95 * trials)
+
+
+def test_fdp_audit_scores_uses_candidates_and_reports_ceiling():
+    rng = np.random.default_rng(0)
+    inc = rng.random(400) < 0.5
+    scores = np.where(inc & (rng.random(400) < 0.6), 1.0, 0.0)  # detectable INs score 1, the rest 0
+    cands = [(60, 0), (100, 0)]
+    res = audit.audit_scores_fdp(scores, inc, delta=1e-5, confidence=0.95, candidates=cands, max_guesses=110)
+    assert res.candidates == 2 and res.correct == res.guesses == 100 and res.epsilon_lower > 1
+    assert res.ceiling == pytest.approx(audit.audit_scores_fdp(scores, inc, delta=1e-5, candidates=[(100, 0)] * 2,
+                                                                max_guesses=110).ceiling, rel=1e-6)
+    assert res.mu_lower > 0 and res.gdp_epsilon > 0
+    with pytest.raises(AuditError):
+        audit.audit_scores_fdp([1.0, float("nan")], [True, False], delta=1e-5)

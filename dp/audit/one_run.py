@@ -185,12 +185,15 @@ def audit_scores(
     delta: float,
     confidence: float = 0.95,
     candidates: Sequence[tuple[int, int]] | None = None,
+    max_guesses: int | None = None,
 ) -> OneRunAudit:
     """ε lower bound from canary scores (higher = more likely IN) and the true inclusion bits.
 
     Every ``(k+, k−)`` in ``candidates`` (default :func:`default_candidates`) is tested at
     significance ``(1 − confidence) / len(candidates)``; the largest bound is returned,
-    which then holds with probability ≥ ``confidence`` (union bound).
+    which then holds with probability ≥ ``confidence`` (union bound). The ceiling is the
+    bound of the largest candidate with at most ``max_guesses`` guesses (default ``m``:
+    the canaries whose bit the output can reveal at all), all correct.
     """
     s = np.asarray(scores, dtype=np.float64)
     b = np.asarray(included, dtype=bool)
@@ -223,7 +226,9 @@ def audit_scores(
     if math.isnan(eps) or eps == 0.0:  # nothing rejected: report the most accurate candidate
         kp, km, v, _ = max(tried, key=lambda t: (t[2] / max(t[0] + t[1], 1), t[0] + t[1]))
         eps = 0.0
-    ceiling = max(epsilon_lower_bound(m, a + b, a + b, delta, per_test) for a, b in cands)
+    cap = m if max_guesses is None else max(1, int(max_guesses))
+    fill = [a + c for a, c in cands if a + c <= cap] or [min(a + c for a, c in cands)]
+    ceiling = epsilon_lower_bound(m, max(fill), max(fill), delta, per_test)
     return OneRunAudit(
         epsilon_lower=eps, confidence=confidence, delta=delta, canaries=m, guesses=kp + km, correct=v,
         k_plus=kp, k_minus=km, candidates=len(cands), included=int(b.sum()), tried=tuple(tried),

@@ -78,11 +78,14 @@ from typing import Any
 
 _HOMES = {
     "settings": ("AuditSettings", "FAULTS", "load", "settings_from_dict"),
-    "canaries": ("CanaryClients", "GlobalModels", "RecordCanaries", "canary_host", "canary_scores", "canary_slots",
-                 "design_canaries", "insert_canaries", "logits", "pooled_standardisation"),
-    "run": ("SIMULATION_ONLY", "client_audit", "federate_with", "membership_attacks", "record_audit", "run_audit",
-            "train_shadow"),
-    "report": ("AuditReport", "markdown", "plots", "strict_json", "write_report"),
+    "canaries": ("CanaryClients", "GradientCanaries", "GradientCanaryHook", "RecordCanaries", "canary_host",
+                 "canary_scores", "canary_slots", "design_canaries", "design_gradient_canaries",
+                 "gradient_canary_scores", "gradient_directions", "insert_canaries", "logits",
+                 "pooled_standardisation"),
+    "run": ("RecordLevel", "client_audit", "federate_with", "gradient_candidates", "membership_attacks",
+            "record_audit", "run_audit", "train_shadow"),
+    "report": ("SIMULATION_ONLY", "AuditReport", "VERDICT_TEXT", "fmt_eps", "markdown", "plots", "strict_json",
+               "write_report"),
     "cli": ("EXIT_VIOLATION", "cmd_audit", "register"),
 }
 _WHERE = {name: mod for mod, names in _HOMES.items() for name in names}

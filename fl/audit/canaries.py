@@ -26,7 +26,9 @@ accepts (Andrew et al., ICLR 2024); see :class:`CanaryClients`.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -107,24 +109,6 @@ def insert_canaries(fd: data_mod.FederatedData, can: RecordCanaries) -> data_mod
     return out
 
 
-class GlobalModels:
-    """An extra-participants hook that adds nobody and keeps every global model a hospital
-    receives (round r's model is the one sent at the start of round r)."""
-
-    names: list[str] = []
-
-    def __init__(self) -> None:
-        self.models: dict[int, np.ndarray] = {}
-
-    @property
-    def initial(self) -> np.ndarray | None:
-        return self.models[min(self.models)] if self.models else None
-
-    def __call__(self, round: int, weights: np.ndarray) -> dict[str, np.ndarray]:
-        self.models[round] = np.array(weights, copy=True)
-        return {}
-
-
 def logits(model: torch.nn.Module, w: np.ndarray, X: np.ndarray) -> np.ndarray:
     """The model's logits at parameter vector ``w`` on ``X`` (float64)."""
     m = copy.deepcopy(model)
@@ -164,3 +148,158 @@ class CanaryClients:
             n: np.concatenate([self.weight * self.clip * c, [self.weight]])
             for n, c in zip(self.names, self.directions)
         }
+
+
+# --------------------------------------------------------------------------- gradient canaries
+
+MAX_GRADIENT_PARAMS = 4000
+
+
+def gradient_directions(model: torch.nn.Module, X: np.ndarray, y: np.ndarray, *, null_tol: float = 1e-5) -> tuple[np.ndarray, int]:
+    """Orthonormal parameter-space directions that real records' gradients barely use.
+
+    The per-example gradients of cross-entropy at the model's current parameters are
+    stacked into ``G`` (n × P); its right singular vectors with the smallest singular
+    values are the directions real records move the model in least. Returns
+    ``(directions (D, P), null)``: the directions with ``s ≤ null_tol · s_max`` (``null``
+    of them — e.g. the softmax's redundant direction per input: a 2-class logistic
+    regression on d features has d + 1) or, when there are none, the lowest-energy
+    quarter of the parameter space.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    P = sum(p.numel() for p in params)
+    if P > MAX_GRADIENT_PARAMS:
+        raise ConfigError(
+            f"gradient canaries need the SVD of a {P}-parameter gradient matrix; they support models up to "
+            f"{MAX_GRADIENT_PARAMS} parameters: use audit.canary_kind = \"input\" for this model"
+        )
+    Xt = torch.as_tensor(X, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.int64)
+    rows = np.empty((len(Xt), P))
+    for i in range(len(Xt)):
+        loss = torch.nn.functional.cross_entropy(model(Xt[i : i + 1]), yt[i : i + 1])
+        grads = torch.autograd.grad(loss, params)
+        rows[i] = torch.cat([g.reshape(-1) for g in grads]).double().numpy()
+    # right singular vectors of G, smallest singular value first (rank-deficient G: zeros)
+    _, s, vt = np.linalg.svd(rows, full_matrices=True)
+    s_full = np.zeros(P)
+    s_full[: len(s)] = s
+    order = np.argsort(s_full, kind="stable")
+    smax = float(s_full.max()) if P else 0.0
+    null = int(np.sum(s_full <= null_tol * max(smax, 1e-300)))
+    D = null if null >= 1 else max(1, P // 4)
+    return vt[order[:D]], null
+
+
+@dataclass
+class GradientCanaries:
+    """White-box gradient canaries (Dirac canaries in a rotated basis; Nasr et al. 2023).
+
+    Canary ``i`` is the per-example gradient ``g_i = norm · sign_i · u_{slot_i}`` in
+    round ``round_of[i]`` only (zero in every other round): a record whose gradient an
+    adversary chose, which honest DP-SGD clips to ``max_grad_norm`` and noises like any
+    other. IN canaries (``included``) join the canary hospital's data for their round and
+    are Poisson-sampled at the trainer's rate in each step; OUT canaries never exist.
+    Canaries of one round use distinct orthonormal directions, so they do not interfere.
+
+    Attributes:
+        directions: (D, P) orthonormal directions (see :func:`gradient_directions`).
+        round_of, slot_of, sign: each canary's round (1-based), direction and sign.
+        included: the inclusion coins (seeded by the audit seed; never used by guesses).
+        norm: ``gradient_norm × max_grad_norm`` — far above the clip, so a missing clip shows.
+        hospital: the hospital whose trainer carries the canaries.
+        null: how many directions were exact null directions of the real gradients.
+        detect: the design's chance that an IN canary is sampled in at least one step
+            of its round, ``1 − (1 − q)^T`` (sets the number of guesses; no coins used).
+    """
+
+    directions: np.ndarray
+    round_of: np.ndarray
+    slot_of: np.ndarray
+    sign: np.ndarray
+    included: np.ndarray
+    norm: float
+    hospital: str
+    null: int
+    detect: float
+
+    @property
+    def m(self) -> int:
+        return len(self.included)
+
+    @property
+    def slots(self) -> int:
+        return len(self.directions) * int(self.round_of.max(initial=0))
+
+
+def design_gradient_canaries(
+    cfg: Any, fd: data_mod.FederatedData, settings: AuditSettings, initial_model: torch.nn.Module
+) -> GradientCanaries:
+    """Directions from the real records at the initial model; ``min(canaries, D·rounds)``
+    canaries spread over the rounds; seeded coins and signs."""
+    mean, std = pooled_standardisation(fd)
+    X = np.concatenate([(h.X - mean) / std for h in fd.hospitals])
+    y = np.concatenate([h.y for h in fd.hospitals])
+    dirs, null = gradient_directions(initial_model, X, y)
+    D, R = len(dirs), cfg.training.rounds
+    m = min(settings.canaries, D * R)
+    rng = np.random.default_rng([settings.seed, 0x96AD])
+    slots = rng.permutation(D * R)[:m]  # (round, direction) pairs, each used once
+    host = canary_host(fd, settings)
+    n = next(h.n for h in fd.hospitals if h.name == host)
+    k = max(1, -(-n // cfg.training.batch_size))
+    q, T = 1.0 / k, cfg.training.local_epochs * k
+    return GradientCanaries(
+        directions=dirs, round_of=slots // D + 1, slot_of=slots % D, sign=rng.choice([-1.0, 1.0], size=m),
+        included=rng.random(m) < 0.5, norm=settings.gradient_norm * cfg.privacy.max_grad_norm, hospital=host,
+        null=null, detect=1.0 - (1.0 - q) ** T,
+    )
+
+
+class GradientCanaryHook:
+    """The :class:`fedvault.dp.faults.GradientCanaryHook` of the canary hospital's trainer.
+
+    In each DP-SGD step of round ``r`` every IN canary of round ``r`` joins the batch with
+    probability ``sample_rate`` (coins from the OS CSPRNG, like a record's Poisson
+    sampling; the auditor never sees them). At step 0 it also keeps the global model the
+    hospital received for round ``r`` (``received``): the auditor's view, the model every
+    participant of the round sees.
+    """
+
+    def __init__(self, canaries: GradientCanaries) -> None:
+        self.c = canaries
+        self._rng = np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+        self._by_round: dict[int, np.ndarray] = {}
+        self.received: dict[int, np.ndarray] = {}
+        for r in np.unique(canaries.round_of):
+            idx = np.flatnonzero((canaries.round_of == r) & canaries.included)
+            self._by_round[int(r)] = (
+                canaries.norm * canaries.sign[idx, None] * canaries.directions[canaries.slot_of[idx]]
+            )
+
+    def __call__(self, round: int, step: int, sample_rate: float, params: Sequence[torch.Tensor]) -> np.ndarray | None:
+        if step == 0:
+            self.received[int(round)] = torch.cat([p.detach().reshape(-1) for p in params]).double().numpy().copy()
+        g = self._by_round.get(int(round))
+        if g is None or len(g) == 0:
+            return None
+        return g[self._rng.random(len(g)) < sample_rate].astype(np.float32)
+
+
+def gradient_canary_scores(canaries: GradientCanaries, global_models: Mapping[int, np.ndarray], final: np.ndarray) -> np.ndarray:
+    """Score of each canary from the global models every hospital receives.
+
+    ``Δ_r = w_{r'} − w_r`` is the change of the global model from round ``r`` to the next
+    round ``r'`` the canary hospital received a model in (the final model after the last);
+    SGD moves the model *against* a gradient, so canary ``i``'s score is
+    ``−sign_i · ⟨u_i, Δ_{r_i}⟩``. Canaries of rounds the hospital did not train in score 0.
+    """
+    rounds = sorted(global_models)
+    nxt = {r: (global_models[rounds[j + 1]] if j + 1 < len(rounds) else final) for j, r in enumerate(rounds)}
+    scores = np.zeros(canaries.m)
+    for i in range(canaries.m):
+        r = int(canaries.round_of[i])
+        if r in global_models:
+            delta = nxt[r] - global_models[r]
+            scores[i] = -canaries.sign[i] * float(canaries.directions[canaries.slot_of[i]] @ delta)
+    return scores

@@ -15,7 +15,8 @@ EXIT_VIOLATION = 1
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from fedvault.fl.audit.report import fmt_eps, write_report
+    from fedvault.dp.faults import Fault
+    from fedvault.fl.audit.report import VERDICT_TEXT, fmt_eps, write_report
     from fedvault.fl.audit.run import run_audit
     from fedvault.fl.audit.settings import load
 
@@ -23,33 +24,37 @@ def cmd_audit(args: argparse.Namespace) -> int:
     settings = settings.replace(
         confidence=args.confidence, canaries=args.canaries, seed=args.seed,
         canary_clients=0 if args.no_client_level else None, membership=False if args.no_membership else None,
-        shadow_models=args.shadow_models,
+        shadow_models=args.shadow_models, fault=args.fault,
     )
     say = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     report = run_audit(cfg, settings, log=say)
     md = write_report(report, args.output)
-    r = report.record
+    r, f = report.record, report.record_fdp
     claimed = fmt_eps(report.claimed_epsilon)
+    conf = f"{100 * settings.confidence:g}%"
     print(
-        f"record level: claimed ε = {claimed} (δ = {report.delta:g}), empirical lower bound "
-        f"ε ≥ {r.epsilon_lower:.3f} at {100 * r.confidence:g}% confidence ({r.correct}/{r.guesses} correct guesses, "
-        f"{r.canaries} canaries)"
+        f"record level ({report.canary_kind} canaries, {r.canaries}): claimed ε = {claimed} (δ = {report.delta:g}), "
+        f"empirical lower bound ε ≥ {report.epsilon_lower:.3f} at {conf} confidence "
+        f"(SNJ {r.epsilon_lower:.3f}" + (f", f-DP {f.epsilon_lower:.3f}" if f is not None else "") + ")"
+        f"; ceiling {report.ceiling:.3f}"
     )
     if report.client is not None:
         print(f"client level: claimed ε = {fmt_eps(report.client_claimed_epsilon)}, one-shot estimate ε ≈ {fmt_eps(report.client.epsilon)}")
     for a in report.attacks:
         print(f"membership inference, {a.name}: AUC {a.auc:.3f}, TPR@1%FPR {a.tpr_at_1pct_fpr:.3f}, TPR@0.1%FPR {a.tpr_at_01pct_fpr:.3f}")
-    if report.claimed_epsilon is not None and r.ceiling < report.claimed_epsilon:
+    print(f"verdict: {VERDICT_TEXT[report.verdict]}")
+    if report.verdict == "inconclusive":
         print(
-            f"note: with {r.canaries} canaries on this model the audit can certify at most ε ≈ {r.ceiling:.2f} "
-            f"(< claimed {claimed}): it could not catch a violation of this claim. Models with more inputs or "
-            "classes hold more canaries (audit.canaries); a smaller claimed ε is easier to falsify."
+            f"note: this audit can certify at most ε ≈ {report.ceiling:.2f} (< claimed {claimed}); more canaries "
+            "(audit.canaries), gradient canaries (audit.canary_kind) or a smaller claimed ε make it conclusive"
         )
-    print(f"report written to {md}")
+    if report.fault != "none":
+        print(f"note: {Fault.parse(report.fault).not_private_reason()}")
+    print(f"report written to {md} (simulation-only artefact: the audit retrains on the same records, uncharged)")
     if report.violation:
         print(
-            f"fedvault: audit FAILED: the empirical lower bound {r.epsilon_lower:.3f} exceeds the claimed ε {claimed} "
-            f"at {100 * r.confidence:g}% confidence — the privacy claim does not hold for this configuration",
+            f"fedvault: audit FAILED: the empirical lower bound {report.epsilon_lower:.3f} exceeds the claimed ε {claimed} "
+            f"at {conf} confidence — the privacy claim does not hold for this configuration",
             file=sys.stderr,
         )
         return EXIT_VIOLATION
@@ -70,6 +75,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     a.add_argument("--canaries", type=int, default=None, help="record canaries (capped by the model's slots)")
     a.add_argument("--shadow-models", type=int, default=None, help="LiRA shadow models (0: loss attack only)")
     a.add_argument("--seed", type=int, default=None, help="seed of canary design and inclusion coins")
+    a.add_argument("--fault", choices=("none", "no_noise", "no_clipping"), default=None,
+                   help="TEST ONLY: break DP-SGD on purpose to show the audit catches it")
     a.add_argument("--no-client-level", action="store_true", help="skip the canary-client run")
     a.add_argument("--no-membership", action="store_true", help="skip the membership-inference attacks")
     a.add_argument("--quiet", action="store_true")

@@ -21,9 +21,23 @@ from fedvault.dp import audit as A
 from fedvault.fl.errors import ConfigError
 
 
+SIMULATION_ONLY = (
+    "simulation-only artefact: the audit retrains on the same patients' records (canary runs, reruns, "
+    "shadow models), charged to no ledger; neither its models nor its scores may be released as results "
+    "about patients"
+)
+
+
 @dataclass
 class AuditReport:
-    """Everything ``fedvault audit`` measured (``to_dict`` is the audit.json schema)."""
+    """Everything ``fedvault audit`` measured (``to_dict`` is the audit.json schema).
+
+    Record level: the same guesses tested by SNJ (``record``) and by the f-DP bound
+    (``record_fdp``), each at confidence ``1 − (1 − c)/2`` so that the verdict — either
+    bound above the claim — holds at ``confidence = c``. ``ceiling`` is the largest ε
+    the design could certify (all feasible guesses right): below the claim, the audit is
+    inconclusive whatever it measures.
+    """
 
     config: dict[str, Any]
     settings: dict[str, Any]
@@ -33,6 +47,10 @@ class AuditReport:
     canary_slots: int
     claimed_epsilon: float | None
     delta: float
+    record_fdp: A.FdpAudit | None = None
+    canary_kind: str = "input"
+    confidence: float | None = None
+    design: dict[str, Any] = field(default_factory=dict)
     client: A.ClientLevelEstimate | None = None
     client_claimed_epsilon: float | None = None
     client_cosines: tuple[np.ndarray, np.ndarray] | None = None
@@ -41,21 +59,50 @@ class AuditReport:
     seconds: float = 0.0
     fault: str = "none"
     included: np.ndarray | None = None
+    neighbouring: str = "add_remove"
+
+    @property
+    def epsilon_lower(self) -> float:
+        """The larger of the two record-level lower bounds."""
+        return max(self.record.epsilon_lower, self.record_fdp.epsilon_lower if self.record_fdp else 0.0)
+
+    @property
+    def ceiling(self) -> float:
+        return max(self.record.ceiling, self.record_fdp.ceiling if self.record_fdp else 0.0)
 
     @property
     def violation(self) -> bool:
         """The empirical lower bound exceeds the accountant's ε (at the stated confidence)."""
-        return self.claimed_epsilon is not None and self.record.epsilon_lower > self.claimed_epsilon
+        return self.claimed_epsilon is not None and self.epsilon_lower > self.claimed_epsilon
+
+    @property
+    def verdict(self) -> str:
+        """``VIOLATION``, ``inconclusive`` (ceiling below the claim), ``pass`` or ``no claim``."""
+        if self.claimed_epsilon is None:
+            return "no claim"
+        if self.violation:
+            return "VIOLATION"
+        if self.ceiling < self.claimed_epsilon:
+            return "inconclusive"
+        return "pass"
 
     def to_dict(self) -> dict[str, Any]:
+        from fedvault.dp.faults import Fault
+
         return {
-            "schema": 1,
-            "verdict": "VIOLATION" if self.violation else "pass",
+            "schema": 2,
+            "verdict": self.verdict,
             "fault": self.fault,
+            "not_private": Fault.parse(self.fault).not_private_reason(),
+            "simulation_only": SIMULATION_ONLY,
             "record_level": {
-                "claimed_epsilon": self.claimed_epsilon, "delta": self.delta,
-                "canary_hospital": self.canary_hospital, "canary_slots": self.canary_slots,
-                **self.record.to_dict(),
+                "claimed_epsilon": self.claimed_epsilon, "delta": self.delta, "neighbouring": self.neighbouring,
+                "confidence": self.confidence if self.confidence is not None else self.record.confidence,
+                "epsilon_lower": self.epsilon_lower, "ceiling": self.ceiling,
+                "canary_kind": self.canary_kind, "canary_hospital": self.canary_hospital,
+                "canaries": self.record.canaries, "canary_slots": self.canary_slots, "design": self.design,
+                "steinke_nasr_jagielski": self.record.to_dict(),
+                "f_dp": None if self.record_fdp is None else self.record_fdp.to_dict(),
             },
             "client_level": None if self.client is None else {
                 "claimed_epsilon": self.client_claimed_epsilon, **self.client.to_dict(),
@@ -74,31 +121,47 @@ def fmt_eps(e: float | None) -> str:
     return "∞" if math.isinf(e) else f"{e:.3f}"
 
 
+VERDICT_TEXT = {
+    "VIOLATION": "VIOLATION — the measured lower bound exceeds the claimed ε",
+    "inconclusive": "inconclusive — the largest ε this audit could certify is below the claim, so it could not "
+                    "have caught a violation",
+    "pass": "pass — no violation found (and the audit could have certified more than the claim)",
+    "no claim": "no claim — privacy is off, there is no ε to test",
+}
+
+
 def markdown(report: AuditReport) -> str:
-    r = report.record
-    conf = f"{100 * r.confidence:g}%"
-    lines = [
-        "# fedvault privacy audit",
-        "",
-        f"**Verdict: {'VIOLATION — the measured lower bound exceeds the claimed ε' if report.violation else 'pass — no violation found'}**",
-        "",
-    ]
+    r, f = report.record, report.record_fdp
+    conf = f"{100 * (report.confidence or r.confidence):g}%"
+    per = f"{100 * r.confidence:g}%"
+    lines = ["# fedvault privacy audit", "", f"**Verdict: {VERDICT_TEXT[report.verdict]}**", ""]
     if report.fault != "none":
-        lines += [f"> Fault injected on purpose: `{report.fault}` (the accountant still assumes the configured mechanism).", ""]
+        lines += [f"> Fault injected on purpose: `{report.fault}` (the accountant still assumes the configured "
+                  "mechanism). Not private: a test/audit artefact.", ""]
+    lines += [f"> {SIMULATION_ONLY[0].upper() + SIMULATION_ONLY[1:]}.", ""]
+    kind = ("white-box gradient canaries in the canary hospital's DP-SGD steps, scored on every global model it "
+            "receives" if report.canary_kind == "gradient" else "canary records, scored on the first and final model")
     lines += [
-        "## Record level (Steinke, Nasr & Jagielski 2023, one training run)",
+        f"## Record level ({kind})",
         "",
         "| | value |", "|---|---|",
-        f"| claimed ε (accountant, {report.canary_hospital}) | {fmt_eps(report.claimed_epsilon)} at δ = {report.delta:g} |",
-        f"| empirical ε lower bound ({conf} confidence) | {r.epsilon_lower:.3f} |",
-        f"| canaries (IN / total, slots) | {r.included} / {r.canaries} (model supports {report.canary_slots}) |",
-        f"| guesses: correct / made (IN-guesses k+, OUT-guesses k−) | {r.correct} / {r.guesses} ({r.k_plus}, {r.k_minus}) |",
-        f"| guess strategies tried (Bonferroni) | {r.candidates} |",
-        f"| largest bound these canaries can certify (all guesses right) | {r.ceiling:.3f} |",
+        f"| claimed ε (accountant, {report.canary_hospital}, {report.neighbouring}) | {fmt_eps(report.claimed_epsilon)} at δ = {report.delta:g} |",
+        f"| **empirical ε lower bound ({conf} confidence)** | **{report.epsilon_lower:.3f}** |",
+        f"| — Steinke, Nasr & Jagielski 2023 ({per}) | {r.epsilon_lower:.3f} ({r.correct}/{r.guesses} correct) |",
+    ]
+    if f is not None:
+        lines += [
+            f"| — f-DP, Mahloujifar et al. 2025 ({per}) | {f.epsilon_lower:.3f} ({f.correct}/{f.guesses} correct) |",
+            f"| — rejected μ-GDP (its ε at δ) | μ ≥ {f.mu_lower:.3f} ({fmt_eps(f.gdp_epsilon)}) |",
+        ]
+    lines += [
+        f"| **ceiling: largest ε this audit could certify** | **{report.ceiling:.3f}** |",
+        f"| canaries (IN / total, slots) | {int(np.sum(report.included)) if report.included is not None else r.included} / {r.canaries} ({report.canary_slots} slots) |",
+        f"| guess strategies tried (Bonferroni, both bounds) | {r.candidates} × 2 |",
         "",
-        "The lower bound holds with the stated confidence over the canaries' inclusion coins. "
-        "A bound below the claim means the audit found no violation; it does not prove the claim, "
-        f"and claims above {r.ceiling:.2f} cannot be falsified with {r.canaries} canaries on this model.",
+        "The lower bound holds with the stated confidence over the canaries' inclusion coins. A bound below the "
+        "claim means no violation was found; it does not prove the claim. When the ceiling is below the claim "
+        "the verdict is *inconclusive*: no outcome of this audit could have falsified the claim.",
         "",
         "![ε claimed vs empirical](epsilon.png)",
         "",
@@ -136,7 +199,8 @@ def markdown(report: AuditReport) -> str:
             "![ROC](roc.png)",
             "",
         ]
-    lines += [f"Final test accuracy of the audited run: {report.accuracy:.4f}. Audit time {report.seconds:.1f} s.", ""]
+    acc = "-" if report.accuracy is None else f"{report.accuracy:.4f}"
+    lines += [f"Final test accuracy of the audited run: {acc}. Audit time {report.seconds:.1f} s.", ""]
     return "\n".join(lines)
 
 
@@ -151,14 +215,23 @@ def plots(report: AuditReport, folder: Path) -> list[Path]:
         return fig, axes
 
     written = []
-    # ε claimed vs empirical: record level (bound) and client level (estimate) on their own axes
-    panels = [("record level", ["claimed\n(accountant)", f"lower bound\n({100 * report.record.confidence:g}%)"],
-               [report.claimed_epsilon, report.record.epsilon_lower],
-               ["tab:blue", "tab:red" if report.violation else "tab:green"])]
+    # ε claimed vs empirical: record level (bounds, ceiling) and client level (estimate) on their own axes
+    rl_labels = ["claimed\n(accountant)", "SNJ\nbound"]
+    rl_vals = [report.claimed_epsilon, report.record.epsilon_lower]
+    rl_cols = ["tab:blue", "tab:red" if report.violation else "tab:green"]
+    if report.record_fdp is not None:
+        rl_labels.append("f-DP\nbound")
+        rl_vals.append(report.record_fdp.epsilon_lower)
+        rl_cols.append("tab:red" if report.violation else "tab:green")
+    rl_labels.append("ceiling")
+    rl_vals.append(report.ceiling)
+    rl_cols.append("tab:gray")
+    panels = [(f"record level ({100 * (report.confidence or report.record.confidence):g}%): {report.verdict}",
+               rl_labels, rl_vals, rl_cols)]
     if report.client is not None:
         panels.append(("client level", ["claimed", "one-shot\nestimate"],
                        [report.client_claimed_epsilon, report.client.epsilon], ["tab:blue", "tab:orange"]))
-    fig, axes = subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4))
+    fig, axes = subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4))
     for ax, (title, labels, vals, colors) in zip(np.atleast_1d(axes), panels):
         shown = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
         ax.bar(range(len(vals)), shown, color=colors)
@@ -167,7 +240,7 @@ def plots(report: AuditReport, folder: Path) -> list[Path]:
             ax.text(i, shown[i], txt, ha="center", va="bottom", fontsize=9)
         ax.set_xticks(range(len(vals)), labels, fontsize=8)
         ax.set_ylabel("ε")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.margins(y=0.15)
     fig.suptitle("ε claimed vs empirical", fontsize=10)
     fig.tight_layout()
@@ -183,7 +256,8 @@ def plots(report: AuditReport, folder: Path) -> list[Path]:
     bins = np.histogram_bin_edges(s, bins=20)
     axes[0].hist(s[inc], bins=bins, alpha=0.6, label="IN canaries")
     axes[0].hist(s[~inc], bins=bins, alpha=0.6, label="OUT canaries")
-    axes[0].set_title("record canaries: score")
+    axes[0].set_yscale("log")
+    axes[0].set_title(f"{report.canary_kind} canaries: score")
     axes[0].legend(fontsize=8)
     if report.client_cosines is not None:
         obs, un = report.client_cosines

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -26,23 +27,18 @@ from fedvault.fl import data as data_mod
 from fedvault.fl import models, plain
 from fedvault.fl.audit.canaries import (
     CanaryClients,
-    GlobalModels,
+    GradientCanaryHook,
     RecordCanaries,
     canary_scores,
-    canary_slots,
     design_canaries,
+    design_gradient_canaries,
+    gradient_canary_scores,
     insert_canaries,
     logits,
 )
-from fedvault.fl.audit.report import AuditReport
+from fedvault.fl.audit.report import SIMULATION_ONLY, AuditReport  # noqa: F401 (re-exported)
 from fedvault.fl.audit.settings import AuditSettings
 from fedvault.fl.config import Config
-
-SIMULATION_ONLY = (
-    "simulation-only artefact: the audit retrains on the same patients' records (canary runs, "
-    "shadow models); nothing here is charged to a ledger or may be released as a patient-data result"
-)
-
 
 def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: Fault | str,
                   trainer_options: Callable[[str], Mapping[str, Any]] | None = None):
@@ -65,22 +61,96 @@ def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: 
     return federate(cfg, data=data, baseline=False, extra_updates=extra, trainer_options=options)
 
 
-def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData | None = None):
-    """Run 1: the federation with record canaries. Returns (OneRunAudit, scores, canaries, run, claimed ε)."""
+@dataclass
+class RecordLevel:
+    """Run 1 of the audit: the federation with record-level canaries, and its bounds.
+
+    ``snj`` (Steinke, Nasr & Jagielski 2023) and ``fdp`` (Mahloujifar et al. 2025) test the
+    same guesses; each is computed at confidence ``1 − (1 − c)/2`` so that the verdict
+    "either bound exceeds the claim" holds at the configured confidence ``c``.
+    """
+
+    kind: str
+    snj: A.OneRunAudit
+    fdp: A.FdpAudit
+    scores: np.ndarray
+    included: np.ndarray
+    canaries: Any  # RecordCanaries | GradientCanaries
+    run: Any  # the FederationRun
+    claimed: float | None
+    confidence: float
+
+    @property
+    def epsilon_lower(self) -> float:
+        return max(self.snj.epsilon_lower, self.fdp.epsilon_lower)
+
+    @property
+    def ceiling(self) -> float:
+        return max(self.snj.ceiling, self.fdp.ceiling)
+
+    def design(self) -> dict[str, Any]:
+        """What the canaries were (for the report; never the coins' effect on guesses)."""
+        c = self.canaries
+        if self.kind == "gradient":
+            return {"directions": int(len(c.directions)), "null_directions": int(c.null),
+                    "rounds": int(c.round_of.max(initial=0)), "gradient_norm": float(c.norm),
+                    "detect_probability": float(c.detect)}
+        return {"canary_norm_std": float(np.linalg.norm(c.z[0])) if len(c.z) else 0.0}
+
+    @property
+    def slots(self) -> int:
+        return int(self.canaries.slots)
+
+
+def gradient_candidates(m: int, detect: float) -> list[tuple[int, int]]:
+    """Guess counts fixed by the design before any score is seen: IN-guesses for a share
+    of the ``detect·m/2`` IN canaries the output can reveal, plus the generic grid."""
+    expected = detect * m / 2
+    out: list[tuple[int, int]] = []
+    for f in (0.3, 0.6, 0.75, 0.85, 0.92):
+        c = (max(1, int(f * expected)), 0)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData | None = None) -> RecordLevel:
+    """Run 1: the federation with record-level canaries (``settings.canary_kind``)."""
     base = fd if fd is not None else data_mod.load(cfg)
-    can = design_canaries(base, settings)
-    data_in = insert_canaries(base, can)
-    rec = GlobalModels()
-    run = federate_with(cfg, data_in, rec, settings.fault)
-    mean, std = run.standardisation  # the federation's own (mean, std)
-    z_model = (can.raw - mean) / std
-    w1 = models.get_vector(run.model)
-    scores = canary_scores(run.model, rec.initial, w1, z_model, can.y)
+    per_method = 1.0 - (1.0 - settings.confidence) / 2  # SNJ and f-DP, Bonferroni
     delta = cfg.privacy.delta
-    result = A.audit_scores(scores, can.included, delta=delta, confidence=settings.confidence)
+    if settings.canary_kind == "gradient":
+        if not cfg.privacy.enabled:
+            raise A.AuditError(
+                "gradient canaries live in DP-SGD's per-example gradients, but privacy.enabled = false; "
+                "enable privacy, or use audit.canary_kind = \"input\""
+            )
+        torch.manual_seed(cfg.seed)  # the federation's initial model (same seed, same factory)
+        init = models.build(cfg.model, base.n_features, base.n_classes, base.image_shape)
+        can = design_gradient_canaries(cfg, base, settings, init)
+        hook = GradientCanaryHook(can)
+        run = federate_with(cfg, copy.deepcopy(base), None, settings.fault,
+                            lambda name: {"gradient_canaries": hook} if name == can.hospital else {})
+        scores = gradient_canary_scores(can, hook.received, models.get_vector(run.model))
+        cands = gradient_candidates(can.m, can.detect)
+        reveal = int(can.detect * can.m / 2)
+        included = can.included
+    else:
+        can = design_canaries(base, settings)
+        torch.manual_seed(cfg.seed)  # the federation's initial model (same seed, same factory)
+        w0 = models.get_vector(models.build(cfg.model, base.n_features, base.n_classes, base.image_shape))
+        run = federate_with(cfg, insert_canaries(base, can), None, settings.fault)
+        mean, std = run.standardisation  # the federation's own (mean, std)
+        z_model = (can.raw - mean) / std
+        scores = canary_scores(run.model, w0, models.get_vector(run.model), z_model, can.y)
+        cands, reveal, included = None, None, can.included
+    snj = A.audit_scores(scores, included, delta=delta, confidence=per_method, candidates=cands, max_guesses=reveal)
+    fdp = A.audit_scores_fdp(scores, included, delta=delta, confidence=per_method, candidates=cands,
+                             max_guesses=reveal)
     host = next(h for h in run.hospitals if h.name == can.hospital)
     claimed = host.epsilon() if cfg.privacy.enabled else None
-    return result, scores, can, run, claimed
+    return RecordLevel(kind=settings.canary_kind, snj=snj, fdp=fdp, scores=scores, included=np.asarray(included),
+                       canaries=can, run=run, claimed=claimed, confidence=settings.confidence)
 
 
 def client_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData):
@@ -113,11 +183,11 @@ def train_shadow(cfg: Config, fd: data_mod.FederatedData, X: np.ndarray, y: np.n
     return model
 
 
-def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: RecordCanaries) -> list[A.AttackResult]:
+def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: Any) -> list[A.AttackResult]:
     """Loss-threshold and LiRA attacks on the final global model: training vs held-out patients."""
     fd = run.data
-    # the canary hospital's IN canaries were appended after its records: they are not patients
-    n_canaries = int(canaries.included.sum())
+    # input canaries (IN ones) were appended after the canary hospital's records: they are not patients
+    n_canaries = int(canaries.included.sum()) if isinstance(canaries, RecordCanaries) else 0
     Xin, yin = [], []
     for h in fd.hospitals:
         k = h.n - (n_canaries if h.name == canaries.hospital else 0)
@@ -152,13 +222,14 @@ def run_audit(cfg: Config, settings: AuditSettings, *, log: Callable[[str], None
     t0 = time.perf_counter()
     say = log or (lambda msg: None)
     fd = data_mod.load(cfg)
-    say(f"run 1/2: federation with record canaries ({min(settings.canaries, canary_slots(fd.n_features, fd.n_classes))} canaries) ...")
-    rec, scores, can, run, claimed = record_audit(cfg, settings, fd)
+    say(f"run 1/2: federation with {settings.canary_kind} canaries (up to {settings.canaries}) ...")
+    rec = record_audit(cfg, settings, fd)
+    run, can = rec.run, rec.canaries
     report = AuditReport(
-        config=to_dict(cfg), settings=settings.to_dict(),
-        record=rec, record_scores=scores, canary_hospital=can.hospital, canary_slots=can.slots,
-        claimed_epsilon=claimed, delta=cfg.privacy.delta, accuracy=run.history["final"]["metrics"]["accuracy"],
-        fault=settings.fault, included=can.included,
+        config=to_dict(cfg), settings=settings.to_dict(), record=rec.snj, record_fdp=rec.fdp,
+        record_scores=rec.scores, included=rec.included, canary_hospital=can.hospital, canary_slots=rec.slots,
+        claimed_epsilon=rec.claimed, delta=cfg.privacy.delta, canary_kind=rec.kind, confidence=settings.confidence,
+        design=rec.design(), accuracy=run.history["final"]["metrics"]["accuracy"], fault=settings.fault,
     )
     if settings.membership:
         say("membership inference: loss threshold" + (f" + LiRA ({settings.shadow_models} shadow models)" if settings.shadow_models >= 2 else "") + " ...")

@@ -16,6 +16,7 @@ from fedvault.fl.config import Config, from_dict
 from fedvault.fl.errors import ConfigError
 
 FAULTS = FAULT_NAMES  # "none", "no_noise", "no_clipping" (see fedvault.dp.faults)
+CANARY_KINDS = ("gradient", "input")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,14 @@ class AuditSettings:
     """The ``[audit]`` table of a config file (all keys optional).
 
     Attributes:
-        canaries: record canaries requested (capped by the model's canary slots).
-        canary_norm: canary feature norm ``s`` in standard deviations.
+        canary_kind: ``"gradient"`` (white-box gradient canaries in the canary hospital's
+            DP-SGD steps, scored on every global model; the default) or ``"input"``
+            (canary records in input space, scored on the first and final model).
+        canaries: canaries requested (capped by the design's slots: directions × rounds
+            for gradient canaries, features (× classes) for input canaries).
+        gradient_norm: a gradient canary's norm in units of ``privacy.max_grad_norm``
+            (honest clipping cuts it to 1; a missing clip lets it through).
+        canary_norm: input canary feature norm ``s`` in standard deviations.
         canary_hospital: ``"largest"`` or a hospital name.
         confidence: confidence of the ε lower bound (e.g. 0.95).
         seed: seed of canary design and inclusion coins (independent of training).
@@ -36,7 +43,9 @@ class AuditSettings:
             (:mod:`fedvault.dp.faults`) to show that the audit catches it.
     """
 
-    canaries: int = 200
+    canary_kind: str = "gradient"
+    canaries: int = 1000
+    gradient_norm: float = 100.0
     canary_norm: float = 8.0
     canary_hospital: str = "largest"
     confidence: float = 0.95
@@ -51,6 +60,10 @@ class AuditSettings:
         """Validate every key; raises :class:`ConfigError` naming the key and a fix."""
         if isinstance(self.canaries, bool) or not isinstance(self.canaries, int) or self.canaries < 4:
             raise ConfigError(f"audit.canaries = {self.canaries!r}: use a whole number >= 4, e.g. 100")
+        if self.canary_kind not in CANARY_KINDS:
+            raise ConfigError(f"audit.canary_kind = {self.canary_kind!r}: use one of {', '.join(CANARY_KINDS)}")
+        if not (isinstance(self.gradient_norm, (int, float)) and 1 <= self.gradient_norm < 1e6):
+            raise ConfigError(f"audit.gradient_norm = {self.gradient_norm!r}: use a number >= 1 (times max_grad_norm), e.g. 100")
         if not (isinstance(self.canary_norm, (int, float)) and 0 < self.canary_norm < 1e4):
             raise ConfigError(f"audit.canary_norm = {self.canary_norm!r}: use a positive number of standard deviations, e.g. 8")
         if not (isinstance(self.confidence, float) and 0.5 <= self.confidence < 1):
