@@ -419,6 +419,16 @@ def _enough_hospitals(cfg: Config) -> Iterator[str]:
 
 
 @config_check
+def _paillier_threshold_majority(cfg: Config) -> Iterator[str]:
+    t, n = cfg.aggregation.threshold, cfg.n_hospitals
+    if (cfg.aggregation.mode == "paillier" and cfg.aggregation.keys == "threshold" and isinstance(t, int)
+            and 2 <= t <= n and 2 * t <= n):
+        yield (f"aggregation.threshold = {t} of {n} hospitals lets two disjoint quorums decrypt two different "
+               f"aggregates of one round (their difference is one hospital's update); use a threshold of at least "
+               f"{n // 2 + 1} (protocols.paillier requires 2t > n)")
+
+
+@config_check
 def _client_level_dp(cfg: Config) -> Iterator[str]:
     if cfg.privacy.client_noise_multiplier is None:
         return
