@@ -1,15 +1,27 @@
-"""Replay a hospital's privacy events through an Opacus accountant.
+"""Accountants that consume a hospital's events (:mod:`dp.events`).
 
-This is the *primary* accountant of fedvault: ε reported anywhere (ledger, history.json,
-the live table) is the ε of Opacus' ``RDPAccountant`` or ``PRVAccountant`` fed with the
-ledger's events. The independent cross-check with Google's ``dp_accounting`` lives in
-:mod:`dp.verify`.
+Which accountant states a hospital's record-level ε depends on the relation it is
+stated under (:func:`record_epsilon`):
+
+- ``add_remove``: Opacus' ``RDPAccountant`` or ``PRVAccountant`` (the ledger's
+  ``accountant``), fed with every record-level event — DP-SGD steps as ``(σ, q, T)`` and
+  each Gaussian release of a statistic as ``(std/Δ_add_remove, 1, count)``. This is the
+  same accountant the trainer keeps live during training.
+- ``replace_one``: Google's ``dp_accounting`` ``PLDAccountant`` with
+  ``NeighboringRelation.REPLACE_ONE`` (pessimistic estimate, value discretisation
+  ``PLD_DISCRETIZATION``); Opacus' accountants only know add/remove.
+
+:func:`dpa_epsilon` recomputes ε with dp_accounting (RDP or PLD, either relation where
+dp_accounting supports it) from the events alone; :mod:`dp.verify` uses it. Client-level
+events are accounted separately (:func:`client_epsilon`): a hospital's client-level ε
+protects the hospital as a whole, a different unit from one patient record.
 
 Mechanism accounted
 -------------------
-Every event is ``steps`` compositions of the Poisson-subsampled Gaussian mechanism with
-sampling rate ``q`` and noise multiplier ``σ`` (noise std ``σ·C`` on the sum of per-sample
-gradients clipped to norm ``C``). Rounds a hospital sat out have no event and cost nothing.
+A DP-SGD event is ``steps`` compositions of the Poisson-subsampled Gaussian mechanism
+with sampling rate ``q`` and noise multiplier ``σ`` (noise std ``σ·C`` on the sum of
+per-sample gradients clipped to norm ``C``). Rounds a hospital sat out have no event and
+cost nothing.
 
 Opacus' accountants keep their history as ``[(σ, q, steps), ...]`` and merge consecutive
 steps with equal ``(σ, q)``; :func:`opacus_history` builds exactly that merged history
@@ -27,10 +39,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from fedvault.dp.errors import AccountingError
 
+from fedvault.dp.events import RECORD, check_relation, client_level, record_level
+
 if TYPE_CHECKING:  # pragma: no cover
     from fedvault.dp.ledger import PrivacyEvent
 
 ACCOUNTANTS = ("rdp", "prv")
+PLD_DISCRETIZATION = 1e-3
 
 
 def check_accountant(name: str) -> str:
@@ -43,11 +58,19 @@ def check_accountant(name: str) -> str:
 
 
 def opacus_history(events: Iterable["PrivacyEvent"]) -> list[tuple[float, float, int]]:
-    """Opacus accountant history ``[(σ, q, steps)]`` for ``events``, consecutive equal
-    ``(σ, q)`` merged exactly as Opacus' ``step()`` merges them."""
+    """Opacus accountant history ``[(σ, q, steps)]`` for the record-level ``events``,
+    consecutive equal ``(σ, q)`` merged exactly as Opacus' ``step()`` merges them.
+
+    Client-level events are skipped; a Gaussian release enters as ``(std/Δ_ar, 1, count)``
+    (one with zero add/remove sensitivity costs nothing and is skipped)."""
     history: list[tuple[float, float, int]] = []
     for ev in events:
-        sigma, q, steps = float(ev.noise_multiplier), float(ev.sample_rate), int(ev.steps)
+        if getattr(ev, "level", RECORD) != RECORD:
+            continue
+        sigma, q, steps = ev.opacus_entry()
+        if sigma == math.inf:
+            continue
+        sigma, q, steps = float(sigma), float(q), int(steps)
         if history and history[-1][0] == sigma and history[-1][1] == q:
             history[-1] = (sigma, q, history[-1][2] + steps)
         else:
@@ -90,6 +113,8 @@ def opacus_epsilon(events: Iterable["PrivacyEvent"], delta: float, accountant: s
     history = opacus_history(events)
     if not history:
         return 0.0
+    if any(h[0] == 0.0 for h in history):
+        return math.inf  # a release without noise under add/remove (e.g. an exact count)
     if accountant == "prv":
         return accountant_epsilon(make_accountant(accountant, history), delta)
     from opacus.accountants import RDPAccountant
@@ -102,6 +127,110 @@ def opacus_epsilon(events: Iterable["PrivacyEvent"], delta: float, accountant: s
     if math.isnan(eps):
         raise AccountingError("the accountant returned NaN for ε; check σ and q of the events")
     return eps
+
+
+def record_epsilon(events: Iterable[Any], delta: float, relation: str = "add_remove", accountant: str = "rdp") -> float:
+    """A hospital's record-level ε at ``delta`` under ``relation`` (see module docstring)."""
+    check_relation(relation)
+    events = record_level(events)
+    if relation == "add_remove":
+        return opacus_epsilon(events, delta, accountant)
+    return dpa_epsilon(events, delta, "replace_one", "pld")
+
+
+def _grouped(events: Iterable[Any], relation: str) -> list[Any]:
+    """dp_accounting events, identical mechanisms merged into one self-composition.
+
+    Composition is commutative, so merging equal ``(σ, q)`` steps (and equal Gaussian
+    releases) anywhere in the list gives the same ε and a much faster PLD."""
+    import dp_accounting as dpa
+
+    counts: dict[tuple, int] = {}
+    order: list[tuple] = []
+    out: list[Any] = []
+    for ev in events:
+        if ev.kind == "poisson_sampled_gaussian":
+            key = ("psg", ev.noise_multiplier, ev.sample_rate)
+            n = ev.steps
+        elif ev.kind == "gaussian_release":
+            key = ("g", ev.std, ev.sensitivity_add_remove, ev.sensitivity_replace_one)
+            n = ev.count
+        else:
+            out.append(ev.to_dp_accounting(relation))
+            continue
+        if key not in counts:
+            order.append((key, ev))
+            counts[key] = 0
+        counts[key] += n
+    for key, ev in order:
+        from dataclasses import replace
+
+        field = "steps" if key[0] == "psg" else "count"
+        out.append(replace(ev, **{field: counts[key]}).to_dp_accounting(relation))
+    return out
+
+
+def dp_accounting_event(events: Iterable[Any], relation: str = "add_remove") -> Any:
+    """The dp_accounting ``ComposedDpEvent`` of ``events`` under ``relation``."""
+    import dp_accounting as dpa
+
+    return dpa.ComposedDpEvent(_grouped(events, relation))
+
+
+def dpa_epsilon(
+    events: Iterable[Any], delta: float, relation: str = "add_remove", method: str = "pld",
+    discretization: float = PLD_DISCRETIZATION,
+) -> float:
+    """ε recomputed by Google's dp_accounting alone (``method`` ``"rdp"`` or ``"pld"``).
+
+    Raises:
+        AccountingError: dp_accounting cannot account these events under this relation
+            (e.g. RDP of Poisson sampling under replace-one).
+    """
+    from dp_accounting import NeighboringRelation as NR
+
+    check_relation(relation)
+    events = list(events)
+    if not events:
+        return 0.0
+    rel = NR.ADD_OR_REMOVE_ONE if relation == "add_remove" else NR.REPLACE_ONE
+    if method == "rdp":
+        from dp_accounting.rdp import RdpAccountant
+
+        acc = RdpAccountant(neighboring_relation=rel)
+    elif method == "pld":
+        from dp_accounting.pld import PLDAccountant
+
+        acc = PLDAccountant(neighboring_relation=rel, value_discretization_interval=discretization)
+    else:
+        raise AccountingError(f"unknown dp_accounting method {method!r}: use rdp or pld")
+    ev = dp_accounting_event(events, relation)
+    if not acc.supports(ev):
+        raise AccountingError(
+            f"dp_accounting's {method.upper()} accountant does not support these events under {relation}"
+        )
+    with _quiet():
+        eps = float(acc.compose(ev).get_epsilon(delta))
+    if math.isnan(eps):
+        raise AccountingError("dp_accounting returned NaN for ε; check the events")
+    return eps
+
+
+def client_epsilon(events: Iterable[Any], delta: float, relation: str | None = None) -> float:
+    """Client-level ε of the distributed-discrete-Gaussian events at ``delta``.
+
+    ``relation`` (default: each event's own) picks the sensitivity Δ or 2Δ; each event's
+    ``sample_rate`` is the amplification credit it states (see
+    :func:`dp.events.client_sample_rate`)."""
+    from dataclasses import replace
+
+    from fedvault.dp.noise import ddg_epsilon
+
+    evs = client_level(events)
+    if relation is not None:
+        check_relation(relation)
+        evs = [replace(e, relation=relation) for e in evs]
+    return ddg_epsilon(evs, delta) if evs else 0.0
 
 
 @lru_cache(maxsize=4096)

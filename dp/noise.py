@@ -71,13 +71,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from fedvault.dp.errors import AccountingError
+from fedvault.dp.events import DistributedDiscreteGaussian
 
 DDG_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 160, 192, 256)
 
@@ -190,52 +191,10 @@ def min_bits(n_clients: int, dimension: int, sigma_client: float, max_abs_signal
 
 
 # -- client-level accounting --------------------------------------------------------
-@dataclass(frozen=True)
-class DDGEvent:
-    """One round of the distributed discrete Gaussian at client level.
-
-    Attributes:
-        round: federation round.
-        sigma_client: per-client discrete Gaussian σ_c in integer units.
-        threshold: fewest clients whose noise is in the sum (secure-aggregation threshold).
-        clip_norm: L2 clipping norm C of a client's update (real units).
-        scale: fixed-point scale (integer units per real unit).
-        dimension: d, length of the summed vector.
-        sample_rate: Poisson client-sampling rate q in (0, 1].
-        coord_error: bound on the per-coordinate rounding error in integer units
-            (0.5 for round-to-nearest, 1 for stochastic rounding).
-    """
-
-    round: int
-    sigma_client: float
-    threshold: int
-    clip_norm: float
-    scale: float
-    dimension: int
-    sample_rate: float = 1.0
-    coord_error: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.sigma_client > 0:
-            raise AccountingError("sigma_client must be > 0")
-        if self.threshold < 1 or self.dimension < 1:
-            raise AccountingError("threshold and dimension must be >= 1")
-        if not (self.clip_norm > 0 and self.scale > 0 and self.coord_error >= 0):
-            raise AccountingError("clip_norm and scale must be > 0, coord_error >= 0")
-        if not 0 < self.sample_rate <= 1:
-            raise AccountingError("sample_rate must lie in (0, 1]")
-
-    @property
-    def l2_sensitivity(self) -> float:
-        """Δ₂ = scale·C + coord_error·√d (integer units)."""
-        return self.scale * self.clip_norm + self.coord_error * math.sqrt(self.dimension)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DDGEvent":
-        return cls(**d)
+# One round of the mechanism at client level is a :class:`dp.events.DistributedDiscreteGaussian`
+# event (``DDGEvent`` is its historical name); its ``l2_sensitivity`` follows the relation
+# it states (Δ for add/remove one hospital, 2Δ for replace-one).
+DDGEvent = DistributedDiscreteGaussian
 
 
 def _tau(sigma_c: float, n: int) -> float:
@@ -301,7 +260,7 @@ def ddg_sigma_for(target_epsilon: float, delta: float, rounds: int, template: DD
     """Smallest per-client σ_c (within ``rtol``) with ``rounds`` rounds like ``template`` costing ≤ target ε."""
 
     def eps(s: float) -> float:
-        ev = DDGEvent(**{**template.to_dict(), "sigma_client": s})
+        ev = replace(template, sigma_client=s)
         return ddg_epsilon([ev] * rounds, delta)
 
     lo, hi = 1e-3, 1.0

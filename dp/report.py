@@ -13,8 +13,9 @@ import math
 import os
 from typing import Any, Iterable, Mapping
 
-from fedvault.dp.accounting import opacus_epsilon
-from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp import events as E
+from fedvault.dp.accounting import record_epsilon
+from fedvault.dp.ledger import PrivacyLedger
 
 
 def _ledger_dicts(source: Any) -> tuple[list[dict[str, Any]], dict[str, set[int]]]:
@@ -45,28 +46,35 @@ def _ledger_dicts(source: Any) -> tuple[list[dict[str, Any]], dict[str, set[int]
     return out, refused
 
 
-def _events(d: Mapping[str, Any]) -> list[PrivacyEvent]:
-    return [PrivacyEvent.from_dict(e) for e in d.get("events", [])]
+def _events(d: Mapping[str, Any]) -> list[Any]:
+    """The record-level events of a ledger dict (client-level ε is reported apart)."""
+    return E.record_level(E.from_dict(e) for e in d.get("events", []))
+
+
+def _eps(d: Mapping[str, Any], events: list[Any]) -> float:
+    return record_epsilon(events, float(d["delta"]), d.get("relation", "add_remove"), d.get("accountant", "rdp"))
 
 
 def ledger_table(source: Any) -> str:
     """Plain-text table: hospital, accountant, δ, rounds taken part, refused, ε, budget, remaining."""
     dicts, refused_hist = _ledger_dicts(source)
-    head = f"{'hospital':<14} {'acct':<4} {'delta':>8} {'rounds':>6} {'refused':>7} {'epsilon':>9} {'budget':>8} {'remaining':>9}"
+    head = (f"{'hospital':<14} {'acct':<4} {'delta':>8} {'rounds':>6} {'refused':>7} {'epsilon':>9} "
+            f"{'budget':>8} {'remaining':>9}  relation")
     lines = [head, "-" * len(head)]
     for d in dicts:
         client = str(d.get("client", "?"))
         events = _events(d)
         eps = d.get("epsilon")
         if eps is None and events:
-            eps = opacus_epsilon(events, float(d["delta"]), d.get("accountant", "rdp"))
+            eps = _eps(d, events)
         eps = 0.0 if eps is None else float(eps)
         budget = d.get("budget_epsilon")
         refused = {int(r["round"]) for r in d.get("refused", []) or []} | refused_hist.get(client, set())
         remaining = "-" if budget is None else f"{float(budget) - eps:.3f}"
         lines.append(
-            f"{client:<14} {d.get('accountant', 'rdp'):<4} {float(d['delta']):>8.0e} {len(events):>6} "
-            f"{len(refused):>7} {eps:>9.3f} {'-' if budget is None else f'{float(budget):.3f}':>8} {remaining:>9}"
+            f"{client:<14} {d.get('accountant', 'rdp'):<4} "
+            f"{float(d['delta']):>8.0e} {len({e.round for e in events if e.kind == 'poisson_sampled_gaussian'}):>6} "
+            f"{len(refused):>7} {eps:>9.3f} {'-' if budget is None else f'{float(budget):.3f}':>8} {remaining:>9}  {d.get('relation', 'add_remove')}"
         )
     return "\n".join(lines)
 
@@ -78,12 +86,11 @@ def epsilon_curves(source: Any, rounds: Iterable[int] | None = None) -> dict[str
     curves: dict[str, list[tuple[int, float]]] = {}
     for d in dicts:
         events = _events(d)
-        delta, acc = float(d["delta"]), d.get("accountant", "rdp")
         pts, eps, i = [], 0.0, 0
         for r in all_rounds:
             while i < len(events) and events[i].round <= r:
                 i += 1
-                eps = opacus_epsilon(events[:i], delta, acc)
+                eps = _eps(d, events[:i])
             pts.append((r, eps))
         curves[str(d.get("client", "?"))] = pts
     return curves

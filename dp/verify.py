@@ -1,28 +1,38 @@
 """Independent verification of claimed ε with Google's ``dp_accounting`` (no Opacus).
 
 An auditor who does not trust fedvault's arithmetic recomputes every hospital's ε from
-its events alone. Each event ``(σ, q, T)`` becomes
-``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), T)`` and the events
-of a hospital are composed with ``ComposedDpEvent``; then two accountants of
-``dp_accounting`` answer ``get_epsilon(δ)``:
+its ledger's events alone (:mod:`dp.events` gives the mapping of each event to
+``dp_accounting`` events), under **both** neighbouring relations:
 
-- **RDP** (``RdpAccountant``, default orders): the same kind of bound as Opacus'
-  ``RDPAccountant`` with a slightly different set of orders; the two agree to ~1e-4
-  relative in practice.
-- **PLD** (``PLDAccountant``, pessimistic discretisation, interval
-  ``pld_discretization``): a numerically tight upper bound, normally *below* RDP.
+- add/remove one record: ``RdpAccountant`` (default orders) and ``PLDAccountant``
+  (pessimistic, interval ``pld_discretization``) with ``ADD_OR_REMOVE_ONE``;
+- replace one record: ``PLDAccountant`` with ``REPLACE_ONE`` (dp_accounting's RDP
+  accountant does not support Poisson sampling under replace-one).
 
 Rules (``tolerance`` = relative tolerance ``t``, default 1 %):
 
-1. ledger accountant ``rdp``: ``|ε_claimed − ε_RDP| ≤ t·ε_RDP``.
-2. ledger accountant ``prv``: ``|ε_claimed − ε_PLD| ≤ t·ε_PLD + 0.01`` (0.01 is Opacus
-   PRV's default absolute ``eps_error``; PRV and PLD are both tight numerical accountants).
-3. always: ``ε_PLD ≤ ε_claimed·(1 + t) + 0.01`` — a claimed ε below the tight PLD value
-   would understate the privacy loss.
-4. with a budget: the recomputed ε (RDP for ``rdp``, PLD for ``prv``) ``≤ budget·(1 + t)``.
-5. events are well formed and rounds strictly increase.
+1. stated add/remove, ledger accountant ``rdp``: ``|ε_claimed − ε_RDP| ≤ t·ε_RDP``;
+   ``prv``: ``|ε_claimed − ε_PLD| ≤ t·ε_PLD + 0.01`` (Opacus PRV's ``eps_error``); and
+   always ``ε_PLD ≤ ε_claimed·(1 + t) + 0.01`` (a claim below the tight value
+   understates the loss).
+2. stated replace-one: ``|ε_claimed − ε_PLD,replace| ≤ t·ε_PLD,replace``.
+3. **the relation fits the releases**: a run that releases exact record counts (its
+   release inventory, :mod:`dp.releases`; for a version-1 history without inventory,
+   ``hospitals[].records``) cannot state add/remove — verify reports the valid
+   replace-one ε instead.
+4. with a budget: the recomputed ε under the stated relation ``≤ budget·(1 + t)``.
+5. **client level**: the claimed client-level ε equals fedvault's DDG bound recomputed
+   from the events (``t``); without client-sampling credit, dp_accounting's RDP
+   accountant recomputes it independently from ``ZCDpEvent``s and the claim may not be
+   below that (``t``); a credit (sample rate < 1) is refused when the run lists
+   participants or its coins are not secret.
+6. events are well formed and rounds do not go backwards.
 
-Any violation is listed in the report with the client and the numbers.
+A run made with ``privacy.reproducible = true`` is **refused**: its noise can be
+replayed from the config, so no ε holds; the report says so and ``ok`` is False.
+
+Old histories (schema 1, no relation, no inventory) are read: their claims are add/remove
+and they released exact counts, so rule 3 flags them with the replace-one ε.
 """
 
 from __future__ import annotations
@@ -35,40 +45,122 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from fedvault.dp import events as E
+from fedvault.dp.accounting import PLD_DISCRETIZATION, client_epsilon, dp_accounting_event, dpa_epsilon
 from fedvault.dp.errors import AccountingError, LedgerIntegrityError
 from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger
+from fedvault.dp.releases import exact_count_releases
 
 PRV_ABS_SLACK = 0.01
+REPRODUCIBLE_REFUSAL = (
+    "not private: noise reproducible from the config (privacy.reproducible = true); "
+    "fedvault verify does not certify such a run"
+)
+
+__all__ = [
+    "ClientVerification", "RunFacts", "VerificationReport", "dp_accounting_event", "pld_epsilon",
+    "rdp_epsilon", "run_facts", "verify", "verify_one",
+]
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run released, as far as the relation and client-level credit depend on it.
+
+    Attributes:
+        exact_counts: names of exact-count releases (inventory, or inferred).
+        reproducible: the noise is replayable from the config.
+        participants_listed: history lists who took part each round.
+        coins_secret: client-sampling coins came from the OS CSPRNG (None: unknown).
+        source: where the facts come from (``"inventory"``, ``"schema-1 history"``, ``"none"``).
+    """
+
+    exact_counts: tuple[str, ...] = ()
+    reproducible: bool = False
+    participants_listed: bool = False
+    coins_secret: bool | None = None
+    source: str = "none"
+
+
+def run_facts(history: Mapping[str, Any] | None) -> RunFacts:
+    """Read :class:`RunFacts` from a history.json dict (any schema)."""
+    if not isinstance(history, Mapping):
+        return RunFacts()
+    cfg = history.get("config") or {}
+    priv = cfg.get("privacy") or {} if isinstance(cfg, Mapping) else {}
+    reproducible = bool(priv.get("reproducible", False)) or bool(
+        (history.get("randomness") or {}).get("reproducible", False)
+        if isinstance(history.get("randomness"), Mapping) else False
+    )
+    rounds = history.get("rounds") or []
+    listed = any(bool(r.get("participants")) for r in rounds if isinstance(r, Mapping))
+    coins = None
+    rnd = history.get("randomness")
+    if isinstance(rnd, Mapping) and "client_sampling" in rnd:
+        coins = rnd["client_sampling"] == "secret"
+    if "releases" in history and isinstance(history["releases"], list):
+        return RunFacts(tuple(exact_count_releases(history["releases"])), reproducible, listed, coins, "inventory")
+    hosp = history.get("hospitals") or {}
+    inferred = []
+    if isinstance(hosp, Mapping) and any(isinstance(h, Mapping) and "records" in h for h in hosp.values()):
+        inferred.append("record_counts")
+    if listed:
+        inferred.append("participants")
+    return RunFacts(tuple(inferred), reproducible, listed, coins, f"schema-{history.get('schema', 1)} history")
 
 
 @dataclass(frozen=True)
 class ClientVerification:
-    """Verification of one hospital's claimed ε."""
+    """Verification of one hospital's claimed ε (record and client level)."""
 
     client: str
     accountant: str
     delta: float
     rounds: int
     claimed_epsilon: float | None
-    rdp_epsilon: float
-    pld_epsilon: float
+    rdp_epsilon: float  # add/remove, dp_accounting RDP
+    pld_epsilon: float  # add/remove, dp_accounting PLD
     budget_epsilon: float | None = None
     problems: tuple[str, ...] = ()
+    relation: str = "add_remove"
+    replace_one_epsilon: float = math.nan  # replace-one, dp_accounting PLD
+    events: int = 0
+    client_claimed: float | None = None
+    client_epsilon: float | None = None  # fedvault's DDG bound
+    client_epsilon_dpa: float | None = None  # dp_accounting RDP (ZCDp), no sampling credit only
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def stated_epsilon(self) -> float:
+        """The recomputed ε under the stated relation (RDP for add/remove+rdp)."""
+        if self.relation == "replace_one":
+            return self.replace_one_epsilon
+        return self.pld_epsilon if self.accountant == "prv" else self.rdp_epsilon
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "client": self.client,
             "accountant": self.accountant,
+            "relation": self.relation,
             "delta": self.delta,
             "rounds": self.rounds,
+            "events": self.events,
             "claimed_epsilon": self.claimed_epsilon,
+            "add_remove": {"rdp_epsilon": _finite_or_none(self.rdp_epsilon),
+                           "pld_epsilon": _finite_or_none(self.pld_epsilon)},
+            "replace_one": {"pld_epsilon": _finite_or_none(self.replace_one_epsilon)},
             "rdp_epsilon": _finite_or_none(self.rdp_epsilon),
             "pld_epsilon": _finite_or_none(self.pld_epsilon),
             "budget_epsilon": self.budget_epsilon,
+            "client_level": None if self.client_epsilon is None else {
+                "claimed_epsilon": self.client_claimed,
+                "ddg_epsilon": _finite_or_none(self.client_epsilon),
+                "dp_accounting_rdp_epsilon": None if self.client_epsilon_dpa is None
+                else _finite_or_none(self.client_epsilon_dpa),
+            },
             "ok": self.ok,
             "problems": list(self.problems),
         }
@@ -81,33 +173,47 @@ class VerificationReport:
     clients: tuple[ClientVerification, ...]
     tolerance: float
     method: str = field(default="dp_accounting RDP + PLD (no Opacus)")
+    refusal: str | None = None
+    facts: RunFacts = field(default_factory=RunFacts)
 
     @property
     def ok(self) -> bool:
-        """True iff every hospital's claim checks out."""
-        return all(c.ok for c in self.clients)
+        """True iff the run is certifiable and every hospital's claim checks out."""
+        return self.refusal is None and all(c.ok for c in self.clients)
 
     @property
     def problems(self) -> list[str]:
-        return [p for c in self.clients for p in c.problems]
+        return ([self.refusal] if self.refusal else []) + [p for c in self.clients for p in c.problems]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "refusal": self.refusal,
             "tolerance": self.tolerance,
             "method": self.method,
+            "facts": {"exact_counts": list(self.facts.exact_counts), "reproducible": self.facts.reproducible,
+                      "participants_listed": self.facts.participants_listed,
+                      "coins_secret": self.facts.coins_secret, "source": self.facts.source},
             "clients": [c.to_dict() for c in self.clients],
         }
 
     def __str__(self) -> str:
-        head = f"{'client':<14} {'acct':<4} {'rounds':>6} {'claimed ε':>10} {'RDP ε':>9} {'PLD ε':>9}  result"
-        lines = [head, "-" * len(head)]
+        head = (f"{'client':<14} {'relation':<11} {'ev':>3} {'claimed ε':>10} {'add/rm RDP':>10} {'add/rm PLD':>10} "
+                f"{'replace PLD':>11} {'client ε':>9}  result")
+        lines = []
+        if self.refusal:
+            lines.append(f"REFUSED: {self.refusal}")
+        lines += [head, "-" * len(head)]
         for c in self.clients:
             claimed = "-" if c.claimed_epsilon is None else f"{c.claimed_epsilon:.4f}"
+            cl = "-" if c.client_epsilon is None else f"{c.client_epsilon:.3f}"
             lines.append(
-                f"{c.client:<14} {c.accountant:<4} {c.rounds:>6} {claimed:>10} {c.rdp_epsilon:>9.4f} "
-                f"{c.pld_epsilon:>9.4f}  {'OK' if c.ok else 'MISMATCH'}"
+                f"{c.client:<14} {c.relation:<11} {c.events:>3} {claimed:>10} {c.rdp_epsilon:>10.4f} "
+                f"{c.pld_epsilon:>10.4f} {c.replace_one_epsilon:>11.4f} {cl:>9}  {'OK' if c.ok else 'MISMATCH'}"
             )
+        if self.facts.exact_counts:
+            lines.append(f"exact counts released ({self.facts.source}): {', '.join(self.facts.exact_counts)} "
+                         "-> only replace-one ε is valid")
         lines.append(
             f"verification ({self.method}, tolerance {self.tolerance:.1%}): "
             + ("all claims agree" if self.ok else f"{len(self.problems)} problem(s)")
@@ -116,8 +222,8 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 class _silence_dp_accounting:
@@ -131,54 +237,23 @@ class _silence_dp_accounting:
         logging.disable(self._level)
 
 
-def dp_accounting_event(events: Iterable[PrivacyEvent]) -> Any:
-    """The ``dp_accounting`` DpEvent describing a hospital's events."""
-    import dp_accounting as dpa
-
-    parts = [
-        dpa.SelfComposedDpEvent(
-            dpa.PoissonSampledDpEvent(e.sample_rate, dpa.GaussianDpEvent(e.noise_multiplier)), e.steps
-        )
-        for e in events
-    ]
-    return dpa.ComposedDpEvent(parts)
-
-
-def rdp_epsilon(events: Iterable[PrivacyEvent], delta: float) -> float:
+def rdp_epsilon(events: Iterable[Any], delta: float, relation: str = "add_remove") -> float:
     """ε from ``dp_accounting``'s RDP accountant (default orders)."""
-    from dp_accounting.rdp import RdpAccountant
-
-    events = list(events)
-    if not events:
-        return 0.0
-    acc = RdpAccountant()
     with _silence_dp_accounting():
-        acc.compose(dp_accounting_event(events))
-        return float(acc.get_epsilon(delta))
+        return dpa_epsilon(list(events), delta, relation, "rdp")
 
 
-def pld_epsilon(events: Iterable[PrivacyEvent], delta: float, discretization: float = 1e-3) -> float:
+def pld_epsilon(events: Iterable[Any], delta: float, discretization: float = PLD_DISCRETIZATION,
+                relation: str = "add_remove") -> float:
     """ε from ``dp_accounting``'s PLD accountant (pessimistic, interval ``discretization``)."""
-    from dp_accounting.pld import PLDAccountant
-
-    events = list(events)
-    if not events:
-        return 0.0
-    acc = PLDAccountant(value_discretization_interval=discretization)
     with _silence_dp_accounting():
-        acc.compose(dp_accounting_event(events))
-        return float(acc.get_epsilon(delta))
+        return dpa_epsilon(list(events), delta, relation, "pld", discretization)
 
 
 def _ledger_records(source: Any) -> list[dict[str, Any]]:
     """Normalise the accepted inputs to a list of ledger dicts (``PrivacyLedger.to_dict`` form)."""
     if isinstance(source, (str, os.PathLike)):
-        try:
-            source = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise LedgerIntegrityError(f"{source}: cannot read JSON ({e})") from e
-        if isinstance(source, dict) and source.get("format") == "fedvault-privacy-ledger":
-            source = source.get("ledger")
+        source = _read_json(source)
     if isinstance(source, PrivacyLedger):
         return [source.to_dict()]
     if isinstance(source, Mapping):
@@ -205,45 +280,76 @@ def _ledger_records(source: Any) -> list[dict[str, Any]]:
     )
 
 
-def verify_one(d: Mapping[str, Any], tolerance: float = 0.01, pld_discretization: float = 1e-3) -> ClientVerification:
+def _read_json(path: str | os.PathLike[str]) -> Any:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LedgerIntegrityError(f"{path}: cannot read JSON ({e})") from e
+    if isinstance(doc, dict) and doc.get("format") == "fedvault-privacy-ledger":
+        doc = doc.get("ledger")
+    return doc
+
+
+def _number(client: str, key: str, v: Any, problems: list[str]) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        problems.append(f"{client}: claimed {key} {v!r} is not a number")
+        return None
+    return float(v)
+
+
+def verify_one(
+    d: Mapping[str, Any], tolerance: float = 0.01, pld_discretization: float = PLD_DISCRETIZATION,
+    facts: RunFacts | None = None,
+) -> ClientVerification:
     """Check one ledger dict (see module docstring for the rules)."""
+    facts = facts or RunFacts()
     client = str(d.get("client", "?"))
     accountant = d.get("accountant", "rdp")
+    relation = d.get("relation", "add_remove")
     problems: list[str] = []
+    if relation not in E.RELATIONS:
+        problems.append(f"{client}: unknown relation {relation!r}; cannot compare")
+        relation = "add_remove"
     try:
         delta = float(d["delta"])
         if not 0 < delta < 1:
             raise ValueError("delta outside (0, 1)")
     except (KeyError, TypeError, ValueError) as e:
         raise LedgerIntegrityError(f"{client}: missing or invalid delta ({e})") from e
-    events: list[PrivacyEvent] = []
+    evs: list[Any] = []
     raw_events = d.get("events")
     if not isinstance(raw_events, list):
         raise LedgerIntegrityError(f"{client}: 'events' must be a list")
     for raw in raw_events:
         try:
-            ev = PrivacyEvent.from_dict(raw)
-        except LedgerIntegrityError as e:
+            ev = E.from_dict(raw)
+        except AccountingError as e:
             problems.append(f"{client}: {e}")
             continue
-        if events and ev.round <= events[-1].round:
-            problems.append(f"{client}: round {ev.round} does not come after round {events[-1].round}")
-        events.append(ev)
-    rdp = rdp_epsilon(events, delta)
-    pld = pld_epsilon(events, delta, pld_discretization)
-    claimed = d.get("epsilon")
+        if evs and ev.round < evs[-1].round:
+            problems.append(f"{client}: round {ev.round} comes after round {evs[-1].round}")
+        if ev.relation not in (None, relation):
+            problems.append(f"{client}: a {ev.kind} event states {ev.relation!r}, the ledger {relation!r}")
+        evs.append(ev)
+    rec, cli = E.record_level(evs), E.client_level(evs)
+    rdp = rdp_epsilon(rec, delta)
+    pld = pld_epsilon(rec, delta, pld_discretization)
+    ro = pld_epsilon(rec, delta, pld_discretization, "replace_one")
+    stated = ro if relation == "replace_one" else (pld if accountant == "prv" else rdp)
+    claimed = _number(client, "ε", d.get("epsilon"), problems)
     budget = d.get("budget_epsilon")
-    if claimed is None and events:
-        if math.isfinite(rdp):
-            problems.append(f"{client}: no ε claimed although {len(events)} event(s) give ε_RDP={rdp:.4f}")
-    elif claimed is not None:
-        if isinstance(claimed, bool) or not isinstance(claimed, (int, float)):
-            problems.append(f"{client}: claimed ε {claimed!r} is not a number")
-            claimed = None
-        else:
-            claimed = float(claimed)
+    if claimed is None and rec and math.isfinite(stated):
+        problems.append(f"{client}: no ε claimed although {len(rec)} event(s) give ε={stated:.4f} ({relation})")
     if claimed is not None:
-        if accountant == "rdp":
+        if relation == "replace_one":
+            if abs(claimed - ro) > tolerance * max(ro, 1e-12):
+                problems.append(
+                    f"{client}: claimed ε={claimed:.6g} (replace-one) but dp_accounting PLD (REPLACE_ONE) gives "
+                    f"{ro:.6g} (difference {abs(claimed - ro) / max(ro, 1e-12):.2%} > {tolerance:.1%})"
+                )
+        elif accountant == "rdp":
             if abs(claimed - rdp) > tolerance * max(rdp, 1e-12):
                 problems.append(
                     f"{client}: claimed ε={claimed:.6g} (rdp) but dp_accounting RDP gives {rdp:.6g} "
@@ -257,29 +363,80 @@ def verify_one(d: Mapping[str, Any], tolerance: float = 0.01, pld_discretization
                 )
         else:
             problems.append(f"{client}: unknown accountant {accountant!r}; cannot compare")
-        if pld > claimed * (1 + tolerance) + PRV_ABS_SLACK:
+        if relation == "add_remove" and pld > claimed * (1 + tolerance) + PRV_ABS_SLACK:
             problems.append(
                 f"{client}: claimed ε={claimed:.6g} is below the tight PLD value {pld:.6g}: the claim "
                 "understates the privacy loss"
             )
-    if budget is not None:
-        recomputed = pld if accountant == "prv" else rdp
-        if recomputed > float(budget) * (1 + tolerance):
-            problems.append(f"{client}: recomputed ε={recomputed:.6g} exceeds the budget {float(budget):g}")
+    if relation == "add_remove" and facts.exact_counts and rec:
+        problems.append(
+            f"{client}: ε is stated under add/remove one record, but the run releases exact counts "
+            f"({', '.join(facts.exact_counts)}; {facts.source}); add/remove does not hold for those releases. "
+            f"The valid statement is replace-one: ε={ro:.4f} at δ={delta:g} (dp_accounting PLD)"
+        )
+    if budget is not None and stated > float(budget) * (1 + tolerance):
+        problems.append(f"{client}: recomputed ε={stated:.6g} ({relation}) exceeds the budget {float(budget):g}")
+    c_claimed = _number(client, "client-level ε", d.get("client_epsilon"), problems)
+    c_eps = c_dpa = None
+    if cli:
+        c_eps = client_epsilon(cli, delta)
+        credited = [e for e in cli if e.sample_rate < 1]
+        if credited:
+            if facts.participants_listed:
+                problems.append(
+                    f"{client}: client-level ε takes client-sampling credit (q={credited[0].sample_rate:g}) although "
+                    "the run lists who took part each round; without the credit "
+                    f"ε={client_epsilon([_no_credit(e) for e in cli], delta):.4f}"
+                )
+            if facts.coins_secret is not True:
+                problems.append(
+                    f"{client}: client-level ε takes client-sampling credit but the run does not record secret "
+                    "sampling coins (history.randomness.client_sampling = \"secret\")"
+                )
+        else:
+            with _silence_dp_accounting():
+                c_dpa = dpa_epsilon(cli, delta, relation, "rdp")
+            if c_claimed is not None and c_claimed < c_dpa * (1 - tolerance):
+                problems.append(
+                    f"{client}: claimed client-level ε={c_claimed:.6g} is below dp_accounting's RDP value "
+                    f"{c_dpa:.6g} (ZCDp events)"
+                )
+        if c_claimed is None and math.isfinite(c_eps):
+            problems.append(f"{client}: no client-level ε claimed although {len(cli)} client-level event(s) "
+                            f"give {c_eps:.4f}")
+        elif c_claimed is not None and abs(c_claimed - c_eps) > tolerance * max(c_eps, 1e-12):
+            problems.append(f"{client}: claimed client-level ε={c_claimed:.6g} but its events give {c_eps:.6g}")
+    elif c_claimed is not None:
+        problems.append(f"{client}: claims a client-level ε={c_claimed:.6g} without client-level events")
     return ClientVerification(
         client=client,
         accountant=str(accountant),
         delta=delta,
-        rounds=len(events),
+        rounds=len({e.round for e in rec if isinstance(e, PrivacyEvent)}),
         claimed_epsilon=claimed,
         rdp_epsilon=rdp,
         pld_epsilon=pld,
         budget_epsilon=None if budget is None else float(budget),
         problems=tuple(problems),
+        relation=relation,
+        replace_one_epsilon=ro,
+        events=len(evs),
+        client_claimed=c_claimed,
+        client_epsilon=c_eps,
+        client_epsilon_dpa=c_dpa,
     )
 
 
-def verify(source: Any, tolerance: float = 0.01, *, pld_discretization: float = 1e-3) -> VerificationReport:
+def _no_credit(ev: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(ev, sample_rate=1.0)
+
+
+def verify(
+    source: Any, tolerance: float = 0.01, *, pld_discretization: float = PLD_DISCRETIZATION,
+    history: Mapping[str, Any] | None = None,
+) -> VerificationReport:
     """Recompute every hospital's ε from its events with ``dp_accounting`` and compare.
 
     Args:
@@ -288,14 +445,25 @@ def verify(source: Any, tolerance: float = 0.01, *, pld_discretization: float = 
             to history.json or a saved ledger file.
         tolerance: relative tolerance of the comparisons (default 1 %).
         pld_discretization: PLD value discretisation interval (smaller: tighter, slower).
+        history: the whole history.json dict, when ``source`` is only its ledgers (gives
+            the release inventory and randomness facts; taken from ``source`` when that
+            is a whole history).
 
     Returns:
-        A :class:`VerificationReport`; ``report.ok`` is False if any claim disagrees.
+        A :class:`VerificationReport`; ``report.ok`` is False if any claim disagrees, the
+        relation does not fit the releases, or the run is refused (reproducible noise).
     """
     if not 0 <= tolerance < 1:
         raise AccountingError(f"tolerance must lie in [0, 1), got {tolerance!r}")
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_json(source)
+    if history is None and isinstance(source, Mapping) and "privacy" in source:
+        history = source
+    facts = run_facts(history)
     records = _ledger_records(source)
     return VerificationReport(
-        clients=tuple(verify_one(d, tolerance, pld_discretization) for d in records),
+        clients=tuple(verify_one(d, tolerance, pld_discretization, facts) for d in records),
         tolerance=tolerance,
+        refusal=REPRODUCIBLE_REFUSAL if facts.reproducible else None,
+        facts=facts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -94,7 +95,10 @@ def test_json_round_trip(tmp_path, accountant):
     led.refuse(5, "too expensive")
     d = json.loads(json.dumps(led.to_dict()))
     assert set(d) >= {"epsilon", "delta", "accountant", "events"}
-    assert d["events"][0] == {"round": 0, "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 40, "sampling": "poisson"}
+    assert d["events"][0] == {"kind": "poisson_sampled_gaussian", "level": "record", "round": 0,
+                              "noise_multiplier": 1.1, "sample_rate": 0.05, "steps": 40, "sampling": "poisson",
+                              "relation": "add_remove", "purpose": "dp-sgd"}
+    assert d["relation"] == "add_remove" and d["epsilon_accountant"] == f"opacus-{accountant}"
     back = PrivacyLedger.from_dict(d)
     assert back == led and back.epsilon() == led.epsilon()
     p = tmp_path / "ledger.json"
@@ -211,7 +215,7 @@ def test_ledger_budget_property(sigma, k, epochs, budget, pattern):
         else:
             led.record(e)
             accepted.append(e)
-    assert list(led.events) == accepted
+    assert list(led.events) == [dataclasses.replace(e, relation="add_remove") for e in accepted]
     assert led.epsilon() <= budget
     if accepted:
         assert led.epsilon() == eps_after(len(accepted) * epochs * k)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -121,10 +123,10 @@ def test_ddg_epsilon_monotone_and_calibration():
                     dimension=1000, sample_rate=0.5, coord_error=0.5)
     e1 = ddg_epsilon([base], 1e-5)
     e5 = ddg_epsilon([base] * 5, 1e-5)
-    noisier = DDGEvent(**{**base.to_dict(), "sigma_client": 400.0})
+    noisier = dataclasses.replace(base, sigma_client=400.0)
     assert 0 < e1 < e5 and ddg_epsilon([noisier] * 5, 1e-5) < e5
     assert ddg_epsilon([], 1e-5) == 0.0
     s = ddg_sigma_for(3.0, 1e-5, 10, base)
-    at = ddg_epsilon([DDGEvent(**{**base.to_dict(), "sigma_client": s})] * 10, 1e-5)
-    below = ddg_epsilon([DDGEvent(**{**base.to_dict(), "sigma_client": s * 0.99})] * 10, 1e-5)
+    at = ddg_epsilon([dataclasses.replace(base, sigma_client=s)] * 10, 1e-5)
+    below = ddg_epsilon([dataclasses.replace(base, sigma_client=s * 0.99)] * 10, 1e-5)
     assert at <= 3.0 < below
