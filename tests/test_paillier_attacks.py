@@ -255,3 +255,22 @@ def test_impersonation_and_replay_are_refused():
             s.receive(r.uploads[c].encode())
         s.advance()
         s.receive(AggregatePlaintext(r.p.session_tag, r.p.round, 0, (11, 12, 13), 64, bytes(64), bytes(64)).encode())
+
+
+def test_split_view_cannot_get_two_threshold_answers():
+    """A server shows {11,12,13,14} to some share-holders and {11,12,13} to others: with 2t > l and every
+    share-holder answering once, at most one of the two sets gathers t = 3 valid shares."""
+    r = Round("threshold", 60, who=(11, 12, 13, 14))
+    req_a = r.request([r.uploads[c] for c in (11, 12, 13, 14)]).encode()
+    req_b = r.request([r.uploads[c] for c in (11, 12, 13)]).encode()
+    logs = {i: MemoryDecryptLog() for i in CLIENTS}
+    answers_a, answers_b = [], []
+    for i in CLIENTS:
+        if i in (11, 12, 13):
+            answers_a.append(r.party(i, logs[i]).receive(req_a)[0])
+        else:
+            answers_b.append(r.party(i, logs[i]).receive(req_b)[0])
+    for i in (11, 12, 13):  # asked again (even by a fresh role object) with the other set: refused
+        with pytest.raises(AlreadyAnsweredError):
+            r.party(i, logs[i]).receive(req_b)
+    assert len(answers_a) >= r.s.public.threshold > len(answers_b)
