@@ -36,59 +36,21 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (FLError, PrivacyError, ProtocolError, SecAggError, OSError)
 
 
-def _fmt(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
+def __getattr__(name: str) -> Any:  # RoundTable / print_summary moved to fl.summary (old imports keep working)
+    if name == "RoundTable":
+        from fedvault.fl.summary import RoundTable
 
-
-class RoundTable:
-    """Prints one line per round as the federation runs."""
-
-    HEADER = f"{'round':>5}  {'hosp.':>5}  {'acc':>6}  {'ROC-AUC':>7}  {'max ε':>6}  {'sec':>6}"
-
-    def __init__(self, out=sys.stdout, total_rounds: int | None = None):
-        self.out = out
-        self.total = total_rounds
-        print(self.HEADER, file=out)
-        print("-" * len(self.HEADER), file=out, flush=True)
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        eps = max(row["epsilon"].values()) if row.get("epsilon") else None
-        m = row["metrics"]
-        line = (
-            f"{row['round']:>5}  {len(row['participants']):>5}  {_fmt(m['accuracy'], '6.3f')}  "
-            f"{_fmt(m['roc_auc'], '7.3f')}  {_fmt(eps, '6.2f')}  {row['seconds']['total']:6.2f}"
-        )
-        notes = []
-        if row.get("aborted"):
-            notes.append("ABORTED (nothing revealed, model unchanged): " + row["aborted"])
-        if row.get("refused"):
-            notes.append("refused: " + ",".join(sorted(row["refused"])))
-        dropped = [c for v in row.get("dropped", {}).values() for c in v]
-        if dropped:
-            notes.append("dropped: " + ",".join(sorted(dropped)))
-        print(line + ("   " + "; ".join(notes) if notes else ""), file=self.out, flush=True)
+        return RoundTable
+    if name == "print_summary":
+        return print_summary
+    raise AttributeError(name)
 
 
 def print_summary(history: dict[str, Any], out=sys.stdout) -> None:
-    f = history["final"]
-    m = f["metrics"]
-    print("", file=out)
-    if "stopped" in history:
-        print(f"stopped early: {history['stopped']['reason']}", file=out)
-    delta = history["config"]["privacy"].get("delta")
-    eps = f.get("max_epsilon")
-    print("final model (federated" + (", DP-SGD" if eps is not None else "") + "):", file=out)
-    print(f"  test accuracy {m['accuracy']:.4f}   ROC-AUC {_fmt(m['roc_auc'], '.4f')}", file=out)
-    if eps is not None:
-        print(f"  max ε over hospitals {eps:.3f} at δ = {delta:g}", file=out)
-    b = f.get("baseline_pooled")
-    if b:
-        bm = b["metrics"]
-        print("same model, pooled data, no privacy (baseline):", file=out)
-        print(f"  test accuracy {bm['accuracy']:.4f}   ROC-AUC {_fmt(bm['roc_auc'], '.4f')}", file=out)
-        print(f"  gap: {100 * (bm['accuracy'] - m['accuracy']):+.1f} accuracy points", file=out)
+    """Print the end-of-run account (:func:`fl.summary.summary`)."""
+    from fedvault.fl.summary import summary
+
+    print(summary(history), file=out, flush=True)
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -115,10 +77,19 @@ def _run(ready, output: Path | None, quiet: bool) -> dict[str, Any]:
 
     cfg = ready.cfg
     _print_warnings(ready.warnings, quiet)
+    from fedvault.fl.evaluation import complete_history
+    from fedvault.fl.summary import RoundTable
+
     table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
     t0 = time.perf_counter()
-    history = federate(cfg, data=ready.data, on_round=table).history
+    try:
+        run = federate(cfg, data=ready.data, on_round=table, baseline=False)
+    finally:
+        if table is not None:
+            table.close()
+    history = run.history
     history.setdefault("data", ready.data.describe())  # classes and how the raw labels were read
+    complete_history(run, cfg)  # intervals, converged pooled baseline, per-hospital results
     history["final"]["seconds"] = time.perf_counter() - t0
     if not quiet:
         print_summary(history)

@@ -127,6 +127,12 @@ def test_good_csv_runs(tmp_path, capsys):
     h = json.loads(out.read_text())
     assert [r["round"] for r in h["rounds"]] == [1, 2]
     assert set(h["rounds"][0]["participants"]) == {"a", "b"}
+    f = h["final"]
+    lo, hi = f["metrics_ci"]["accuracy"]
+    assert lo <= f["metrics"]["accuracy"] <= hi
+    assert "convergence" in f["baseline_pooled"]["method"] and "percentage points" in f["baseline_pooled"]["gap"]["meaning"]
+    assert {v["release"] for v in f["per_hospital"].values()} == {"simulation-only"}
+    assert h["data"]["classes"] == ["0", "1"]
 
 
 def test_no_traceback_from_a_real_process(tmp_path):
