@@ -48,7 +48,6 @@ class Ready:
     cfg: Config
     data: Any  # fl.data.FederatedData
     warnings: list[str] = field(default_factory=list)
-    noise: dict[str, float | None] = field(default_factory=dict)  # calibrated σ per hospital
 
 
 def output_problems(path: str | os.PathLike[str] | None, *, kind: str = "file", option: str = "--output") -> list[str]:
@@ -107,12 +106,8 @@ def prepare(
             fd = None
     ready = Ready(cfg, fd)
     if fd is not None and config_ok:
-        _CURRENT.append(ready)
-        try:
-            for check in PREFLIGHT_CHECKS:
-                p.run(check, cfg, fd)
-        finally:
-            _CURRENT.pop()
+        for check in PREFLIGHT_CHECKS:
+            p.run(check, cfg, fd)
     p.raise_if_any(what=what)
     ready.warnings = list(p.warnings)
     return ready
@@ -136,41 +131,45 @@ def _section_problems(section: Any) -> list[str]:
     return p.errors
 
 
-_CURRENT: list[Ready] = []  # the study being checked (lets checks leave results, e.g. σ)
-
-
 # --------------------------------------------------------------------------- feasibility checks
 
 
-def _planned_steps(cfg: Config, n: int) -> tuple[float, int]:
-    """(sample rate q, DP-SGD steps) a hospital with ``n`` records plans for the whole study."""
-    k = max(1, math.ceil(n / cfg.training.batch_size))
-    epochs = cfg.training.rounds * cfg.training.local_epochs
-    if cfg.personalization.enabled:
-        epochs += cfg.personalization.epochs
-    return 1.0 / k, epochs * k
+def _sample_rate(cfg: Config, n: int) -> float:
+    """DP-SGD's Poisson sample rate for a hospital with ``n`` records: 1/ceil(n/B)."""
+    return 1.0 / max(1, math.ceil(n / cfg.training.batch_size))
 
 
 @preflight_check
-def _noise_is_calibratable(cfg: Config, fd: Any) -> Iterator[str]:
-    """With target_epsilon, every hospital's σ must exist; a huge σ means it will learn little."""
-    if not cfg.privacy.enabled or cfg.privacy.target_epsilon is None:
+def _privacy_plan(cfg: Config, fd: Any) -> Iterator[str]:
+    """The privacy part's checks (:mod:`dp.checks`): δ below 1/n_k, a σ that reaches target ε
+    for every hospital's planned steps, planned rounds within a fixed-σ budget."""
+    p = cfg.privacy
+    if not p.enabled:
         return
-    from fedvault.dp.errors import PrivacyError
-    from fedvault.fl.simulation import calibrated_noise
+    from fedvault.dp.checks import check_delta, check_plan
 
-    sigmas: dict[str, float | None] = {}
-    with progress(total=len(fd.hospitals), desc="calibrating noise", unit="hospital") as bar:
-        for h in fd.hospitals:
-            try:
-                sigmas[h.name] = calibrated_noise(cfg, h.n)
-            except (PrivacyError, ValueError) as e:
-                yield (f"hospital {h.name!r}: no noise multiplier reaches ε = {cfg.privacy.target_epsilon:g} "
-                       f"at δ = {cfg.privacy.delta:g} for {cfg.training.rounds} rounds ({e}); raise "
-                       "privacy.target_epsilon or lower training.rounds / local_epochs")
+    records = {h.name: h.n for h in fd.hospitals if h.n >= 1}
+    bad_delta = check_delta(p.delta, records)
+    if bad_delta:
+        yield from bad_delta
+        return
+    t = cfg.training
+    # Personalisation is paid from the same budget: count its epochs as extra steps.
+    if cfg.personalization.enabled:
+        rounds, epochs = t.rounds * t.local_epochs + cfg.personalization.epochs, 1
+    else:
+        rounds, epochs = t.rounds, t.local_epochs
+    # With client sampling a hospital expects fewer rounds than planned; a fixed-σ budget
+    # then is a limit it may never reach, not an infeasible plan.
+    budget = p.budget if t.client_fraction >= 1.0 else None
+    desc = "calibrating noise" if p.target_epsilon is not None else "checking the privacy plan"
+    with progress(total=len(records), desc=desc, unit="hospital") as bar:
+        for name, n in records.items():
+            yield from check_plan({name: n}, delta=p.delta, batch_size=t.batch_size, epochs=epochs, rounds=rounds,
+                                  relation=getattr(p, "relation", "add_remove"), accountant=p.accountant,
+                                  target_epsilon=p.target_epsilon, noise_multiplier=p.noise_multiplier,
+                                  budget_epsilon=budget)
             bar.update(1)
-    if _CURRENT:
-        _CURRENT[-1].noise = sigmas
 
 
 @preflight_check
@@ -185,7 +184,7 @@ def _small_hospitals(cfg: Config, fd: Any) -> Iterator[str]:
         batch = min(n, cfg.training.batch_size)
         if n >= 20 and batch >= 8:
             continue
-        q, steps = _planned_steps(cfg, n)
+        q = _sample_rate(cfg, n)
         msg = (f"hospital {h.name!r} has only {n} training record{'s' if n != 1 else ''}: it takes part, but "
                f"its update weighs {n} against the others' and is mostly noise")
         if cfg.privacy.enabled:

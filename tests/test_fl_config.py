@@ -91,3 +91,9 @@ def test_output_problems(tmp_path):
     assert "is a directory" in P.output_problems(tmp_path)[0]
     assert "is a file" in P.output_problems(f / "h.json")[0]
     assert "is a file" in P.output_problems(f, kind="dir")[0]
+
+
+def test_privacy_plan_checks_run_before_training():
+    cfg = C.from_dict({"data": {"hospitals": 3}, "privacy": {"target_epsilon": 3.0, "delta": 0.05}})
+    with pytest.raises(ConfigError, match="privacy.delta = 0.05 is not below 1/n"):
+        P.prepare(cfg)
