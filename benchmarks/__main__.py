@@ -11,6 +11,7 @@ BENCHMARKS = {
     "paillier": "benchmarks.paillier",  # packed Paillier vs per-value phe (issue 4)
     "strategies": "benchmarks.strategies",  # FedAvg/FedProx/FedAdam + personalisation (issue 8)
     "flower": "benchmarks.flower",      # Flower's SecAgg+ vs fedvault's plug-in (issue 7)
+    "audit": "benchmarks.audit",        # audit power: fault x seed -> flagged (issue 13.6)
 }
 
 
