@@ -123,11 +123,8 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict):  # 
 
     node = lambda ctx: root / f"node-{int(ctx.node_config['partition-id'])}"  # noqa: E731
     site = lambda ctx: _SyntheticSite(int(ctx.node_config["partition-id"]), dim, drops)  # noqa: E731
-    client = ClientApp(mods=[FedVaultMod(site, node, threads=1)])
-
-    @client.train()
-    def _train(msg, context):  # noqa: ANN001, ANN202
-        raise RuntimeError("fedvault messages only")
+    client = ClientApp()
+    FedVaultMod(site, node, threads=1).register(client)
 
     server = ServerApp()
 

@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--plot", type=Path, default=None, help="PNG path (default: HISTORY.epsilon.png)")
     pr.set_defaults(func=cmd_privacy)
     from fedvault.fl.audit.cli import register as register_audit  # light: argparse only
+    # enrol / roster / flower-run live with the Flower plug-in (that module imports neither Flower nor torch)
+    from fedvault.fl.integrations.flower import cli as _flower_cli
+
+    _flower_cli.add_parsers(sub)
 
     register_audit(sub)
     return p

@@ -35,3 +35,38 @@ def plaintext_sum(rc: dict, survivors: list[str], initial: list[float], round: i
         site = HospitalSite(task.hospital(cfg, k), tmp / f"{name}-ledger.json", dp_seed=task.dp_seed(rc, k))
         total += site.fit(w, round)
     return total
+
+
+class VectorSite:
+    """A torch-free hospital for protocol tests: a fixed update vector, a count of trainings."""
+
+    def __init__(self, k: int, dim: int, records: int = 10):
+        self.name, self.records, self.model_size = f"hospital_{k}", records, dim - 1
+        self.vector = np.random.default_rng(k).uniform(-1, 1, dim)
+        self.vector[-1] = records
+        self.trained: list[int] = []
+
+    def max_abs(self) -> float:
+        return float(np.max(np.abs(self.vector)))
+
+    def refusal(self, round: int) -> None:
+        return None
+
+    def fit(self, weights: np.ndarray, round: int, config=None) -> np.ndarray:  # noqa: ANN001
+        self.trained.append(round)
+        return self.vector
+
+
+def vector_federation(root: Path, n: int, dim: int, **grid_kw):  # noqa: ANN003, ANN201
+    """``n`` provisioned hospitals with :class:`VectorSite`s behind a plain ClientApp on an InProcessGrid:
+    ``(grid, registry, sites)``."""
+    from flwr.clientapp import ClientApp
+
+    from fedvault.fl.integrations.flower import FedVaultMod, InProcessGrid, provision
+
+    reg = provision(root, [f"hospital_{k}" for k in range(n)])
+    sites = {k: VectorSite(k, dim) for k in range(n)}
+    app = ClientApp()
+    FedVaultMod(lambda ctx: sites[int(ctx.node_config["k"])]).register(app)
+    nodes = {10 + k: {"fedvault-dir": str(root / f"hospital_{k}"), "k": k} for k in range(n)}
+    return InProcessGrid(app, nodes, **grid_kw), reg, sites

@@ -55,12 +55,25 @@ def test_policy_refuses_small_cohorts_weak_thresholds_and_strangers(node):
 def test_params_and_arrays_survive_the_flower_records():
     from flwr.app import Array, ArrayRecord
 
-    p = SecAggParams(b"session", 7, (1, 2, 3, 4), graph="sparse", bits=32, clip=2560.0, dim=63)
-    rec = wire.request("advertise", 7, params=p)[wire.RECORD]
+    model, roster = bytes(32), "ab" * 32
+    p = SecAggParams(wire.bound_session(b"session", model, roster), 7, (1, 2, 3, 4), graph="sparse", bits=32,
+                     clip=2560.0, dim=63)
+    rec = wire.request("advertise", 7, fields=wire.params_record(p, b"session", model, roster))[wire.RECORD]
     q = wire.params_from(rec)
     assert q.session_tag == p.session_tag and (q.t, q.clients, q.dim, q.round) == (p.t, p.clients, p.dim, p.round)
+    # Another model (or roster) gives another session tag: signatures over one do not verify over the other.
+    rec["model"] = b"\x01" * 32
+    assert wire.params_from(rec).session_tag != p.session_tag
     arrays = ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3)), "b": Array(np.ones(2, np.float32))})
     v = wire.flatten(arrays)
     assert v.tolist() == [0, 1, 2, 3, 4, 5, 1, 1]
     back = wire.unflatten(v + 1, arrays)
     assert back["w"].numpy().shape == (2, 3) and back["b"].numpy().tolist() == [2, 2]
+
+
+def test_flower_release_under_test():
+    """Run by tests/test_flower_versions.py with the other supported flwr release in front."""
+    import flwr
+
+    expect = os.environ.get("FEDVAULT_EXPECT_FLWR")
+    assert expect is None or flwr.__version__ == expect

@@ -1,16 +1,18 @@
-"""fedvault on Flower's simulation engine (Ray): the secure aggregate equals the plaintext sum of
-exactly the survivors, with one hospital over its privacy budget (Flower error, left out) and one
-crashing after it shared its keys (dropout recovery)."""
+"""fedvault's Flower apps (examples/flower) driven through Flower's public Grid interface in this process
+(fedvault's InProcessGrid, no Ray): the secure aggregate equals the plaintext sum of exactly the survivors,
+with one hospital over its privacy budget (Flower error, left out) and one crashing after it shared its keys
+(dropout recovery); a misconfigured clip stops the study at enrolment before anyone trains or is charged;
+a round cannot be restarted; federated evaluation and round progress go through Flower's strategy and log."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
 pytest.importorskip("flwr")
-pytest.importorskip("ray")
 
 from tests._flower_helpers import app_task, plaintext_sum  # noqa: E402
 
@@ -28,8 +30,7 @@ def _exhausted_ledger(path, name: str) -> None:
     led.save(path)
 
 
-
-def test_simulation_aggregate_is_the_survivors_plaintext_sum(tmp_path):
+def test_aggregate_is_the_survivors_plaintext_sum(tmp_path, caplog):
     app_task()  # examples/flower on sys.path
     from fedvault_flower_app import simulate as sim
 
@@ -37,7 +38,9 @@ def test_simulation_aggregate_is_the_survivors_plaintext_sum(tmp_path):
     _exhausted_ledger(root / "node-1" / "ledger.json", "hospital_1")
     overrides = {"num-hospitals": 5, "num-server-rounds": 1, "dp-seed": 0, "simulate-crash": "3",
                  "budget-epsilon": 3.0}
-    hist = sim.simulate(5, 1, root=root, dp_seed=0, simulate_crash="3", budget_epsilon=3.0)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        hist = sim.simulate(5, 1, root=root, dp_seed=0, simulate_crash="3", budget_epsilon=3.0,
+                            fraction_evaluate=1.0)
     (r1,) = hist["rounds"]
     assert "aborted" not in r1, r1
     assert r1["participants"] == ["hospital_0", "hospital_3", "hospital_4"]
@@ -53,3 +56,24 @@ def test_simulation_aggregate_is_the_survivors_plaintext_sum(tmp_path):
     total = np.asarray(r1["total"])
     assert total[-1] == expect[-1]  # exact record count of the survivors
     np.testing.assert_allclose(total, expect, atol=1e-3)
+    # Flower's federated evaluation ran (the app's @app.evaluate()), and the log stream shows the round.
+    assert "1" in hist["federated_metrics"] and "accuracy" in hist["federated_metrics"]["1"]
+    text = caplog.text
+    assert "fedvault round 1: masked_input" in text and "3 hospitals in the sum" in text
+
+
+def test_misconfigured_clip_stops_at_enrolment_before_anyone_trains(tmp_path):
+    app_task()
+    from fedvault_flower_app import simulate as sim
+
+    from fedvault.fl.integrations.flower import Misconfigured
+
+    root = tmp_path / "c"
+    with pytest.raises(Misconfigured, match="clip") as e:
+        sim.simulate(4, 1, root=root, dp_seed=0, max_records=1)  # clip = 1 x update_clip: far too small
+    assert "max-records x update-clip" in str(e.value)
+    # Nobody trained: no ledger was charged, no round was started.
+    for k in range(4):
+        led = root / f"node-{k}" / "ledger.json"
+        assert not led.exists() or not json.loads(led.read_text())["ledger"]["events"]
+        assert not list((root / f"node-{k}" / "rounds").glob("*"))

@@ -1,13 +1,15 @@
-"""ClientApp: the hospital's side.  The fedvault line is ``mods=[FedVaultMod(load_site)]``."""
+"""ClientApp: the hospital's side.  The fedvault line is ``FedVaultMod(load_site).register(app)``."""
 
 from __future__ import annotations
 
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvault.fl.integrations.flower import FedVaultMod, NodeDir, node_dir_from_context
+from fedvault.fl.integrations.flower import FedVaultMod, NodeDir
 
-# torch/Opacus load only in the stages that train (enrol, masked_input): a SuperNode starts
+from . import task
+
+# torch/Opacus load only in the stages that train (enrol, masked_input): a SuperNode may start
 # a fresh process for every message, so the other stages stay light.
 
 
@@ -16,11 +18,12 @@ class CrashingSite:
 
     def __init__(self, site):  # noqa: ANN001
         self.site, self.name, self.records = site, site.name, site.records
+        self.model_size, self.max_abs = site.model_size, site.max_abs
 
     def refusal(self, round: int) -> str | None:
         return self.site.refusal(round)
 
-    def fit(self, weights, round):  # noqa: ANN001, ANN201
+    def fit(self, weights, round, config=None):  # noqa: ANN001, ANN201
         raise RuntimeError(f"{self.name}: simulated crash during training (run_config simulate-crash)")
 
 
@@ -29,21 +32,42 @@ def load_site(context: Context):  # noqa: ANN201 - HospitalSite | CrashingSite
 
     from fedvault.fl.integrations.flower.site import HospitalSite
 
-    from . import task
-
     torch.set_num_threads(1)
     rc = context.run_config
     cfg = task.config(rc)
-    node = NodeDir(node_dir_from_context(context))
+    node = NodeDir(task.node_dir(context))
     index = node.client - 1  # hospital k is fedvault client k + 1
     site = HospitalSite(task.hospital(cfg, index), node.ledger_path, dp_seed=task.dp_seed(rc, index))
     crash = {int(c) for c in str(rc.get("simulate-crash", "")).split()}
     return CrashingSite(site) if node.client in crash else site
 
 
-app = ClientApp(mods=[FedVaultMod(load_site)])
+app = ClientApp()
+FedVaultMod(load_site, task.node_dir, min_cohort=task.min_cohort).register(app)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    raise RuntimeError("this federation trains only through fedvault's secure aggregation")
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation on the hospital's validation split (Flower's plain path).
+
+    Not DP: the metrics and the example count leave the hospital as they are, so the
+    strategy only asks for them when ``fraction-evaluate`` > 0 (demo data only)."""
+    import torch
+
+    from fedvault.fl import models
+    from fedvault.fl.integrations.flower import wire
+    from fedvault.fl.metrics import evaluate as eval_model
+
+    torch.set_num_threads(1)
+    cfg = task.config(context.run_config)
+    node = NodeDir(task.node_dir(context))
+    h = task.hospital(cfg, node.client - 1)
+    model = task.make_model(cfg)
+    models.set_vector(model, wire.flatten(msg.content["arrays"]))
+    m = eval_model(model, h.data.X_val, h.data.y_val)
+    metrics = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+    metrics["num-examples"] = float(len(h.data.y_val))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+__all__ = ["app", "load_site", "ArrayRecord"]

@@ -9,7 +9,10 @@ minimal).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,6 +23,8 @@ from fedvault.fl import models
 from fedvault.fl.client import Hospital
 from fedvault.fl.config import Config, from_dict
 from fedvault.fl.simulation import calibrated_noise
+
+DEMO_MIN_COHORT = 2  # Flower's default local simulation has 2 SuperNodes
 
 
 def config(rc: Mapping[str, Any]) -> Config:
@@ -75,3 +80,30 @@ def test_set(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 def dp_seed(rc: Mapping[str, Any], index: int) -> int | None:
     s = int(rc.get("dp-seed", -1))
     return None if s < 0 else s * 1_000_003 + index
+
+
+# -- where each hospital's node directory is ---------------------------------------------------
+def is_demo(rc: Mapping[str, Any], node_config: Mapping[str, Any] | None = None) -> bool:
+    """No consortium given: a throwaway demo consortium (simulation only)."""
+    return not rc.get("fedvault-root") and not rc.get("fedvault-registry") and "fedvault-dir" not in (node_config or {})
+
+
+def demo_root(run_id: int) -> Path:
+    """The demo consortium of one run, in the machine's temp folder (every simulated node is local)."""
+    return Path(tempfile.gettempdir()) / f"fedvault-flower-demo-{os.getuid()}-{run_id}"
+
+
+def node_dir(context: Any) -> Path:
+    """``node_config["fedvault-dir"]`` (deployments), else ``<root>/node-<partition-id>``."""
+    nc, rc = context.node_config, context.run_config
+    if "fedvault-dir" in nc:
+        return Path(str(nc["fedvault-dir"]))
+    root = Path(str(rc["fedvault-root"])) if rc.get("fedvault-root") else demo_root(context.run_id)
+    return root / f"node-{int(nc['partition-id'])}"
+
+
+def min_cohort(context: Any) -> int:
+    """The smallest cohort this hospital accepts: 3 (or node_config ``fedvault-min-cohort``); 2 in a demo."""
+    if is_demo(context.run_config, context.node_config):
+        return DEMO_MIN_COHORT
+    return int(context.node_config.get("fedvault-min-cohort", 3))

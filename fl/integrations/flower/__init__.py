@@ -1,32 +1,48 @@
-"""fedvault as a Flower plug-in (``pip install fedvault[flower]``, flwr 1.41.x).
+"""fedvault as a Flower plug-in (``pip install fedvault[flower]``, flwr 1.41 or 1.42).
 
-Client: ``ClientApp(mods=[FedVaultMod(load_site)])`` — DP-SGD with the hospital's
-persistent ledger, then fedvault's SecAgg(+) client state machine.
+Client: ``FedVaultMod(load_site).register(app)`` on a plain ``ClientApp`` — DP-SGD
+with the hospital's persistent ledger, then fedvault's SecAgg(+) client state machine.
 Server: ``SecureFedAvg(registry, SecAggConfig(...)).start(grid, arrays, num_rounds)``
-— drives the protocol's stages through Flower messages and yields only the sum.
-Node material (identity key, registry, ledger, per-round secrets) lives in a node
-directory on the hospital's disk: :mod:`fl.integrations.flower.node`.
+— a Flower Message-API strategy whose training step is a secure round.
+Node material (identity key, roster, ledger, per-round secrets) lives in a node
+directory on the hospital's disk (:mod:`fl.integrations.flower.node`); each hospital
+creates its key itself (``fedvault enrol``), only public keys travel
+(``fedvault roster build`` / ``fedvault roster install``).
+
+Names load lazily: ``fedvault.fl.integrations.flower.node`` and ``.cli`` import
+neither Flower nor torch, so enrolment works (and ``fedvault --help`` stays fast)
+without them.
 """
 
-try:
-    import flwr  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the install
-    raise ImportError("fedvault.fl.integrations.flower needs Flower: pip install 'fedvault[flower]' (flwr 1.41.x)") from e
+from __future__ import annotations
 
-from .mod import FedVaultMod, PolicyError, node_dir_from_context
-from .node import NodeDir, NodeSetupError, Registry, provision
-from .strategy import SecureFedAvg
-from .workflow import RoundAborted, RoundOutcome, SecAggConfig, secure_round
+import importlib
+from typing import Any
+
+_NAMES = {
+    "FedVaultMod": "mod", "PolicyError": "mod", "MisconfiguredError": "mod", "node_dir_from_context": "mod",
+    "NodeDir": "node", "NodeSetupError": "node", "Registry": "node", "provision": "node", "enrol": "node",
+    "build_roster": "node", "install_roster": "node",
+    "SecureFedAvg": "strategy",
+    "RoundAborted": "workflow", "Misconfigured": "workflow", "RoundOutcome": "workflow", "SecAggConfig": "workflow",
+    "secure_round": "workflow",
+    "InProcessGrid": "local",
+    "HospitalSite": "site", "Site": "site",
+}
+_NEEDS_FLWR = {"mod", "strategy", "workflow", "local", "wire"}
 
 
-def __getattr__(name: str):  # noqa: ANN202 - the site (torch, Opacus) loads only when a stage trains
-    if name in ("HospitalSite", "Site"):
-        from . import site
+def __getattr__(name: str) -> Any:
+    mod = _NAMES.get(name)
+    if mod is None:
+        raise AttributeError(name)
+    if mod in _NEEDS_FLWR:
+        try:
+            import flwr  # noqa: F401
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("fedvault.fl.integrations.flower needs Flower: pip install 'fedvault[flower]' "
+                              "(flwr 1.41 or 1.42)") from e
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
 
-        return getattr(site, name)
-    raise AttributeError(name)
 
-__all__ = [
-    "FedVaultMod", "PolicyError", "node_dir_from_context", "NodeDir", "NodeSetupError", "Registry", "provision",
-    "HospitalSite", "Site", "SecureFedAvg", "RoundAborted", "RoundOutcome", "SecAggConfig", "secure_round",
-]
+__all__ = sorted(_NAMES)

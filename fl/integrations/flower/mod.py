@@ -1,47 +1,63 @@
-"""The client side: a Flower Mod that trains with DP-SGD and joins fedvault's SecAgg(+).
+"""The client side: DP-SGD plus fedvault's SecAgg(+) behind one Flower handler.
 
-Usage (the one line a Flower user adds; plain messages still reach their own
-``@app.train()``)::
+Usage (what a Flower user adds to a plain ClientApp; their own ``@app.train()``
+and ``@app.evaluate()`` keep working)::
 
-    app = ClientApp(mods=[FedVaultMod(load_site)])
+    app = ClientApp()
+    FedVaultMod(load_site).register(app)
 
-``load_site(context) -> Site`` builds the hospital's local step (normally a
-:class:`~fl.integrations.flower.site.HospitalSite`: DP-SGD charged to the persistent
-ledger in the node directory).  For every fedvault message the mod:
+:meth:`FedVaultMod.register` adds the handler for fedvault's messages (type
+``"train.fedvault"``); the object is also a Flower Mod (``ClientApp(mods=[mod])``)
+for apps that route those messages themselves.  ``load_site(context) -> Site``
+builds the hospital's local step (normally a
+:class:`~fl.integrations.flower.site.HospitalSite`: DP-SGD charged to the
+persistent ledger in the node directory).  For every fedvault message:
 
 ``enrol``
-    asks the site whether it takes part (privacy budget).  A hospital over budget
-    answers with a Flower error (``MOD_FAILED_PRECONDITION``, reason
-    ``fedvault/budget: ...``) and records the refusal in its ledger; the server
-    carries on without it.
+    asks the site whether it takes part (privacy budget) and whether the server's
+    proposal fits it (model size, clip): a hospital over budget answers
+    ``fedvault/budget: ...`` (refusal recorded in its ledger); a proposal that
+    does not fit answers ``fedvault/misconfigured: ...`` — both before anything is
+    trained or charged.
 ``advertise``
     checks the round's public parameters against the node's policy (it is in the
-    cohort; the cohort has at least ``min_cohort`` members of *its own* registry;
-    the threshold is a strict majority of the smallest neighbourhood), creates the
-    round's secret seed in the node vault and answers with its signed keys.
+    cohort; the cohort has at least ``min_cohort`` members of *its own* roster;
+    the threshold is a strict majority of the smallest neighbourhood; the roster
+    fingerprint is its own), binds the session to the committed model hash
+    (:func:`wire.bound_session`), refuses a (session, round) it already started,
+    sweeps round secrets a crash left behind, creates the round's secret seed in
+    the node vault and answers with its signed keys.
 ``share`` / ``consistency`` / ``unmask``
-    rebuilds the :class:`protocols.secagg.Client` state machine by replaying the
-    public server messages kept in ``Context.state`` under the vault seed, and
-    hands it the new message.
+    hands the message to the :class:`protocols.secagg.Client` state machine.
 ``masked_input``
-    checks the state machine really awaits the forwarded shares, then trains on the
-    global model that came with them (DP-SGD, ledger charged), encodes and masks the
-    update and answers with the masked vector.
+    checks the state machine really awaits the forwarded shares and that the
+    global model hashes to the committed value, then trains (DP-SGD, ledger
+    charged), encodes and masks the update and answers with the masked vector.
+
+Protocol state between messages.  The live state machine stays in this process's
+memory, keyed by (node directory, session tag, round), so a process that serves
+several messages (Flower's simulation runtime, a long-lived ClientApp process,
+:class:`~fl.integrations.flower.local.InProcessGrid`) neither replays nor
+recomputes anything.  A fresh process (a SuperNode that starts one per message)
+rebuilds it from the vault seed and the public server messages kept in
+``Context.state`` — the same state, since all of the client's randomness comes
+from the seed.  Secrets never enter a Flower record, ``Context.state`` or a log line.
 
 Any refusal of the state machine (replay, bad signature, threshold, double reveal,
 ...) answers with a Flower error ``fedvault/refused: ...`` and burns the round's
-seed, so the round cannot be resumed on this node.  Secrets never enter a Flower
-record, ``Context.state`` or a log line: see :mod:`fl.integrations.flower.node`.
+seed, so the round cannot be resumed on this node.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedvault.dp.errors import PrivacyError
@@ -64,6 +80,14 @@ REFUSED = ErrorCode.MOD_FAILED_PRECONDITION
 
 class PolicyError(RefusedError):
     """The server proposed round parameters this node's policy does not accept."""
+
+
+class MisconfiguredError(RefusedError):
+    """The server's proposal does not fit this hospital (model size, clip); refused at enrolment."""
+
+
+# Live client state machines of this process: (node dir, session tag, round) -> (client, messages seen).
+_LIVE: dict[tuple[str, bytes, int], tuple[Client, int]] = {}
 
 
 def node_dir_from_context(context: Context) -> Path:
@@ -100,17 +124,28 @@ class FedVaultMod:
     node_dir
         ``context -> path`` of the node directory (default :func:`node_dir_from_context`).
     min_cohort
-        Smallest cohort this hospital accepts (default 3).
+        Smallest cohort this hospital accepts (default 3), or ``context -> int``.
     threads
         Threads for mask expansion.
     """
 
     def __init__(self, site: Callable[[Context], "Site"], node_dir: Callable[[Context], Path] | None = None, *,
-                 min_cohort: int = 3, threads: int = 1):
+                 min_cohort: int | Callable[[Context], int] = 3, threads: int = 1):
         self.site = site
         self.node_dir = node_dir or node_dir_from_context
         self.min_cohort = min_cohort
         self.threads = threads
+
+    def register(self, app: ClientApp) -> ClientApp:
+        """Add the handler of fedvault's messages (``train.fedvault``) to a plain ClientApp."""
+        app.train(wire.ACTION)(self.handle)
+        return app
+
+    def handle(self, msg: Message, context: Context) -> Message:
+        """Answer one fedvault message (the handler :meth:`register` adds)."""
+        if not wire.is_fedvault(msg):
+            return Message(Error(REFUSED, "fedvault/refused: not a fedvault message"), reply_to=msg)
+        return self(msg, context, _unrouted)
 
     def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if not wire.is_fedvault(msg):
@@ -122,6 +157,9 @@ class FedVaultMod:
         except PrivacyError as e:
             log.info("fedvault: declined round %s: %s", rec.get("round"), e)
             return Message(Error(REFUSED, f"fedvault/budget: {e}"), reply_to=msg)
+        except MisconfiguredError as e:
+            log.warning("fedvault: round %s misconfigured: %s", rec.get("round"), e)
+            return Message(Error(REFUSED, f"fedvault/misconfigured: {e}"), reply_to=msg)
         except (ProtocolError, SecAggError, NodeSetupError, ValueError) as e:
             self._forget(context)
             log.warning("fedvault: refused %s message: %s: %s", stage, type(e).__name__, e)
@@ -143,17 +181,26 @@ class FedVaultMod:
                 from fedvault.dp.errors import BudgetExceeded
 
                 raise BudgetExceeded(reason, client=site.name, round=rnd)
-            return Message(wire.reply(stage, rnd, node.client), reply_to=msg)
+            check_proposal(site, rec)
+            return Message(wire.reply(stage, rnd, node.client, roster=node.registry.fingerprint()), reply_to=msg)
         if stage == "advertise":
+            if str(rec["roster"]) != node.registry.fingerprint():
+                raise PolicyError("the server's roster is not the one this hospital installed")
             params = wire.params_from(rec)
-            check_policy(params, node, self.min_cohort)
+            check_policy(params, node, self.min_cohort(context) if callable(self.min_cohort) else self.min_cohort)
             self._forget(context)  # a new round replaces whatever was left of an old one
+            stale = node.vault.sweep()
+            if stale:
+                log.warning("fedvault: removed %d round secret(s) left by an interrupted round", len(stale))
+            node.vault.claim(bytes(rec["session"]), params.round)
             seed = node.vault.create(params.session_tag, params.round)
             client = self._client(params, node, seed)
             out = client.advertise()
-            state = dict(wire.params_record(params))
+            state = {k: rec[k] for k in ("session", "model", "roster", "clients", "threshold", "graph", "bits",
+                                         "clip", "frac_bits", "dim")}
             state.update(round=params.round, transcript=[])
             context.state.config_records[wire.STATE] = ConfigRecord(state)
+            _LIVE[self._key(node, params)] = (client, 0)
             return Message(wire.reply(stage, rnd, node.client, out.encode()), reply_to=msg)
         if stage not in wire.STAGES:
             raise NodeSetupError(f"unknown fedvault stage {stage!r}")
@@ -163,28 +210,45 @@ class FedVaultMod:
         params = wire.params_from(st)
         data = bytes(rec["wire"])
         transcript = [bytes(b) for b in st["transcript"]]
+        client = self._restore(node, params, transcript)
+        if stage == "masked_input":
+            incoming = decode(data)
+            if not isinstance(incoming, ForwardedShares) or client.stage is not ClientStage.AWAIT_SHARES:
+                raise PolicyError("masked-input stage without pending forwarded shares; not training")
+            arrays = msg.content.array_records[wire.WEIGHTS]
+            if wire.model_hash(arrays) != bytes(st["model"]):
+                raise PolicyError("the global model does not hash to the value committed for this round; not training")
+            weights = wire.flatten(arrays)
+            if weights.shape[0] + 1 != params.dim:
+                raise PolicyError(f"global model has {weights.shape[0]} values; the round expects {params.dim - 1}")
+            cfg = msg.content.config_records.get(wire.CONFIG)
+            client.set_input(_fit(self.site(context), weights, rnd, dict(cfg) if cfg is not None else {}))
+        out = client.receive(data)
+        if client.stage is ClientStage.DONE:
+            self._forget(context, node, params)  # burn before answering: nothing can be revealed twice
+        else:
+            st["transcript"] = transcript + [data]
+            _LIVE[self._key(node, params)] = (client, len(transcript) + 1)
+        return Message(wire.reply(stage, rnd, node.client, out[0].encode()), reply_to=msg)
+
+    # -- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _key(node: NodeDir, params: SecAggParams) -> tuple[str, bytes, int]:
+        return (str(node.path.resolve()), params.session_tag, params.round)
+
+    def _restore(self, node: NodeDir, params: SecAggParams, transcript: list[bytes]) -> Client:
+        """The live state machine of this round, or (fresh process) the same one rebuilt by replay."""
+        live = _LIVE.get(self._key(node, params))
+        if live is not None and live[1] == len(transcript):
+            return live[0]
         client = self._client(params, node, node.vault.get(params.session_tag, params.round))
         client.advertise()
         for past in transcript:
             if client.stage is ClientStage.AWAIT_SHARES:
                 client.set_input(np.zeros(client.dim))  # the real input only shaped the masked vector
             client.receive(past)
-        if stage == "masked_input":
-            incoming = decode(data)
-            if not isinstance(incoming, ForwardedShares) or client.stage is not ClientStage.AWAIT_SHARES:
-                raise PolicyError("masked-input stage without pending forwarded shares; not training")
-            weights = wire.flatten(msg.content.array_records[wire.WEIGHTS])
-            if weights.shape[0] + 1 != params.dim:
-                raise PolicyError(f"global model has {weights.shape[0]} values; the round expects {params.dim - 1}")
-            client.set_input(self.site(context).fit(weights, rnd))
-        out = client.receive(data)
-        if client.stage is ClientStage.DONE:
-            self._forget(context, node, params)  # burn before answering: nothing can be revealed twice
-        else:
-            st["transcript"] = transcript + [data]
-        return Message(wire.reply(stage, rnd, node.client, out[0].encode()), reply_to=msg)
+        return client
 
-    # -- helpers ------------------------------------------------------------------------
     def _client(self, params: SecAggParams, node: NodeDir, seed: bytes) -> Client:
         rng = DeterministicRandom(seed, b"fedvault/flower/client")
         return Client(params, node.client, node.identity(), node.registry.identity_keys(), rng, threads=self.threads)
@@ -197,6 +261,39 @@ class FedVaultMod:
             params = params or wire.params_from(st)
             node = node or NodeDir(self.node_dir(context))
             node.vault.burn(params.session_tag, params.round)
+            _LIVE.pop(self._key(node, params), None)
         except (NodeSetupError, SecAggError, ValueError, KeyError):
             pass
         del context.state.config_records[wire.STATE]
+
+
+def _unrouted(msg: Message, context: Context) -> Message:
+    return Message(Error(REFUSED, "fedvault/refused: not a fedvault message"), reply_to=msg)
+
+
+def _fit(site: "Site", weights: np.ndarray, rnd: int, config: dict[str, Any]) -> np.ndarray:
+    """``site.fit(weights, round, config)``; sites written before train configs take two arguments."""
+    if len(inspect.signature(site.fit).parameters) >= 3:
+        return site.fit(weights, rnd, config)
+    return site.fit(weights, rnd)
+
+
+def check_proposal(site: "Site", rec: ConfigRecord) -> None:
+    """Refuse a round whose public proposal cannot carry this hospital's update (before training).
+
+    The vector has ``dim`` values (the model plus the record count); every value a
+    hospital may send must lie within the encoder's ``clip``.  A site that knows its
+    bound (``max_abs(dim)``) is checked against it; the model size always is.
+    """
+    dim, clip = int(rec["dim"]), float(rec["clip"])
+    size = getattr(site, "model_size", None)
+    if size is not None and int(size) + 1 != dim:
+        raise MisconfiguredError(f"the server's model has {dim - 1} values, this hospital's {int(size)}")
+    bound = getattr(site, "max_abs", None)
+    if bound is not None:
+        need = float(bound())
+        if need > clip:  # the exact bound reveals the record count: it stays in this hospital's log
+            log.warning("fedvault: this hospital's update may reach %g per value; the server's clip is %g", need, clip)
+            raise MisconfiguredError(
+                f"this hospital's update does not fit the server's clip {clip:g}: set the server's clip to at least "
+                "max-records x update-clip (the public bound on any hospital's records times the update clip)")

@@ -15,7 +15,7 @@ is recorded as ``last + 1`` (``ledger_round``).  Every training is charged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -33,9 +33,14 @@ class Site(Protocol):
         """Why this hospital declines ``round`` (e.g. its budget is spent), or None."""
         ...
 
-    def fit(self, weights: np.ndarray, round: int) -> np.ndarray:
-        """Train from ``weights``; the weighted update vector (length ``len(weights) + 1``)."""
+    def fit(self, weights: np.ndarray, round: int, config: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Train from ``weights``; the weighted update vector (length ``len(weights) + 1``).
+        ``config`` is the strategy's train config (``server-round`` included)."""
         ...
+
+    # Optional, checked at enrolment before anything is trained (see ``mod.check_proposal``):
+    # ``model_size: int`` (number of model values) and ``max_abs() -> float`` (largest
+    # absolute value the update vector may hold).
 
 
 class HospitalSite:
@@ -95,7 +100,15 @@ class HospitalSite:
             self.hospital.ledger.save(self.ledger_path, key=self.ledger_key)
         return reason
 
-    def fit(self, weights: np.ndarray, round: int) -> np.ndarray:
+    @property
+    def model_size(self) -> int:
+        return sum(int(p.numel()) for p in self.hospital.model_factory().state_dict().values())
+
+    def max_abs(self) -> float:
+        """Largest value of ``[n delta, n]`` with ``||delta|| <= update_clip``: ``n * max(update_clip, 1)``."""
+        return float(self.records) * max(float(self.hospital.cfg.aggregation.update_clip), 1.0)
+
+    def fit(self, weights: np.ndarray, round: int, config: Mapping[str, Any] | None = None) -> np.ndarray:
         try:
             return self.hospital.fit(weights, self.ledger_round(round)).vector
         finally:

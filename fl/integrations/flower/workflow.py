@@ -5,9 +5,12 @@ replies' wire bytes to :class:`protocols.secagg.Server`, closes the stage when
 ``grid.send_and_receive`` returns (all replies in, or ``stage_timeout`` passed: a
 node that did not answer has dropped), and returns only the aggregate::
 
-    enrol ---> advertise ---> share ---> masked_input (+ global model) ---> consistency ---> unmask
+    enrol (proposal) ---> advertise (+ model hash) ---> share ---> masked_input (+ global model, train config)
+      ---> consistency ---> unmask
      |            nodes that error or stay silent at any stage are dropped; SecAgg+ recovers
      +- a node over its privacy budget answers with an error and is left out of the round
+     +- a node the proposal does not fit (model size, clip) refuses: the round stops with
+        :class:`Misconfigured` before any hospital trains or is charged
 
 What the server (and Flower's SuperLink, which only relays) learns is what
 :mod:`protocols.secagg.server` says: the sum of the survivors' encoded vectors, who
@@ -24,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedvault.fl.errors import FederationError
 from fedvault.protocols.errors import AbortError, ProtocolError
 from fedvault.protocols.secagg import SecAggParams, Server, ServerStage
 from fedvault.protocols.secagg.threat import ThreatModel
@@ -104,8 +108,13 @@ def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll:
     return out
 
 
-class RoundAborted(RuntimeError):
+class RoundAborted(FederationError, RuntimeError):
     """Too few hospitals enrolled or survived; nothing was revealed."""
+
+
+class Misconfigured(RoundAborted):
+    """Hospitals refused the server's proposal (model size, clip, roster) at enrolment; nobody trained.
+    The message lists each hospital's reason; fix the server's configuration."""
 
 
 def secure_round(
@@ -118,13 +127,16 @@ def secure_round(
     session_id: bytes | None = None,
     nodes: Iterable[int] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    train_config: ConfigRecord | None = None,
 ) -> RoundOutcome:
     """Run one secure-aggregation round over ``grid`` and return the survivors' sum.
 
     The vector each client contributes has ``len(flatten(weights)) + 1`` values.
-    ``session_id`` (1-255 bytes) names the run; a fresh random one by default.
+    ``session_id`` (1-64 bytes) names the run; a fresh random one by default.
     ``on_stage(stage)`` is called before each stage is sent (progress reporting).
-    Raises :class:`RoundAborted` if the round cannot complete.
+    ``train_config`` travels to the hospitals with the model.  Raises
+    :class:`Misconfigured` if hospitals refuse the proposal at enrolment (nobody
+    trained), :class:`RoundAborted` if the round cannot complete.
     """
     t_start = time.perf_counter()
     ssec = 0.0
@@ -132,6 +144,8 @@ def secure_round(
     stage_s: dict[str, float] = {}
     node_ids = sorted(nodes if nodes is not None else grid.get_node_ids())
     session_id = session_id or os.urandom(16)
+    if not 1 <= len(session_id) <= 64:
+        raise ValueError("session_id must be 1-64 bytes")
 
     def exchange(stage: str, outbox: dict[int, Message]) -> list[Message]:
         if on_stage is not None:
@@ -145,34 +159,50 @@ def secure_round(
         return replies
 
     def message(node: int, content) -> Message:
-        return Message(content=content, dst_node_id=node, message_type=wire.MESSAGE_TYPE, group_id=str(round))
+        return wire.instruction(content, node, wire.MESSAGE_TYPE, str(round))
 
-    # Enrol: who takes part (budget refusals come back as errors).
+    dim = wire.flatten(weights).shape[0] + 1
+    bits = config.bits
+    roster = registry.fingerprint()
+    enrol_fields = {"dim": dim, "clip": float(config.clip), "bits": bits, "graph": config.graph}
+
+    # Enrol: who takes part (budget refusals and misconfigurations come back as errors).
     refused: dict[str, str] = {}
+    misconfigured: dict[str, str] = {}
     node_of: dict[int, int] = {}
-    for r in exchange(wire.ENROL, {n: message(n, wire.request(wire.ENROL, round)) for n in node_ids}):
+    for r in exchange(wire.ENROL, {n: message(n, wire.request(wire.ENROL, round, fields=enrol_fields))
+                                   for n in node_ids}):
         src = r.metadata.src_node_id
         if r.has_error():
-            refused[f"node {src}"] = str(r.error.reason)
+            reason = str(r.error.reason)
+            (misconfigured if reason.startswith("fedvault/misconfigured") else refused)[f"node {src}"] = reason
             continue
-        cid = int(r.content.config_records[wire.RECORD]["client"])
+        rec = r.content.config_records[wire.RECORD]
+        cid = int(rec["client"])
         if cid not in registry.members or cid in node_of:
             log.warning("fedvault: node %s claims unknown or duplicate client id %s; ignored", src, cid)
             continue
+        if str(rec.get("roster", "")) != roster:
+            misconfigured[f"node {src} ({registry.name(cid)})"] = "its roster is not the server's (re-install the roster)"
+            continue
         node_of[cid] = src
+    if misconfigured:
+        raise Misconfigured(f"round {round}: hospitals refused the server's proposal before training: "
+                            + "; ".join(f"{k}: {v}" for k, v in sorted(misconfigured.items())))
     if len(node_of) < max(2, config.min_clients):
         raise RoundAborted(f"round {round}: only {len(node_of)} hospitals enrolled (min_clients = "
                            f"{config.min_clients}); refused: {refused}")
-    dim = wire.flatten(weights).shape[0] + 1
-    params = SecAggParams(session_id=session_id, round=round, clients=tuple(sorted(node_of)),
-                          threshold=config.threshold, graph=config.graph, bits=config.bits,
+    model = wire.model_hash(weights)
+    params = SecAggParams(session_id=wire.bound_session(session_id, model, roster), round=round,
+                          clients=tuple(sorted(node_of)), threshold=config.threshold, graph=config.graph, bits=bits,
                           threat_model=config.threat_model,
                           clip=float(config.clip), dim=dim)
+    advertise = wire.params_record(params, session_id, model, roster)
     t = time.perf_counter()
     server = Server(params, {i: registry.members[i].identity for i in params.clients}, threads=config.threads)
     ssec += time.perf_counter() - t
 
-    outbox = {i: message(node_of[i], wire.request("advertise", round, params=params)) for i in params.clients}
+    outbox = {i: message(node_of[i], wire.request("advertise", round, fields=advertise)) for i in params.clients}
     for stage in wire.STAGES:
         replies = exchange(stage, outbox)
         t = time.perf_counter()
@@ -195,8 +225,9 @@ def secure_round(
             break
         nstage = wire.STAGES[wire.STAGES.index(stage) + 1]
         outbox = {
-            i: message(node_of[i], wire.request(nstage, round, wire=m.encode(),
-                                                 weights=weights if nstage == "masked_input" else None))
+            i: message(node_of[i], wire.request(
+                nstage, round, wire=m.encode(), weights=weights if nstage == "masked_input" else None,
+                config=(train_config or ConfigRecord({"server-round": round})) if nstage == "masked_input" else None))
             for i, m in nxt.items()
         }
     assert server.result is not None

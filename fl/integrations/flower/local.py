@@ -1,0 +1,132 @@
+"""An in-process :class:`flwr.serverapp.Grid`: a ServerApp's messages run a ClientApp per node.
+
+Flower's only public simulation engine (``flwr.simulation.run_simulation``) starts
+Ray, which takes tens of seconds on a small machine.  :class:`InProcessGrid`
+implements Flower's public ``Grid`` interface instead: every pushed message is
+delivered (as a copy, like a wire would) to the destination node's
+:class:`~flwr.clientapp.ClientApp` with that node's :class:`~flwr.app.Context`, and
+the reply is kept until it is pulled.  Each node keeps one ``Context`` for the whole
+run, as a SuperNode does, so ``Context.state`` persists between messages.
+
+It is the transport of fedvault's Flower tests and benchmarks and of
+``fedvault_flower_app.simulate``; ``flwr run`` (Flower's simulation runtime or a
+real deployment) runs exactly the same ServerApp and ClientApp code.
+
+A node can be made to vanish (:meth:`InProcessGrid.kill`): messages to it are then
+never answered, as if its SuperNode had died; ``on_push(grid, messages)`` runs
+before each push (tests use it to kill a node when a given stage starts).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from typing import Any, Callable, Iterable, Mapping
+
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+SERVER_NODE_ID = 1
+
+
+
+class InProcessGrid(Grid):
+    """A :class:`~flwr.serverapp.Grid` whose nodes are ClientApps called in this process.
+
+    client_app
+        The ClientApp every node runs.
+    node_configs
+        ``{node_id: node_config}`` — one entry per node (node ids must not be 0 or 1).
+    run_config
+        The run config every node's Context gets (the ServerApp's is separate).
+    run_id
+        The run id of every Context and message.
+    on_push
+        ``(grid, messages) -> None`` called before messages are delivered.
+    """
+
+    def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping[str, Any]], *,
+                 run_config: Mapping[str, Any] | None = None, run_id: int = 1,
+                 on_push: Callable[["InProcessGrid", list[Message]], None] | None = None):
+        self.app = client_app
+        self.run_id = run_id
+        self.on_push = on_push
+        self.contexts = {
+            int(n): Context(run_id=run_id, node_id=int(n), node_config=dict(cfg), state=RecordDict(),
+                            run_config=dict(run_config or {}))
+            for n, cfg in node_configs.items()
+        }
+        if {0, SERVER_NODE_ID} & set(self.contexts):
+            raise ValueError("node ids 0 and 1 are reserved")
+        self.dead: set[int] = set()
+        self.replies: dict[str, Message] = {}
+        self.client_seconds = 0.0  # time spent inside ClientApps (what parallel nodes would overlap)
+        self._run: Any = None
+
+    @classmethod
+    def simulation(cls, client_app: ClientApp, num_nodes: int, **kw: Any) -> "InProcessGrid":
+        """Nodes ``10, 11, ...`` with Flower's simulation node config (``partition-id``, ``num-partitions``)."""
+        return cls(client_app, {10 + k: {"partition-id": k, "num-partitions": num_nodes} for k in range(num_nodes)},
+                   **kw)
+
+    # -- Grid -----------------------------------------------------------------------------
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        from . import wire
+
+        return wire.instruction(content, dst_node_id, message_type, group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self.contexts if n not in self.dead]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if self.on_push is not None:
+            self.on_push(self, messages)
+        ids = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            ids.append(mid)
+            node = msg.metadata.dst_node_id
+            if node not in self.contexts:
+                raise ValueError(f"no node {node} in this grid")
+            if node in self.dead:
+                continue
+            md = msg.metadata
+            delivered = Message(
+                content=copy.deepcopy(msg.content),
+                metadata=Metadata(run_id=self.run_id, message_id=mid, src_node_id=SERVER_NODE_ID, dst_node_id=node,
+                                  reply_to_message_id="", group_id=md.group_id, created_at=time.time(),
+                                  ttl=md.ttl, message_type=md.message_type),
+            )
+            t = time.perf_counter()
+            try:
+                reply = self.app(delivered, self.contexts[node])
+            except Exception as e:  # noqa: BLE001 - a SuperNode answers a raising ClientApp with an error
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(e).__name__}: {e}"), reply_to=delivered)
+            self.client_seconds += time.perf_counter() - t
+            if node in self.dead:  # killed while it worked: the reply is lost
+                continue
+            self.replies[mid] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.pull_messages(self.push_messages(messages)))
+
+    # -- failures -------------------------------------------------------------------------
+    def kill(self, node_id: int) -> None:
+        """The node vanishes: it answers nothing from now on."""
+        self.dead.add(int(node_id))

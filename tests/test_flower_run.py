@@ -1,0 +1,75 @@
+"""``flwr run`` on the shipped example, out of the box (Flower's managed local SuperLink and simulation
+runtime, a throwaway demo consortium on Flower's default 2 simulated SuperNodes): the run completes, its
+rounds and metrics are in Flower's log stream; ``fedvault flower-run`` exits non-zero when the run fails
+(Flower's own ``flwr run`` exits 0 either way)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "examples" / "flower"
+
+
+def _stop_local_superlink(home: Path) -> None:
+    """Kill the managed SuperLink `flwr` started for this FLWR_HOME (and what it started), by pid."""
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "flower-superlink" in cmd and str(home) in cmd:
+            procs = [p, *p.children(recursive=True)]
+            for q in procs:
+                try:
+                    q.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(procs, timeout=10)
+
+
+def test_flwr_run_on_the_example_completes(tmp_path):
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", RAY_DEDUP_LOGS="0",
+               PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")]),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"}
+    cmd = [sys.executable, "-m", "fedvault.fl.integrations.flower", "flower-run", str(APP)]
+    try:
+        ok = subprocess.run([*cmd, "--run-config", "num-server-rounds=1"], cwd=APP, env=env, capture_output=True,
+                            text=True, timeout=300)
+        assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
+        out = ok.stdout
+        assert "fedvault round 1: unmask" in out and "2 hospitals in the sum" in out  # Flower's log stream
+        assert "Global evaluation MetricRecord" in out and "finished:completed" in out
+    finally:
+        _stop_local_superlink(home)
+
+
+FAKE_FLWR = """#!/bin/sh
+if [ "$1" = run ]; then echo "Successfully started run 42"; echo "ERROR : fedvault/misconfigured: ..."; exit 0; fi
+if [ "$1" = ls ]; then echo '{"success": true, "runs": [{"run-id": "42", "status": "finished:failed"}]}'; fi
+"""
+
+
+def test_flower_run_exits_non_zero_when_the_run_failed(tmp_path, monkeypatch, capsys):
+    """Flower's `flwr run --stream` exits 0 although the run failed; `fedvault flower-run` reads the run's
+    final status and exits 1 (the status Flower records for a failed ServerApp: `finished:failed`)."""
+    import argparse
+
+    from fedvault.fl.integrations.flower.cli import cmd_flower_run
+
+    fake = tmp_path / "flwr"
+    fake.write_text(FAKE_FLWR)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path), os.environ.get("PATH", "")]))
+    assert cmd_flower_run(argparse.Namespace(app=".", flwr_args=[])) == 1
+    assert "run 42: finished:failed" in capsys.readouterr().out
