@@ -85,14 +85,14 @@ def test_hospitals_shown_different_models_refuse_each_others_keys(tmp_path):
     nodes = {k + 1: NodeDir(tmp_path / f"hospital_{k}") for k in range(3)}
     roster = nodes[1].registry.fingerprint()
     m1, m2 = wire.model_hash(_weights(0.0)), wire.model_hash(_weights(1.0))
-    base = {"session": b"s" * 16, "roster": roster, "clients": [1, 2, 3], "threshold": 2, "graph": "complete",
-            "bits": 32, "clip": 20.0, "frac_bits": 16, "dim": DIM, "round": 1}
+    from fedvault.protocols.secagg import SecAggParams
+
+    honest = SecAggParams(wire.bound_session(b"s" * 16, m1, roster), 1, (1, 2, 3), dim=DIM, clip=20.0)
     from flwr.app import ConfigRecord
 
-    params = {c: wire.params_from(ConfigRecord(dict(base, model=m1 if c < 3 else m2))) for c in (1, 2, 3)}
-    frac = params[1].encoder.fractional_bits
-    base["frac_bits"] = frac
-    params = {c: wire.params_from(ConfigRecord(dict(base, model=m1 if c < 3 else m2))) for c in (1, 2, 3)}
+    params = {c: wire.params_from(ConfigRecord(wire.params_record(honest, b"s" * 16, m1, roster)
+                                               | {"model": m1 if c < 3 else m2})) for c in (1, 2, 3)}
+    assert params[1].session_tag == honest.session_tag != params[3].session_tag
     clients = {c: Client(params[c], c, nodes[c].identity(), nodes[c].registry.identity_keys(),
                          DeterministicRandom(bytes([c]) * 32, b"t")) for c in (1, 2, 3)}
     ads = {c: clients[c].advertise() for c in (1, 2, 3)}

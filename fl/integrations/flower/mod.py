@@ -196,8 +196,7 @@ class FedVaultMod:
             seed = node.vault.create(params.session_tag, params.round)
             client = self._client(params, node, seed)
             out = client.advertise()
-            state = {k: rec[k] for k in ("session", "model", "roster", "clients", "threshold", "graph", "bits",
-                                         "clip", "frac_bits", "dim")}
+            state = {k: rec[k] for k in rec.keys() if k not in ("v", "stage", "wire")}
             state.update(round=params.round, transcript=[])
             context.state.config_records[wire.STATE] = ConfigRecord(state)
             _LIVE[self._key(node, params)] = (client, 0)
