@@ -73,6 +73,8 @@ class RunFacts:
         participants_listed: history lists who took part each round.
         coins_secret: client-sampling coins came from the OS CSPRNG (None: unknown).
         source: where the facts come from (``"inventory"``, ``"schema-1 history"``, ``"none"``).
+        not_private: reasons the run is not private on purpose (an audit fault of
+            :mod:`dp.faults`, recorded as history ``not_private``): refused like ``reproducible``.
     """
 
     exact_counts: tuple[str, ...] = ()
@@ -80,6 +82,7 @@ class RunFacts:
     participants_listed: bool = False
     coins_secret: bool | None = None
     source: str = "none"
+    not_private: tuple[str, ...] = ()
 
 
 def run_facts(history: Mapping[str, Any] | None) -> RunFacts:
@@ -98,15 +101,17 @@ def run_facts(history: Mapping[str, Any] | None) -> RunFacts:
     rnd = history.get("randomness")
     if isinstance(rnd, Mapping) and "client_sampling" in rnd:
         coins = rnd["client_sampling"] == "secret"
+    faults = tuple(str(x) for x in history.get("not_private") or ())  # dp.faults: audit-only runs
     if "releases" in history and isinstance(history["releases"], list):
-        return RunFacts(tuple(exact_count_releases(history["releases"])), reproducible, listed, coins, "inventory")
+        return RunFacts(tuple(exact_count_releases(history["releases"])), reproducible, listed, coins, "inventory",
+                        faults)
     hosp = history.get("hospitals") or {}
     inferred = []
     if isinstance(hosp, Mapping) and any(isinstance(h, Mapping) and "records" in h for h in hosp.values()):
         inferred.append("record_counts")
     if listed:
         inferred.append("participants")
-    return RunFacts(tuple(inferred), reproducible, listed, coins, f"schema-{history.get('schema', 1)} history")
+    return RunFacts(tuple(inferred), reproducible, listed, coins, f"schema-{history.get('schema', 1)} history", faults)
 
 
 @dataclass(frozen=True)
@@ -464,6 +469,7 @@ def verify(
     return VerificationReport(
         clients=tuple(verify_one(d, tolerance, pld_discretization, facts) for d in records),
         tolerance=tolerance,
-        refusal=REPRODUCIBLE_REFUSAL if facts.reproducible else None,
+        refusal=REPRODUCIBLE_REFUSAL if facts.reproducible else (
+            "; ".join(facts.not_private) + "; fedvault verify does not certify such a run" if facts.not_private else None),
         facts=facts,
     )

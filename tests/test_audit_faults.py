@@ -100,4 +100,11 @@ def test_faulty_federation_is_marked_not_private():
                      "aggregation": {"mode": "plaintext"}})
     run = federate(cfg, baseline=False, trainer_options=lambda name: {"fault": "no_noise"})
     assert any("not private" in s for s in run.history["not_private"])
-    assert "not_private" not in federate(cfg, baseline=False).history
+    honest = federate(cfg, baseline=False).history
+    assert "not_private" not in honest
+    # fedvault verify refuses to certify the faulty run (and still certifies the honest one)
+    from fedvault.dp.verify import verify
+
+    report = verify(run.history)
+    assert not report.ok and "audit fault" in report.refusal
+    assert verify(honest).refusal is None
