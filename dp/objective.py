@@ -162,13 +162,19 @@ def check_model(model: nn.Module) -> None:
         raise UnsupportedModelError(f"the model factory must return a torch.nn.Module, got {type(model).__name__}")
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
+    was_training = model.training
+    model.train()  # the check is about layers; DP-SGD trains in training mode anyway
+    try:
+        errors = ModuleValidator.validate(model, strict=False)
+    finally:
+        model.train(was_training)
     if errors:
         raise UnsupportedModelError(
             "model cannot be trained with DP-SGD: "
             + "; ".join(str(e) for e in errors)
-            + ". Fix: build it with GroupNorm/LayerNorm instead of BatchNorm (per-example gradients cannot "
-            "mix examples), or return opacus.validators.ModuleValidator.fix(model) from your model factory"
+            + ". Fix: normalise per example — LayerNorm for feature vectors (n, C), GroupNorm for "
+            "(n, C, ...) maps — instead of BatchNorm (per-example gradients cannot mix examples); for "
+            "convolutional models return opacus.validators.ModuleValidator.fix(model) from your model factory"
         )
     if not any(p.requires_grad for p in model.parameters()):
         raise UnsupportedModelError("the model has no trainable parameters")

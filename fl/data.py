@@ -11,7 +11,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -44,6 +44,37 @@ class FederatedData:
     image_shape: tuple[int, ...] | None = None
     classes: list[str] = field(default_factory=list)  # class index -> name
     label_mapping: dict[str, str] = field(default_factory=dict)  # raw label as written -> class name
+    # federated standardisation of the features before training; False for the user's own
+    # tensors (from_arrays), which are used exactly as given (e.g. integer token ids)
+    standardise: bool = True
+
+    @classmethod
+    def from_arrays(
+        cls,
+        hospitals: Mapping[str, tuple[Any, Any]],
+        *,
+        test: tuple[Any, Any] | None = None,
+        holdout_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> "FederatedData":
+        """The federation's data from the user's own per-hospital arrays or tensors.
+
+        Args:
+            hospitals: ``{name: (X, y)}`` — numpy arrays or torch tensors with one row per
+                record; every hospital's ``X`` has the same trailing shape and kind (real
+                or integer: integer inputs such as token ids stay integers). ``y``: integer
+                class ids (classification) or real values (regression).
+            test: optional ``(X, y)`` held by the coordinator for global evaluation.
+            holdout_fraction: share of each hospital's records kept for its own (site)
+                evaluation (seeded by ``seed``; default none).
+
+        The data are used exactly as given (no standardisation: prepare features before).
+        ``n_classes`` is ``max(label) + 1`` for integer labels and 0 for real targets.
+
+        Raises:
+            DataError: empty or mismatched arrays, duplicate names, NaN/inf features.
+        """
+        return _from_arrays(hospitals, test, holdout_fraction, seed)
 
     def describe(self) -> dict[str, object]:
         """The history's ``data`` section: classes (index order) and how raw labels were read."""
@@ -357,3 +388,56 @@ def _load_csvs(cfg: Config, warn: Callable[[str], None]) -> FederatedData:
         X_test, y_test = np.concatenate(test_X), np.concatenate(test_y)
     return FederatedData(hospitals, X_test, y_test, len(classes), files[0].features, None, classes,
                          label_mapping={l: classes[i] for l, i in sorted(cmap.items())})
+
+
+# --------------------------------------------------------------------------- user arrays
+
+
+def _array(a: Any, what: str) -> np.ndarray:
+    if hasattr(a, "detach"):  # a torch tensor (no torch import needed here)
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise DataError(f"{what} must be numeric arrays or tensors, got dtype {arr.dtype}")
+    if arr.ndim < 1 or len(arr) == 0:
+        raise DataError(f"{what} is empty; give at least one record")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{what} contains NaN or infinity")
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    return arr.astype(np.int64)
+
+
+def _from_arrays(hospitals: Mapping[str, tuple[Any, Any]], test: tuple[Any, Any] | None, frac: float,
+                 seed: int) -> FederatedData:
+    if not isinstance(hospitals, Mapping) or not hospitals:
+        raise DataError("hospitals must be a non-empty mapping {name: (X, y)}")
+    if not 0.0 <= frac < 1.0:
+        raise DataError(f"holdout_fraction must be in [0, 1), got {frac!r}")
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, xy in hospitals.items():
+        if not isinstance(name, str) or not name:
+            raise DataError(f"hospital names must be non-empty strings, got {name!r}")
+        X, y = _array(xy[0], f"{name}: X"), _array(xy[1], f"{name}: y")
+        if len(X) != len(y):
+            raise DataError(f"{name}: X has {len(X)} records but y has {len(y)}")
+        pairs[name] = (X, y)
+    first = next(iter(pairs.values()))
+    for name, (X, y) in pairs.items():
+        if X.shape[1:] != first[0].shape[1:] or X.dtype != first[0].dtype:
+            raise DataError(f"{name}: X has shape (n, {X.shape[1:]}) and dtype {X.dtype}, "
+                            f"the first hospital (n, {first[0].shape[1:]}) and {first[0].dtype}; make them agree")
+        if y.shape[1:] != first[1].shape[1:] or y.dtype.kind != first[1].dtype.kind:
+            raise DataError(f"{name}: targets differ in shape or kind from the first hospital's")
+    if test is not None:
+        X_test, y_test = _array(test[0], "test X"), _array(test[1], "test y")
+        if len(X_test) != len(y_test) or X_test.shape[1:] != first[0].shape[1:]:
+            raise DataError("test (X, y) must have as many targets as records and the hospitals' record shape")
+    else:
+        X_test, y_test = first[0][:0], first[1][:0]
+    rng = np.random.default_rng(seed)
+    hs = [_with_holdout(name, X, y, frac, rng) for name, (X, y) in pairs.items()]
+    ys = [y for _, y in pairs.values()] + [y_test]
+    n_classes = int(max(int(y.max()) for y in ys if len(y)) + 1) if first[1].dtype.kind in "biu" else 0
+    width = int(np.prod(first[0].shape[1:])) if first[0].ndim > 1 else 1
+    return FederatedData(hs, X_test, y_test, n_classes, [f"x{i}" for i in range(width)], standardise=False)

@@ -5,6 +5,10 @@ misleads: :func:`bootstrap_ci` gives percentile bootstrap intervals (resampling 
 patients with replacement) and :func:`paired_difference_ci` the interval of a difference
 between two models scored on the *same* patients (paired resampling), which is what a
 "gap" between the federated model and a baseline needs.
+
+Regression (``evaluate(..., loss="mse")``, bring-your-own models): MSE, MAE and the
+training loss — no accuracy. A custom loss callable reports its own value as ``loss``,
+plus accuracy for integer class targets or MSE/MAE for real-valued ones.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from fedvault.dp.objective import ArrayLike, LossSpec, as_inputs, as_targets, resolve_loss
+
 CI_LEVEL = 0.95
 CI_RESAMPLES = 1000
 
@@ -26,7 +32,7 @@ def predict_proba(model: nn.Module, X: np.ndarray) -> np.ndarray:
     """Class probabilities (softmax of the logits), float64, shape (n, classes)."""
     model.eval()
     with torch.no_grad():
-        logits = model(torch.as_tensor(X, dtype=torch.float32))
+        logits = model(as_inputs(X))  # real features -> float32; integer ids stay int64
         return torch.softmax(logits, dim=1).double().numpy()
 
 
@@ -74,12 +80,44 @@ def metrics_from_proba(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
     return {"accuracy": acc, "roc_auc": _auc(y, prob), "loss": loss}
 
 
-def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """``{accuracy, roc_auc, loss}``; ROC-AUC is one-vs-rest macro for more than two classes
-    and ``nan`` when the records hold a single class."""
+def evaluate(model: nn.Module, X: ArrayLike, y: ArrayLike, *, loss: LossSpec = "cross_entropy") -> dict[str, float]:
+    """Metrics of ``model`` on ``(X, y)`` for the training ``loss``.
+
+    ``"cross_entropy"``: ``{accuracy, roc_auc, loss}``; ROC-AUC is one-vs-rest macro for
+    more than two classes and ``nan`` when the records hold a single class. Otherwise see
+    :func:`evaluate_loss`. Empty ``y``: the same keys, all ``nan``.
+    """
+    if loss != "cross_entropy":
+        return evaluate_loss(model, X, y, loss)
     if len(y) == 0:
         return {"accuracy": math.nan, "roc_auc": math.nan, "loss": math.nan}
-    return metrics_from_proba(y, predict_proba(model, X))
+    return metrics_from_proba(np.asarray(y), predict_proba(model, X))
+
+
+REGRESSION_METRICS = ("mse", "mae", "loss")
+
+
+def evaluate_loss(model: nn.Module, X: ArrayLike, y: ArrayLike, loss: LossSpec) -> dict[str, float]:
+    """Regression or a custom loss: ``{mse, mae, loss}`` for real-valued targets (mean over
+    all target values; ``loss`` = the training objective), ``{accuracy, roc_auc, loss}`` for
+    integer class targets of a custom loss on logits, else ``{loss}``."""
+    if len(y) == 0:
+        return dict.fromkeys(REGRESSION_METRICS, math.nan)
+    yt = as_targets(y, loss)
+    _, fn = resolve_loss(loss)
+    model.eval()
+    with torch.no_grad():
+        out = model(as_inputs(X))
+        value = float(fn(out, yt))
+    if yt.is_floating_point():
+        if out.numel() != yt.numel():
+            return {"loss": value}
+        err = out.double().reshape(len(yt), -1) - yt.double().reshape(len(yt), -1)
+        return {"mse": float(err.pow(2).mean()), "mae": float(err.abs().mean()), "loss": value}
+    if out.ndim == 2 and out.shape[1] >= 2 and yt.ndim == 1:  # integer classes, logits
+        m = metrics_from_proba(yt.numpy(), torch.softmax(out, dim=1).double().numpy())
+        return {**m, "loss": value}
+    return {"loss": value}
 
 
 def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:

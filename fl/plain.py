@@ -1,37 +1,54 @@
 """Non-private training: local training when ``privacy.enabled = false`` and the pooled baseline.
 
-Same loss (cross-entropy on logits) and optimiser as the private path, without
-clipping or noise, so a user compares like with like.
+Same loss, optimiser and input handling as the private path (:mod:`dp.objective`), without
+clipping or noise, so a user compares like with like. Nothing here is released as private:
+the shuffling seed may be public.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
+
+from fedvault.dp.objective import (
+    ArrayLike,
+    LossSpec,
+    OptimizerSpec,
+    as_inputs,
+    as_targets,
+    batch_loss,
+    make_optimizer,
+    resolve_loss,
+    trainable,
+)
 
 
 def train(
     model: nn.Module,
-    X: np.ndarray,
-    y: np.ndarray,
+    X: ArrayLike,
+    y: ArrayLike,
     *,
     epochs: int,
     batch_size: int,
     lr: float,
     seed: int,
     prox_mu: float = 0.0,
+    loss: LossSpec = "cross_entropy",
+    optimizer: OptimizerSpec = "sgd",
 ) -> int:
-    """Mini-batch SGD in place; returns the number of optimiser steps taken.
+    """Mini-batch training in place; returns the number of optimiser steps taken.
 
-    ``prox_mu > 0`` adds FedProx's ``(mu/2)·||w - w_start||^2`` to the objective.
+    ``loss``/``optimizer`` as for :class:`dp.training.PrivateTrainer` (names or callables);
+    integer inputs stay int64. ``prox_mu > 0`` adds FedProx's ``(mu/2)·||w - w_start||^2``
+    to the objective.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable(model)
     ref = [p.detach().clone() for p in params]
     g = torch.Generator().manual_seed(seed)
-    Xt = torch.as_tensor(X, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    opt = torch.optim.SGD(params, lr=lr)
+    Xt = as_inputs(X)
+    yt = as_targets(y, loss)
+    _, loss_fn = resolve_loss(loss)
+    opt = make_optimizer(optimizer, params, lr)
     model.train()
     steps = 0
     for _ in range(epochs):
@@ -39,7 +56,7 @@ def train(
         for i in range(0, len(yt), batch_size):
             idx = perm[i : i + batch_size]
             opt.zero_grad()
-            nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+            batch_loss(loss_fn, model(Xt[idx]), yt[idx]).backward()
             if prox_mu > 0:
                 with torch.no_grad():
                     for p, r in zip(params, ref):
