@@ -1,6 +1,6 @@
 """Privacy report for a privacy officer: per-hospital table and ε over rounds.
 
-Both functions take the ``privacy`` section of history.json (``{client: ledger dict}``),
+All functions take the ``privacy`` section of history.json (``{client: ledger dict}``),
 the whole history dict, or an iterable of :class:`~dp.ledger.PrivacyLedger`. ε over
 rounds is recomputed from each hospital's events (the ε after each round it took part
 in; flat across rounds it sat out or refused), so the plot is exactly what the ledger
@@ -96,39 +96,166 @@ def epsilon_curves(source: Any, rounds: Iterable[int] | None = None) -> dict[str
     return curves
 
 
-def plot_epsilon(source: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
-    """Write a PNG of ε over rounds per hospital (budgets dashed) to ``path``; returns the path."""
-    import matplotlib
+# Above this, ε bounds an observer's odds ratio by e^ε ≥ 22026: formally a guarantee, in practice none.
+MEANINGLESS_EPSILON = 10.0
+SMALL_MULTIPLES_ABOVE = 6  # hospitals: beyond this, one panel per hospital instead of overlapping lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rounds = None
-    if isinstance(source, Mapping) and source.get("rounds"):
-        rounds = [int(r["round"]) for r in source["rounds"]]
-    dicts, _ = _ledger_dicts(source)
-    curves = epsilon_curves(source, rounds)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for d in dicts:
+def _round_marks(source: Any) -> tuple[list[int], list[int], dict[str, set[int]], int | None]:
+    """(rounds, aborted rounds, refused rounds per hospital, personalisation round or None) of a history."""
+    if not isinstance(source, Mapping) or not source.get("rounds"):
+        return [], [], {}, None
+    rows = source["rounds"]
+    rounds = [int(r["round"]) for r in rows]
+    aborted = [int(r["round"]) for r in rows if r.get("aborted")]
+    refused: dict[str, set[int]] = {}
+    for r in rows:
+        for c in (r.get("refused") or {}):
+            refused.setdefault(c, set()).add(int(r["round"]))
+    pers = (max(rounds) + 1) if source.get("personalization") else None
+    return rounds, aborted, refused, pers
+
+
+def _client_level_series(source: Any) -> tuple[list[int], list[float], list[float]]:
+    if not isinstance(source, Mapping):
+        return [], [], []
+    xs, model, server = [], [], []
+    for r in source.get("rounds", []) or []:
+        if r.get("client_epsilon") is not None:
+            xs.append(int(r["round"]))
+            model.append(float(r["client_epsilon"]))
+            server.append(float(r.get("client_epsilon_vs_server", math.nan)))
+    return xs, model, server
+
+
+def epsilon_figure(source: Any, *, title: str | None = None) -> Any:
+    """A :class:`matplotlib.figure.Figure` of ε over rounds per hospital (never touches pyplot or the backend).
+
+    * record-level ε per hospital, recomputed from its ledger events; budget dashed;
+      dots = rounds it trained in; red × = rounds it refused; grey bands = aborted rounds
+      (ε charged, nothing revealed); the personalisation step is the last point ("P");
+    * more than six hospitals: one small panel per hospital (shared axes), so lines
+      never hide each other;
+    * client-level ε (with ``client_noise_multiplier``) in its own panel, with a warning
+      when it is above 10 (too large to mean anything).
+
+    In a notebook the figure shows inline when it is the cell's value (``%matplotlib inline``);
+    ``fig.savefig(path)`` writes a file.
+    """
+    from matplotlib.figure import Figure
+
+    rounds, aborted, refused_hist, pers = _round_marks(source)
+    dicts, refused_led = _ledger_dicts(source)
+    for k, v in refused_led.items():
+        refused_hist.setdefault(k, set()).update(v)
+    axis_rounds = rounds + ([pers] if pers is not None else [])
+    curves = epsilon_curves(source, axis_rounds or None)
+    cl_x, cl_model, cl_server = _client_level_series(source)
+    n = len(dicts)
+    small = n > SMALL_MULTIPLES_ABOVE
+    ncols = min(5, n) if small else 1
+    nrows = math.ceil(n / ncols) if small else 1
+    extra = 1 if cl_x else 0
+    width = 3.0 * ncols if small else 7.5
+    fig = Figure(figsize=(max(width, 7.5), 2.4 * nrows + (2.6 if extra else 0) + 0.8), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(nrows + extra, ncols)
+    delta = dicts[0].get("delta") if dicts else None
+
+    def decorate(ax: Any) -> None:
+        for r in aborted:
+            ax.axvspan(r - 0.5, r + 0.5, color="0.85", zorder=0, linewidth=0)
+        if pers is not None:
+            ax.axvline(pers - 0.5, color="0.5", linewidth=0.6, linestyle=":")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+
+    def draw(ax: Any, d: Mapping[str, Any], color: Any, label: bool) -> None:
         client = str(d.get("client", "?"))
         pts = curves.get(client, [])
-        if pts:
-            line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=client)[0]  # ε after round r
-            took = {e.round for e in _events(d)}
-            ax.plot([x for x, _ in pts if x in took], [y for x, y in pts if x in took], "o",
-                    color=line.get_color(), markersize=3)
-            budget = d.get("budget_epsilon")
-            if budget is not None and math.isfinite(float(budget)):
-                ax.axhline(float(budget), color=line.get_color(), linestyle="--", linewidth=0.8)
-    delta = dicts[0]["delta"] if dicts else None
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("round (dots: rounds taken part in)")
-    ax.set_ylabel(f"ε (δ = {delta:g})" if delta else "ε")
-    ax.set_title(title or "Privacy loss per hospital (dashed: budget)")
-    ax.grid(alpha=0.3)
-    if dicts:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        if not pts:
+            return
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, color=color, label=f"{client} (ε {ys[-1]:.2f})" if label else None, linewidth=1.4)
+        took = {e.round for e in _events(d)}
+        ax.plot([x for x in xs if x in took], [y for x, y in pts if x in took], "o", color=color, markersize=3)
+        ref = refused_hist.get(client, set())
+        if ref:
+            ax.plot([x for x in xs if x in ref], [y for x, y in pts if x in ref], "x", color="crimson", markersize=6,
+                    label="refused (budget)" if label and client == first_refuser else None)
+        budget = d.get("budget_epsilon")
+        if budget is not None and math.isfinite(float(budget)):
+            ax.axhline(float(budget), color=color, linestyle="--", linewidth=0.8)
+
+    first_refuser = next((str(d.get("client")) for d in dicts if refused_hist.get(str(d.get("client")))), None)
+    colors = [f"C{i % 10}" for i in range(n)]
+    if small:
+        axes = []
+        for i, d in enumerate(dicts):
+            ax = fig.add_subplot(grid[i // ncols, i % ncols], sharey=axes[0] if axes else None,
+                                 sharex=axes[0] if axes else None)
+            axes.append(ax)
+            draw(ax, d, "C0", False)
+            decorate(ax)
+            pts = curves.get(str(d.get("client", "?"))) or [(0, 0.0)]
+            ax.set_title(f"{d.get('client', '?')}  ε {pts[-1][1]:.2f}", fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0].set_ylabel(f"ε (δ = {delta:g})" if delta else "ε", fontsize=8)
+    else:
+        ax = fig.add_subplot(grid[0, 0])
+        for d, c in zip(dicts, colors):
+            draw(ax, d, c, True)
+        decorate(ax)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"ε (δ = {delta:g})" if delta else "ε")
+        if dicts:
+            ax.legend(fontsize=8, loc="upper left", ncols=2 if n > 3 else 1)
+        axes = [ax]
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if pers is not None:
+        for ax in axes:
+            ticks = [t for t in ax.get_xticks() if rounds and min(rounds) <= t < pers]
+            ax.set_xticks(ticks + [pers], [f"{t:g}" for t in ticks] + ["P"])
+    rel = dicts[0].get("relation", "add_remove") if dicts else "add_remove"
+    notes = ["dots: rounds trained", "dashed: budget"]
+    if aborted:
+        notes.append(f"grey: {len(aborted)} aborted round{'s' if len(aborted) != 1 else ''} (ε charged, nothing revealed)")
+    if refused_hist:
+        notes.append("red ×: refused")
+    if pers is not None:
+        notes.append("P: personalisation")
+    fig.suptitle((title or f"Record-level privacy loss per hospital ({rel.replace('_', '/')} one record)")
+                 + "\n" + "; ".join(notes), fontsize=9)
+    if cl_x:
+        ax = fig.add_subplot(grid[nrows, :])
+        ax.plot(cl_x, cl_model, "o-", markersize=3, label="vs model consumers")
+        if any(math.isfinite(v) for v in cl_server):
+            ax.plot(cl_x, cl_server, "s--", markersize=3, label="vs the aggregation server")
+        for r in aborted:
+            ax.axvspan(r - 0.5, r + 0.5, color="0.85", zorder=0, linewidth=0)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round")
+        ax.set_ylabel("client-level ε")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+        worst = max([v for v in cl_model + cl_server if math.isfinite(v)], default=0.0)
+        if worst > MEANINGLESS_EPSILON:
+            ax.axhline(MEANINGLESS_EPSILON, color="crimson", linewidth=0.8)
+            ax.set_title(f"client level (one hospital's whole update): ε = {worst:.0f} is too large to mean anything "
+                         f"(above the red line at {MEANINGLESS_EPSILON:g}, e^ε ≥ {math.exp(MEANINGLESS_EPSILON):,.0f})",
+                         fontsize=9, color="crimson")
+        else:
+            ax.set_title("client level (one hospital's whole update)", fontsize=9)
+    return fig
+
+
+def plot_epsilon(source: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+    """Write :func:`epsilon_figure` as a PNG to ``path``; returns the path. Uses no pyplot."""
+    fig = epsilon_figure(source, title=title)
     fig.savefig(path, format="png")
-    plt.close(fig)
     return os.fspath(path)

@@ -162,12 +162,18 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     h = _read_history(args.history)
     print(ledger_table(h))
     cl = h.get("client_level")
-    if cl:
+    if cl and isinstance(cl.get("epsilon"), (int, float)):
+        from fedvault.fl.summary import MEANINGLESS_EPSILON
+
         print(
-            f"\nclient level ({cl['mechanism']}): ε = {cl['epsilon']:.3f} against model consumers "
-            f"(client sampling q = {cl['sample_rate']:g}), ε = {cl['epsilon_vs_server']:.3f} against the server, "
-            f"δ = {cl['delta']:g}"
+            f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} against model consumers "
+            f"(client sampling q = {cl.get('sample_rate', 1.0):g}), ε = {cl.get('epsilon_vs_server', math.nan):.3f} "
+            f"against the server, δ = {cl.get('delta', math.nan):g} (neighbouring: one hospital's whole update)"
         )
+        worst = max(v for v in (cl["epsilon"], cl.get("epsilon_vs_server", 0.0)) if isinstance(v, (int, float)))
+        if worst > MEANINGLESS_EPSILON:
+            print(f"WARNING: client-level ε = {worst:.0f} is too large to mean anything; it protects no hospital's "
+                  "data in practice (raise privacy.client_noise_multiplier or run fewer rounds)")
     png = args.plot or args.history.with_suffix(".epsilon.png")
     plot_epsilon(h, png)
     print(f"\nε over rounds written to {png}")

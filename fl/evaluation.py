@@ -36,7 +36,9 @@ def gap_sentence(points: float, ci: list[float] | None, n_test: int, level: floa
     if ci is not None:
         lo, hi = 100 * ci[0], 100 * ci[1]
         s += f" ({int(level * 100)}% CI {lo:+.1f} to {hi:+.1f})"
-        if lo <= 0 <= hi:
+        if lo == hi == 0:
+            s += "; the two models classify every test patient the same way"
+        elif lo <= 0 <= hi:
             s += "; the interval includes 0, so this test set cannot tell them apart"
     return s
 

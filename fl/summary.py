@@ -84,15 +84,33 @@ class RoundTable:
         self.bar.close()
 
 
-def _ledger_rounds(ledger: Mapping[str, Any]) -> list[int]:
-    return [int(e.get("round", 0)) for e in ledger.get("events", []) or []]
+def _ledger_rounds(ledger: Mapping[str, Any], purpose: str | None = None) -> list[int]:
+    """Rounds of the ledger's DP-SGD events (``kind`` poisson_sampled_gaussian, or v1 events)."""
+    out = []
+    for e in ledger.get("events", []) or []:
+        if e.get("kind", "poisson_sampled_gaussian") != "poisson_sampled_gaussian":
+            continue
+        if purpose is not None and e.get("purpose", "dp-sgd") != purpose:
+            continue
+        out.append(int(e.get("round", 0)))
+    return out
+
+
+def _other_releases(ledger: Mapping[str, Any]) -> Counter:
+    """Counts of the ledger's non-training releases by purpose (e.g. noised statistics)."""
+    return Counter(str(e.get("purpose", e.get("kind"))) for e in ledger.get("events", []) or []
+                   if e.get("kind", "poisson_sampled_gaussian") == "gaussian_release")
+
+
+RELATION_WORDS = {"add_remove": "add/remove one patient record", "replace_one": "replace one patient record"}
 
 
 def _relation(ledger: Mapping[str, Any]) -> str:
-    rels = {e.get("relation") or e.get("neighbouring") for e in ledger.get("events", []) or []} - {None}
+    rels = {ledger.get("relation")} | {e.get("relation") for e in ledger.get("events", []) or []}
+    rels -= {None}
     if not rels:
         return RECORD_RELATION
-    return ", ".join(sorted(str(r).replace("_", "/") for r in rels)) + " (one patient record)"
+    return ", ".join(RELATION_WORDS.get(str(r), str(r)) for r in sorted(rels))
 
 
 def summary(history: Mapping[str, Any]) -> str:
@@ -153,14 +171,16 @@ def summary(history: Mapping[str, Any]) -> str:
         width = max(len(c) for c in privacy)
         for c, led in privacy.items():
             rs = _ledger_rounds(led)
-            fl_rounds = [x for x in rs if x <= last]
+            ps = set(_ledger_rounds(led, "personalisation")) | {x for x in rs if x > last}
+            fl_rounds = sorted(set(x for x in rs if x not in ps))
             in_abort = sum(1 for x in fl_rounds if x in aborted_ids)
-            ps = [x for x in rs if x > last]
             what = f"{len(fl_rounds)} DP-SGD round{'s' if len(fl_rounds) != 1 else ''}"
             if in_abort:
                 what += f" ({in_abort} of them in aborted rounds)"
             if ps or (c in pers and "refused" not in pers[c]):
                 what += " + personalisation"
+            for purpose, k in sorted(_other_releases(led).items()):
+                what += f" + {purpose.replace('_', ' ')} ×{k}"
             eps = led.get("epsilon")
             budget = led.get("budget_epsilon")
             tail = f" of budget {budget:g}" if isinstance(budget, (int, float)) else ""
@@ -202,6 +222,17 @@ def summary(history: Mapping[str, Any]) -> str:
         else:
             out.append(f"    gap: {100 * (m.get('accuracy', math.nan) - bm.get('accuracy', math.nan)):+.1f} accuracy "
                        "points (federated minus baseline)")
+    pers = history.get("personalization") or {}
+    if pers:
+        out.append("  personalisation (each hospital fine-tunes the global model; accuracy on its own held-out records, "
+                   "global → personalised):")
+        width = max(len(c) for c in pers)
+        for c, pm in pers.items():
+            g, q = (pm.get("global") or {}).get("accuracy"), (pm.get("personalized") or {}).get("accuracy")
+            note = f"  declined: {pm['refused']}" if pm.get("refused") else ""
+            gain = f"  ({100 * (q - g):+.1f} points)" if isinstance(g, float) and isinstance(q, float) and not (
+                math.isnan(g) or math.isnan(q)) else ""
+            out.append(f"    {c:<{width}}  {_fmt(g, '.3f')} → {_fmt(q, '.3f')}{gain}{note}")
     per = final.get("per_hospital")
     if per:
         label = next(iter(per.values())).get("release", "")
