@@ -93,7 +93,7 @@ def accountant_epsilon(acc: Any, delta: float) -> float:
     """ε of an Opacus accountant at ``delta`` (0 for an empty history)."""
     if len(acc.history) == 0:
         return 0.0
-    with _quiet():
+    with quiet_warnings():
         eps = float(acc.get_epsilon(delta=delta))
     if math.isnan(eps):
         raise AccountingError("the accountant returned NaN for ε; check σ and q of the events")
@@ -120,7 +120,7 @@ def opacus_epsilon(events: Iterable["PrivacyEvent"], delta: float, accountant: s
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as analysis
 
-    with _quiet():
+    with quiet_warnings():
         total = sum([_rdp_curve(sigma, q) * steps for sigma, q, steps in history])
         eps, _ = analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta)
     eps = float(eps)
@@ -209,7 +209,7 @@ def dpa_epsilon(
         raise AccountingError(
             f"dp_accounting's {method.upper()} accountant does not support these events under {relation}"
         )
-    with _quiet():
+    with quiet_warnings():
         eps = float(acc.compose(ev).get_epsilon(delta))
     if math.isnan(eps):
         raise AccountingError("dp_accounting returned NaN for ε; check the events")
@@ -244,7 +244,7 @@ def _rdp_curve(sigma: float, q: float) -> Any:
     return curve
 
 
-class _quiet:
+class quiet_warnings:
     """Silence numpy/Opacus warnings (e.g. overflow for huge ε) during accounting."""
 
     def __enter__(self) -> None:

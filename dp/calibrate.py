@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from fedvault.dp.accounting import _quiet, check_accountant, opacus_epsilon, record_epsilon
+from fedvault.dp.accounting import quiet_warnings, check_accountant, opacus_epsilon, record_epsilon
 from fedvault.dp.errors import AccountingError
 from fedvault.dp.events import check_relation
 from fedvault.dp.ledger import PrivacyEvent
@@ -53,14 +53,14 @@ def _eps_integer_orders(delta: float, q: float, steps: int) -> Callable[[float],
     orders = [a for a in RDPAccountant.DEFAULT_ALPHAS if float(a).is_integer()]
 
     def f(sigma: float) -> float:
-        with _quiet():
+        with quiet_warnings():
             rdp = analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
             return float(analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
 
     return f
 
 
-def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, rtol: float) -> float:
+def geometric_bisect(f: Callable[[float], float], target: float, lo: float, hi: float, rtol: float) -> float:
     """Smallest σ in (lo, hi] with f(σ) <= target, given f(lo) > target >= f(hi), f decreasing."""
     while hi - lo > rtol * hi:
         mid = math.sqrt(lo * hi)
@@ -120,9 +120,9 @@ def noise_multiplier_for(
         # phase 1: integer orders only (cheap, ε upper bound, so the answer is valid)
         hi = SIGMA_MAX if fast(SIGMA_MAX) <= target_epsilon else None
         if hi is None:  # only fractional orders reach the target: bisect on the full curve
-            sigma = _bisect(full, target_epsilon, sigma_min, SIGMA_MAX, rtol)
+            sigma = geometric_bisect(full, target_epsilon, sigma_min, SIGMA_MAX, rtol)
         else:
-            sigma = _bisect(fast, target_epsilon, sigma_min, hi, rtol / 4)
+            sigma = geometric_bisect(fast, target_epsilon, sigma_min, hi, rtol / 4)
             # phase 2: tighten with the full accountant (fractional orders may allow less noise)
             if full(sigma * (1 - rtol)) <= target_epsilon:
                 hi, lo = sigma * (1 - rtol), sigma_min
@@ -132,7 +132,7 @@ def noise_multiplier_for(
                         lo = cand
                         break
                     hi = cand
-                sigma = hi if full(lo) <= target_epsilon else _bisect(full, target_epsilon, lo, hi, rtol)
+                sigma = hi if full(lo) <= target_epsilon else geometric_bisect(full, target_epsilon, lo, hi, rtol)
         assert full(sigma) <= target_epsilon
     if accountant == "prv":
         prv = _eps_full(delta, sample_rate, steps, "prv")
@@ -144,7 +144,7 @@ def noise_multiplier_for(
         lo = max(sigma_min, hi * 0.7)
         while lo > sigma_min and prv(lo) <= target_epsilon:
             lo = max(sigma_min, lo * 0.7)
-        sigma = sigma_min if prv(lo) <= target_epsilon else _bisect(prv, target_epsilon, lo, hi, max(rtol, 2e-3))
+        sigma = sigma_min if prv(lo) <= target_epsilon else geometric_bisect(prv, target_epsilon, lo, hi, max(rtol, 2e-3))
     return float(sigma)
 
 
@@ -186,4 +186,4 @@ def _calibrate_generic(
         if lo <= sigma_min:
             return float(sigma_min)
         hi, lo = lo, max(sigma_min, lo / 2)
-    return float(_bisect(f, target, lo, hi, rtol))
+    return float(geometric_bisect(f, target, lo, hi, rtol))

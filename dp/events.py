@@ -309,11 +309,11 @@ class DistributedDiscreteGaussian(_EventJSON):
         ``ρ = (Δ/(√n σ_c) + τ√d)²/2, ξ = 0`` (both coincide when τ underflows to 0, i.e.
         for σ_c ≳ 6), i.e. dp_accounting's ``ZCDpEvent(ρ, ξ)``.
         """
-        from fedvault.dp.noise import _tau
+        from fedvault.dp.noise import ddg_tau
 
         n, s, d = self.threshold, self.sigma_client, self.dimension
         c = self.l2_sensitivity_for(relation or self.relation or "add_remove") / (math.sqrt(n) * s)
-        tau = _tau(s, n)
+        tau = ddg_tau(s, n)
         if tau == 0.0:
             return (c * c / 2, 0.0)
         return ((c + math.sqrt(d) * tau) ** 2 / 2, 0.0)

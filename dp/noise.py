@@ -197,7 +197,9 @@ def min_bits(n_clients: int, dimension: int, sigma_client: float, max_abs_signal
 DDGEvent = DistributedDiscreteGaussian
 
 
-def _tau(sigma_c: float, n: int) -> float:
+def ddg_tau(sigma_c: float, n: int) -> float:
+    """``τ = 10 Σ_{k=1}^{n−1} exp(−2π²σ²·k/(k+1))``: the slack of a sum of ``n`` discrete
+    Gaussians of scale ``σ = sigma_c`` against one continuous Gaussian (Kairouz et al. 2021)."""
     k = np.arange(1, n, dtype=np.float64)
     return float(10.0 * np.exp(-2 * math.pi**2 * sigma_c**2 * k / (k + 1)).sum()) if n > 1 else 0.0
 
@@ -206,7 +208,7 @@ def ddg_rdp(event: DDGEvent, orders: Sequence[int] = DDG_ORDERS) -> np.ndarray:
     """Per-round RDP of the (client-sampled) distributed discrete Gaussian at integer ``orders``."""
     n, s = event.threshold, event.sigma_client
     scale = event.l2_sensitivity / (math.sqrt(n) * s)
-    tau, d = _tau(s, n), event.dimension
+    tau, d = ddg_tau(s, n), event.dimension
 
     def eps(a: np.ndarray | float) -> np.ndarray:
         a = np.asarray(a, dtype=np.float64)
@@ -268,6 +270,6 @@ def ddg_sigma_for(target_epsilon: float, delta: float, rounds: int, template: DD
         lo, hi = hi, hi * 2
         if hi > 1e12:
             raise AccountingError(f"client-level target ε={target_epsilon:g} is unreachable")
-    from fedvault.dp.calibrate import _bisect  # the same geometric bisection as DP-SGD's calibration
+    from fedvault.dp.calibrate import geometric_bisect  # the same geometric bisection as DP-SGD's calibration
 
-    return _bisect(eps, target_epsilon, lo, hi, rtol)
+    return geometric_bisect(eps, target_epsilon, lo, hi, rtol)

@@ -75,7 +75,7 @@ class PlaintextAggregator:
         )
 
 
-def _session_id(seed: int, label: str) -> bytes:
+def session_id(seed: int, label: str) -> bytes:
     """A per-study session id (derived from the seed so runs replay exactly)."""
     return hashlib.sha256(f"fedvault/session/{label}/{seed}".encode()).digest()[:16]
 
@@ -132,7 +132,7 @@ class SecAggAggregator:
             )
         ids = [self.ids[n] for n in names]
         back = {self.ids[n]: n for n in names}
-        session = _session_id(self.seed, f"secagg/{purpose}")
+        session = session_id(self.seed, f"secagg/{purpose}")
         z = self.cfg.privacy.client_noise_multiplier if purpose == "update" else None
         frac_bits = None
         plan = None

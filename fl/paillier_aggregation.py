@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fedvault.fl.aggregation import AggregateResult, _session_id
+from fedvault.fl.aggregation import AggregateResult, session_id
 from fedvault.fl.config import Config
 from fedvault.fl.errors import FederationError
 
@@ -53,7 +53,7 @@ class PaillierAggregator:
 
             t0 = time.perf_counter()
             all_ids = tuple(sorted(self.ids.values()))
-            p = self._params(_session_id(self.cfg.seed, "paillier/setup"), 0, all_ids, 1.0,
+            p = self._params(session_id(self.cfg.seed, "paillier/setup"), 0, all_ids, 1.0,
                              self.cfg.aggregation.slot_bits)
             self.setup = setup_keys(p, rng=os.urandom)
             self.setup_seconds = time.perf_counter() - t0
@@ -74,7 +74,7 @@ class PaillierAggregator:
         # Wide values (statistics, bits=64) get the widest slots the packing allows.
         headroom = (len(ids) - 1).bit_length()
         value_bits = (63 - headroom) if bits and bits > 32 else self.cfg.aggregation.slot_bits
-        session = _session_id(self.cfg.seed, f"paillier/{purpose}")
+        session = session_id(self.cfg.seed, f"paillier/{purpose}")
         params = self._params(session, round, ids, clip, value_bits)
         setup = self._keys()
         seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()

@@ -109,7 +109,7 @@ def seeded_random(seed: bytes) -> RandomBytes:
     return _CtrStream(bytes(seed))
 
 
-def _uniform_below(bound: int, rng: RandomBytes) -> int:
+def uniform_below(bound: int, rng: RandomBytes) -> int:
     """Uniform integer in ``[0, bound)`` (64 extra bits: statistical distance < 2^-64)."""
     k = (bound.bit_length() + 64 + 7) // 8
     return int.from_bytes(rng(k), "big") % bound
@@ -254,8 +254,8 @@ class FastEncryptor:
         exps = rng(self.exponent_bytes * len(plaintexts))
         k = self.exponent_bytes
         chunks = [(list(plaintexts[lo:hi]), exps[lo * k:hi * k])
-                  for lo, hi in _split(len(plaintexts), workers)]
-        cts = _map_chunks(_encrypt_chunk, chunks, {"encryptor": self}, workers)
+                  for lo, hi in split_chunks(len(plaintexts), workers)]
+        cts = map_chunks(_encrypt_chunk, chunks, {"encryptor": self}, workers)
         return cts, [int.from_bytes(exps[j * k:(j + 1) * k], "big") for j in range(len(plaintexts))]
 
     def encrypt_number(self, value: int | float, rng: RandomBytes = os.urandom) -> EncryptedNumber:
@@ -295,8 +295,8 @@ class CrtDecryptor:
 
     def decrypt_ints(self, ciphertexts: Sequence[Any], workers: int | None = None) -> list[int]:
         """Decrypt many ciphertexts; long lists are split over ``workers`` processes."""
-        chunks = [[tuple([c]) for c in ciphertexts[lo:hi]] for lo, hi in _split(len(ciphertexts), workers)]
-        return _map_chunks(_sum_decrypt_chunk, chunks, {"decryptor": self}, workers)
+        chunks = [[tuple([c]) for c in ciphertexts[lo:hi]] for lo, hi in split_chunks(len(ciphertexts), workers)]
+        return map_chunks(_sum_decrypt_chunk, chunks, {"decryptor": self}, workers)
 
     def sum_decrypt_ints(self, columns: Sequence[Sequence[Any]], workers: int | None = None) -> list[int]:
         """Decrypt ``prod_k columns[k][i] mod n^2`` for every ``i``: the homomorphic sum, then CRT.
@@ -304,8 +304,8 @@ class CrtDecryptor:
         Summing inside the workers parallelises the sum as well as the decryption.
         """
         rows = list(zip(*columns))
-        chunks = [rows[lo:hi] for lo, hi in _split(len(rows), workers)]
-        return _map_chunks(_sum_decrypt_chunk, chunks, {"decryptor": self}, workers)
+        chunks = [rows[lo:hi] for lo, hi in split_chunks(len(rows), workers)]
+        return map_chunks(_sum_decrypt_chunk, chunks, {"decryptor": self}, workers)
 
 
 def _sum_decrypt_chunk(state: dict, rows: list[tuple[Any, ...]]) -> list[int]:
@@ -474,7 +474,7 @@ def _resolve_workers(workers: int | None) -> int:
     return max(1, os.cpu_count() or 1) if workers is None else max(1, int(workers))
 
 
-def _split(count: int, workers: int | None) -> list[tuple[int, int]]:
+def split_chunks(count: int, workers: int | None) -> list[tuple[int, int]]:
     """Chunk bounds: one chunk in-process, else ~4 chunks per worker for load balance."""
     w = _resolve_workers(workers)
     if w <= 1 or count < PARALLEL_MIN:
@@ -484,7 +484,7 @@ def _split(count: int, workers: int | None) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
-def _map_chunks(fn: Callable[[dict, Any], list], chunks: list, state: dict, workers: int | None) -> list:
+def map_chunks(fn: Callable[[dict, Any], list], chunks: list, state: dict, workers: int | None) -> list:
     """``concat(fn(state, chunk) for chunk in chunks)``, over a process pool when there are several chunks.
 
     The pool uses ``fork`` where available so ``state`` (tables, keys) is inherited rather

@@ -67,8 +67,8 @@ from cryptography.hazmat.primitives import hashes
 from gmpy2 import mpz, powmod
 
 from fedvault.secagg.errors import IntegrityError, ParameterError
-from fedvault.secagg.paillier import (EncryptedVector, FastEncryptor, PackingLayout, RandomBytes, _map_chunks, _split,
-                                      _uniform_below, djn_base)
+from fedvault.secagg.paillier import (EncryptedVector, FastEncryptor, PackingLayout, RandomBytes, map_chunks, split_chunks,
+                                      uniform_below, djn_base)
 
 __all__ = ["PlaintextProof", "ProofError", "RHO_BITS", "CHALLENGE_BITS", "prove_plaintexts", "verify_plaintexts",
            "multi_exp", "proof_bytes", "encrypt_and_prove", "verify_vector", "djn_hs", "verifier_exponent_bits"]
@@ -160,9 +160,9 @@ def multi_exp(bases: Sequence[Any], exponents: Sequence[int], modulus: Any, bits
     """``prod bases[j]^exponents[j] mod modulus`` (exponents < 2^bits), Pippenger's bucket method."""
     bases = [mpz(b) for b in bases]
     exps = list(exponents)
-    chunks = [(bases[lo:hi], exps[lo:hi]) for lo, hi in _split(len(bases), workers)]
+    chunks = [(bases[lo:hi], exps[lo:hi]) for lo, hi in split_chunks(len(bases), workers)]
     acc = mpz(1)
-    for part in _map_chunks(_pippenger, chunks, {"mod": mpz(modulus), "bits": bits}, workers):
+    for part in map_chunks(_pippenger, chunks, {"mod": mpz(modulus), "bits": bits}, workers):
         acc = acc * part % modulus
     return acc
 
@@ -204,7 +204,7 @@ def prove_plaintexts(n: int, h_s: Any, exponent_bits: int, ciphertexts: Sequence
     big_c = multi_exp(ciphertexts, rhos, n2, RHO_BITS, workers)
     big_m = sum(r * int(m) for r, m in zip(rhos, plaintexts)) % n
     alpha = sum(r * int(a) for r, a in zip(rhos, exponents))
-    x = mpz(_uniform_below(int(n), rng))
+    x = mpz(uniform_below(int(n), rng))
     beta_bits = exponent_bits + RHO_BITS + (k - 1).bit_length() + CHALLENGE_BITS + _STAT_BITS
     beta = int.from_bytes(rng((beta_bits + 7) // 8), "big") >> (8 * ((beta_bits + 7) // 8) - beta_bits)
     a = (1 + x * n) * powmod(h_s, beta, n2) % n2

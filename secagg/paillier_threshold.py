@@ -56,7 +56,7 @@ from gmpy2 import mpz, powmod
 from phe.paillier import PaillierPublicKey
 
 from fedvault.secagg.errors import IntegrityError, ParameterError
-from fedvault.secagg.paillier import RandomBytes, _map_chunks, _split, _uniform_below, ciphertext_bytes
+from fedvault.secagg.paillier import RandomBytes, map_chunks, split_chunks, uniform_below, ciphertext_bytes
 
 __all__ = ["ShareVerificationError", "ThresholdPublicKey", "ThresholdKeyShare", "DecryptionShare",
            "generate_safe_prime", "deal", "decryption_share", "verify_share", "combine"]
@@ -169,10 +169,10 @@ def deal(parties: int, threshold: int, key_bits: int = 2048, *, rng: RandomBytes
     nm = n * m
     n2 = n * n
     d = m * gmpy2.invert(m, n)  # 0 mod m, 1 mod n
-    coeffs = [d] + [mpz(_uniform_below(int(nm), rng)) for _ in range(threshold - 1)]
+    coeffs = [d] + [mpz(uniform_below(int(nm), rng)) for _ in range(threshold - 1)]
     delta = math.factorial(parties)
     while True:
-        r = mpz(_uniform_below(int(n2), rng))
+        r = mpz(uniform_below(int(n2), rng))
         if gmpy2.gcd(r, n) == 1:
             break
     v = r * r % n2
@@ -220,9 +220,9 @@ def _multi_exp(state: dict, chunk: tuple[list[Any], list[int]]) -> list[Any]:
 def _combine_powers(pub: ThresholdPublicKey, bases: Sequence[Any], rhos: list[int], workers: int | None) -> Any:
     n2 = mpz(pub.public_key.nsquare)
     bases = list(bases)
-    chunks = [(bases[lo:hi], rhos[lo:hi]) for lo, hi in _split(len(bases), workers)]
+    chunks = [(bases[lo:hi], rhos[lo:hi]) for lo, hi in split_chunks(len(bases), workers)]
     acc = mpz(1)
-    for part in _map_chunks(_multi_exp, chunks, {"n2": n2}, workers):
+    for part in map_chunks(_multi_exp, chunks, {"n2": n2}, workers):
         acc = acc * part % n2
     return acc
 
@@ -250,8 +250,8 @@ def decryption_share(share: ThresholdKeyShare, ciphertexts: Sequence[Any], *, co
     n2 = mpz(pub.public_key.nsquare)
     x = pub.delta * share.secret  # Δ s_i
     cts = [mpz(c) for c in ciphertexts]
-    chunks = [cts[lo:hi] for lo, hi in _split(len(cts), workers)]
-    values = tuple(_map_chunks(_share_chunk, chunks, {"n2": n2, "exp": 2 * x}, workers))
+    chunks = [cts[lo:hi] for lo, hi in split_chunks(len(cts), workers)]
+    values = tuple(map_chunks(_share_chunk, chunks, {"n2": n2, "exp": 2 * x}, workers))
     rhos = _rhos(pub, share.index, cts, values, context)
     big_c = _combine_powers(pub, cts, rhos, workers)
     big_ci = _combine_powers(pub, values, rhos, workers)
