@@ -274,3 +274,30 @@ def test_split_view_cannot_get_two_threshold_answers():
         with pytest.raises(AlreadyAnsweredError):
             r.party(i, logs[i]).receive(req_b)
     assert len(answers_a) >= r.s.public.threshold > len(answers_b)
+
+
+def _claim_all(directory: str, tag: bytes, rounds: int, out) -> None:
+    log = DirectoryDecryptLog(directory)
+    won = []
+    for r in range(rounds):
+        try:
+            log.claim(SID, r, tag)
+            won.append(r)
+        except AlreadyAnsweredError:
+            pass
+    out.put((tag, won))
+
+
+def test_two_decryptor_processes_racing_on_one_log_never_both_answer(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), tag, 40, q)) for tag in (b"set-A", b"set-B")]
+    for p in procs:
+        p.start()
+    results = dict(q.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    a, b = set(results[b"set-A"]), set(results[b"set-B"])
+    assert not (a & b) and a | b == set(range(40))
