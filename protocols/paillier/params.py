@@ -214,8 +214,10 @@ class PaillierGuarantee:
 
     @property
     def security_bits(self) -> int:
-        """NIST SP 800-57 strength of the modulus (112 for 2048 bits, 128 for 3072)."""
-        return 112 if self.key_bits < 3072 else 128 if self.key_bits < 7680 else 192
+        """NIST SP 800-57 strength of the modulus (80 for 1024 bits, 112 for 2048, 128 for 3072); 0 below 1024."""
+        if self.key_bits < 1024:
+            return 0
+        return 80 if self.key_bits < 2048 else 112 if self.key_bits < 3072 else 128 if self.key_bits < 7680 else 192
 
     def line(self) -> str:
         if self.keys == "holder":
@@ -226,7 +228,9 @@ class PaillierGuarantee:
         else:
             who = f"t = {self.threshold} of {self.parties} share-holders, none of whom may collude with the server"
         assumption = "DCR + short-exponent DJN (non-standard)" if self.short_exponent else "DCR + DJN"
-        return (f"paillier ({self.keys}, {self.key_bits}-bit, ~{self.security_bits}-bit security, {assumption}): "
+        strength = (f"~{self.security_bits}-bit security" if self.key_bits >= 2048 else
+                    "TEST-ONLY key (< 112-bit security): not for patient data")
+        return (f"paillier ({self.keys}, {self.key_bits}-bit, {strength}, {assumption}): "
                 f"the server learns only the sum of >= {self.min_sum} contributions, each with a proof of plaintext "
                 f"knowledge (colluding hospitals learn the sum of the honest ones); {who}; one answer per round; "
                 f"a malicious hospital cannot read any update but can move each coordinate of the sum anywhere in "
