@@ -380,7 +380,7 @@ _SECTIONS = {
 # Tables read by another command from the same file (``fedvault audit`` reads [audit]).
 # ``fedvault run`` accepts them; the value, if not None, is "module:function" validating
 # the table (called with the table; raises ConfigError) when that module imports.
-FOREIGN_TABLES: dict[str, str | None] = {"audit": None}
+FOREIGN_TABLES: dict[str, str | None] = {"audit": "fedvault.fl.audit.settings:settings_from_dict"}
 
 
 # --------------------------------------------------------------------------- cross-key checks

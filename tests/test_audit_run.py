@@ -85,6 +85,7 @@ def test_broken_configuration_is_caught_by_the_cli(tmp_path):
     assert rl["confidence"] == 0.95 and rl["steinke_nasr_jagielski"]["confidence"] == 0.975
     assert rl["f_dp"]["epsilon_lower"] > 0 and rl["canary_kind"] == "gradient"
     assert "not private" in res["not_private"] and "simulation-only" in res["simulation_only"]
+    assert res["release"]["value"] == "audit_artefacts" and res["release"]["protection"] == "simulation_only"
     for f in ("report.md", "epsilon.png", "canary_scores.png", "roc.png"):
         assert (out / f).stat().st_size > 0
     md = (out / "report.md").read_text()

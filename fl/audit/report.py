@@ -91,6 +91,7 @@ class AuditReport:
 
         return {
             "schema": 2,
+            "release": audit_release().to_dict(),
             "verdict": self.verdict,
             "fault": self.fault,
             "not_private": Fault.parse(self.fault).not_private_reason(),
@@ -113,6 +114,16 @@ class AuditReport:
             "settings": self.settings,
             "config": self.config,
         }
+
+
+def audit_release() -> Any:
+    """The audit's row of the release inventory (:mod:`fedvault.dp.releases`)."""
+    from fedvault.dp.releases import Release
+
+    return Release("audit_artefacts", "audit.json, report.md, PNGs; canary runs, reruns, shadow models",
+                   "simulation_only", None,
+                   "retrain on the same patients' records, charged to no ledger; never released as results about "
+                   "patients")
 
 
 def fmt_eps(e: float | None) -> str:

@@ -1,5 +1,8 @@
 """The ``[audit]`` table of a config file: :class:`AuditSettings` and :func:`load`.
 
+``fl.config`` validates the table too (``FOREIGN_TABLES``), so ``fedvault run`` refuses a
+bad ``[audit]`` key with the same message as ``fedvault audit``.
+
 Light on purpose (no numpy, torch or scipy): the CLI validates settings before any
 heavy import.
 """
@@ -116,7 +119,8 @@ def load(path: str | Path) -> tuple[Config, AuditSettings]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax at that line") from None
-    audit_raw = raw.pop("audit", {})
+    audit_raw = raw.get("audit", {})
     if not isinstance(audit_raw, Mapping):
         raise ConfigError("[audit] must be a table of keys")
+    # fl.config validates the whole file, [audit] included (FOREIGN_TABLES -> settings_from_dict)
     return from_dict(raw, base_dir=p.resolve().parent), settings_from_dict(audit_raw)
