@@ -201,8 +201,6 @@ class FedVaultMod:
             context.state.config_records[wire.STATE] = ConfigRecord(state)
             _LIVE[self._key(node, params)] = (client, 0)
             return Message(wire.reply(stage, rnd, node.client, out.encode()), reply_to=msg)
-        if stage not in wire.STAGES:
-            raise NodeSetupError(f"unknown fedvault stage {stage!r}")
         st = context.state.config_records.get(wire.STATE)
         if st is None:
             raise NodeSetupError("this node holds no round in progress (no advertise seen)")
@@ -210,7 +208,7 @@ class FedVaultMod:
         data = bytes(rec["wire"])
         transcript = [bytes(b) for b in st["transcript"]]
         client = self._restore(node, params, transcript)
-        if stage == "masked_input":
+        if stage == wire.TRAIN:
             incoming = decode(data)
             if not isinstance(incoming, ForwardedShares) or client.stage is not ClientStage.AWAIT_SHARES:
                 raise PolicyError("masked-input stage without pending forwarded shares; not training")

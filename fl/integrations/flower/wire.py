@@ -6,7 +6,8 @@ user's own ``@app.train()``) whose :class:`~flwr.app.RecordDict` has a
 :class:`~flwr.app.ConfigRecord` under :data:`RECORD` with::
 
     v      2 (this mapping's version)
-    stage  "enrol" | "advertise" | "share" | "masked_input" | "consistency" | "unmask"
+    stage  "enrol", "advertise", "masked_input" (the message that carries the model), or the
+           server role's stage name for every other protocol message
     round  the server round
     wire   the protocol message's bytes (protocols/SPEC.md), absent for "enrol"
 
@@ -50,7 +51,7 @@ CONFIG = "fedvault.config"
 STATE = "fedvault.round"
 VERSION = 2
 ENROL = "enrol"
-STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
+TRAIN = "masked_input"  # the message carrying the model and the shares a client needs before its masked input
 ACTION = "fedvault"
 MESSAGE_TYPE = f"train.{ACTION}"
 _SESSION_DOMAIN = b"fedvault/flower/session/v2\0"

@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 from fedvault.fl.errors import FederationError
 from fedvault.protocols.errors import AbortError, ProtocolError
 from fedvault.protocols.secagg import SecAggParams, Server, ServerStage
+from fedvault.protocols.secagg.messages import ForwardedShares
 from fedvault.protocols.secagg.threat import ThreatModel
 
 from . import wire
@@ -108,6 +109,9 @@ def _send_and_receive(grid: Grid, messages: list[Message], timeout: float, poll:
     return out
 
 
+TRAIN_STAGE = "masked_input"  # the stage whose message carries the model: hospitals train, then mask
+
+
 class RoundAborted(FederationError, RuntimeError):
     """Too few hospitals enrolled or survived; nothing was revealed."""
 
@@ -147,12 +151,12 @@ def secure_round(
     if not 1 <= len(session_id) <= 64:
         raise ValueError("session_id must be 1-64 bytes")
 
-    def exchange(stage: str, outbox: dict[int, Message]) -> list[Message]:
+    def exchange(stage: str, outbox: dict[int, Message], train: bool = False) -> list[Message]:
         if on_stage is not None:
             on_stage(stage)
         t = time.perf_counter()
         wait = config.stage_timeout if stage != wire.ENROL else (config.enrol_timeout or config.stage_timeout)
-        if stage == "masked_input":
+        if train:
             wait = config.train_timeout or config.stage_timeout
         replies = _send_and_receive(grid, list(outbox.values()), wait, config.poll_interval)
         stage_s[stage] = time.perf_counter() - t
@@ -202,9 +206,12 @@ def secure_round(
     server = Server(params, {i: registry.members[i].identity for i in params.clients}, threads=config.threads)
     ssec += time.perf_counter() - t
 
-    outbox = {i: message(node_of[i], wire.request("advertise", round, fields=advertise)) for i in params.clients}
-    for stage in wire.STAGES:
-        replies = exchange(stage, outbox)
+    # The protocol's own stages, driven generically: whatever the server role sends when a stage
+    # closes goes to the nodes; the stage name on the wire is the server's stage (logs, progress).
+    stage = "advertise"
+    outbox = {i: message(node_of[i], wire.request(stage, round, fields=advertise)) for i in params.clients}
+    while True:
+        replies = exchange(stage, outbox, train=stage == TRAIN_STAGE)
         t = time.perf_counter()
         for r in replies:
             if r.has_error():
@@ -223,13 +230,15 @@ def secure_round(
         ssec += time.perf_counter() - t
         if server.stage is ServerStage.DONE:
             break
-        nstage = wire.STAGES[wire.STAGES.index(stage) + 1]
-        outbox = {
-            i: message(node_of[i], wire.request(
-                nstage, round, wire=m.encode(), weights=weights if nstage == "masked_input" else None,
-                config=(train_config or ConfigRecord({"server-round": round})) if nstage == "masked_input" else None))
-            for i, m in nxt.items()
-        }
+        stage = server.stage.value
+        outbox = {}
+        for i, m in nxt.items():
+            trains = isinstance(m, ForwardedShares)  # the shares a client needs before its masked input
+            outbox[i] = message(node_of[i], wire.request(
+                TRAIN_STAGE if trains else stage, round, wire=m.encode(), weights=weights if trains else None,
+                config=(train_config or ConfigRecord({"server-round": round})) if trains else None))
+        if any(isinstance(m, ForwardedShares) for m in nxt.values()):
+            stage = TRAIN_STAGE
     assert server.result is not None
     t = time.perf_counter()
     total = params.encoder.decode_sum(server.result, len(server.survivors))
@@ -238,7 +247,7 @@ def secure_round(
     return RoundOutcome(
         total=np.asarray(total, dtype=np.float64),
         survivors=[name(i) for i in server.survivors],
-        dropped={s: [name(i) for i in server.dropped.get(s, [])] for s in wire.STAGES},
+        dropped={s: [name(i) for i in ids] for s, ids in server.dropped.items()},
         refused=refused,
         server_seconds=ssec,
         wall_seconds=time.perf_counter() - t_start,
