@@ -180,6 +180,44 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def examples_dir() -> Path:
+    """The example configs and CSVs: inside the installed package (wheel) or the checkout's examples/."""
+    import fedvault
+
+    here = Path(fedvault.__file__).resolve().parent
+    for cand in (here / "examples", here.parent / "examples"):
+        if (cand / "csv_hospitals.toml").is_file():
+            return cand
+    raise FLError("the example files are not installed with this fedvault; reinstall it from its wheel or a clone")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write the example configs and CSV hospitals into a folder, ready for ``fedvault run``."""
+    from fedvault.fl.preflight import output_problems
+
+    dest: Path = args.dir
+    bad = output_problems(dest, kind="dir", option="DIR")
+    if bad:
+        raise FLError(bad[0])
+    src = examples_dir()
+    files = sorted(p.relative_to(src) for p in src.glob("*.toml")) + sorted(
+        p.relative_to(src) for p in (src / "csv").glob("*.csv"))
+    clash = [str(f) for f in files if (dest / f).exists()]
+    if clash and not args.force:
+        raise FLError(f"{dest} already has {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
+                      "choose an empty folder or pass --force to overwrite")
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        (dest / f).write_bytes((src / f).read_bytes())
+    print(f"wrote {len(files)} files to {dest}:")
+    for f in files:
+        if f.suffix == ".toml":
+            print(f"  {dest / f}")
+    print(f"  {dest / 'csv'}/ ({sum(1 for f in files if f.suffix == '.csv')} CSV files: three hospitals and a test set)")
+    print(f"next: fedvault run {dest / 'csv_hospitals.toml'} --output history.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedvault import __version__
 
@@ -209,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("history", type=Path)
     pr.add_argument("--plot", type=Path, default=None, help="PNG path (default: HISTORY.epsilon.png)")
     pr.set_defaults(func=cmd_privacy)
+    it = sub.add_parser("init", help="write the example configs and CSV hospitals into a folder")
+    it.add_argument("dir", type=Path, help="folder to create (e.g. fedvault-examples)")
+    it.add_argument("--force", action="store_true", help="overwrite files that already exist there")
+    it.set_defaults(func=cmd_init)
     from fedvault.fl.audit.cli import register as register_audit  # light: argparse only
     # enrol / roster / flower-run live with the Flower plug-in (that module imports neither Flower nor torch)
     from fedvault.fl.integrations.flower import cli as _flower_cli

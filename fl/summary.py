@@ -68,8 +68,9 @@ class RoundTable:
                          + str(row["aborted"]))
         if row.get("refused"):
             notes.append("refused (budget): " + ", ".join(sorted(row["refused"])))
-        if row.get("dropped"):
-            notes.append("dropped: " + _dropped_text(row["dropped"]))
+        dropped = _dropped_text(row.get("dropped") or {})
+        if dropped:
+            notes.append("dropped: " + dropped)
         return line + ("   " + "; ".join(notes) if notes else "")
 
     def __call__(self, row: Any) -> None:
@@ -154,7 +155,7 @@ def summary(history: Mapping[str, Any]) -> str:
     drops: dict[str, Counter] = defaultdict(Counter)
     for r in rounds:
         for stage, cs in (r.get("dropped") or {}).items():
-            for c in cs:
+            for c in cs or ():
                 drops[c][stage] += 1
     if drops:
         out.append("  dropped out (simulated) — hospital: protocol stage × rounds")
