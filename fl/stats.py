@@ -15,31 +15,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedvault.fl.aggregation import Aggregator
-from fedvault.fl.data import FederatedData
+from typing import Any
+
+from fedvault.fl.data import FederatedData, HospitalData
 from fedvault.fl.errors import DataError
 
 STATS_CLIP = float(2**40)
 STATS_BITS = 64
 
 
-def federated_standardise(data: FederatedData, aggregator: Aggregator) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise every hospital's records (and the test set) in place with federated stats.
+def local_statistics(h: HospitalData) -> np.ndarray:
+    """A hospital's contribution ``[n_k, sum_i x_i, sum_i x_i^2]`` (computed on its side)."""
+    v = np.concatenate([[h.n], h.X.sum(axis=0), (h.X**2).sum(axis=0)])
+    if np.abs(v).max() >= STATS_CLIP:
+        raise DataError(
+            f"{h.name}: feature sums exceed the secure-statistics bound 2^40; rescale the features "
+            "(e.g. to units where values are below 10^4)"
+        )
+    return v
+
+
+def standardise_from_total(data: FederatedData, tot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise every hospital's records (and the test set) in place from the federation's sums.
 
     Returns ``(mean, std)``; features with (near) zero variance keep std 1.
     """
     d = data.n_features
-    inputs = {}
-    for h in data.hospitals:
-        v = np.concatenate([[h.n], h.X.sum(axis=0), (h.X**2).sum(axis=0)])
-        if np.abs(v).max() >= STATS_CLIP:
-            raise DataError(
-                f"{h.name}: feature sums exceed the secure-statistics bound 2^40; rescale the features "
-                "(e.g. to units where values are below 10^4)"
-            )
-        inputs[h.name] = v
-    res = aggregator.aggregate(0, inputs, clip=STATS_CLIP, bits=STATS_BITS, purpose="stats")
-    tot = res.total
     n = tot[0]
     mean = tot[1 : 1 + d] / n
     var = np.maximum(tot[1 + d :] / n - mean**2, 0.0)
@@ -50,3 +51,11 @@ def federated_standardise(data: FederatedData, aggregator: Aggregator) -> tuple[
         h.X_val = ((h.X_val - mean) / std).astype(np.float32)
     data.X_test = ((data.X_test - mean) / std).astype(np.float32)
     return mean, std
+
+
+def federated_standardise(data: FederatedData, aggregator: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise with an object offering ``aggregate(round, inputs, *, clip, bits, purpose)``
+    (kept for callers outside the round engine; the engine runs a "stats" session instead)."""
+    inputs = {h.name: local_statistics(h) for h in data.hospitals}
+    res = aggregator.aggregate(0, inputs, clip=STATS_CLIP, bits=STATS_BITS, purpose="stats")
+    return standardise_from_total(data, res.total)

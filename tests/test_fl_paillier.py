@@ -41,5 +41,5 @@ def test_paillier_federation_runs_and_records_costs():
     r = h["rounds"][-1]
     assert len(r["participants"]) == 3
     assert all(b > 0 for b in r["upload_bytes"].values())
-    assert {"encrypt", "sum", "decrypt"} <= set(r["protocol_seconds"])
+    assert {"client", "server", "decrypt", "wall"} <= set(r["protocol_seconds"])
     assert h["final"]["metrics"]["accuracy"] > 0.8

@@ -1,0 +1,460 @@
+"""Everything a hospital does to its update before it leaves the hospital.
+
+A :class:`Hospital` is the one object a hospital owns for a study: its records, the
+model factory, its DP trainer and privacy ledger (one accountant for the whole study),
+its identity key, and its own secret randomness. The server (:mod:`fl.engine`) never
+calls into it directly: a transport hands it a :class:`~fl.engine.RoundSetup` and gets
+back a protocol client role (:meth:`Hospital.join`); from then on only protocol
+messages leave the hospital.
+
+What ``join`` does, in order, on the hospital's side::
+
+    check the setup       the model's SHA-256, the protocol, the clip, the client-level
+                          noise the server announces (recomputed from its own config)
+    train                 DP-SGD (dp.training.PrivateTrainer, charged to the ledger)
+    delta, clip           delta_k = w_local - w_global, scaled to L2 norm <= update_clip
+    weight                [n_k delta_k, n_k]; [delta_k, 1] with client-level DP
+    encode + DDG noise    client-level DP only: fixed point, then N_Z(0, sigma_c^2) added to
+                          the integer encoding with the hospital's own secret randomness
+    mask / encrypt        the protocol client role (SecAgg masks, Paillier encryption)
+
+Secret randomness (:class:`SecretRandomness`): DP-SGD's Poisson sampling and noise, the
+client-level noise and the protocol's secrets (mask seeds, ephemeral keys, Paillier
+nonces) come from the OS CSPRNG. Only with ``privacy.reproducible = true`` are they
+derived from the public config seed (tests, papers) — the run is then **not private**.
+``seed`` always fixes the data split, the model initialisation, non-private training
+order and the simulated identity keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from torch import nn
+
+from fedvault.fl import plain
+from fedvault.fl.config import Config
+from fedvault.fl.data import HospitalData
+from fedvault.fl.errors import FederationError
+from fedvault.fl.metrics import evaluate as evaluate_model
+from fedvault.fl.models import get_vector, set_vector
+
+__all__ = [
+    "Hospital", "KeyHolder", "VectorParticipant", "LocalResult", "SecretRandomness", "SetupRejected",
+    "ClientNoise", "plan_client_noise", "clip_l2", "model_digest",
+]
+
+
+class SetupRejected(FederationError):
+    """A hospital refuses a round setup (wrong model hash, protocol, clip or noise)."""
+
+
+def model_digest(weights: np.ndarray) -> str:
+    """SHA-256 (hex) of the global model as sent: its float64 little-endian parameter bytes."""
+    return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f8").tobytes()).hexdigest()
+
+
+def clip_l2(v: np.ndarray, bound: float) -> np.ndarray:
+    """Scale ``v`` down to L2 norm ``bound`` if it is longer."""
+    norm = float(np.linalg.norm(v))
+    return v * (bound / norm) if norm > bound else v
+
+
+# -- client-level DP: the distributed discrete Gaussian (Kairouz et al. 2021) ----------------
+@dataclass(frozen=True)
+class ClientNoise:
+    """Public client-level noise parameters of one round (every party can recompute them).
+
+    Each hospital clips its delta to L2 norm ``C``, sends the unweighted ``[delta_k, 1]``,
+    encodes it with scale ``2^frac_bits`` and adds ``N_Z(0, sigma_client^2)`` to the delta
+    coordinates; ``sigma_client`` is chosen (:func:`dp.noise.client_sigma`) so that any
+    ``threshold`` survivors together add variance ``>= (z C 2^frac_bits)^2``. ``frac_bits``
+    keeps the signal plus 12 standard deviations of the noise inside the ring.
+    """
+
+    frac_bits: int
+    sigma_client: float  # integer units
+    threshold: int
+    wraparound_probability: float
+
+    def event(self, round: int, clip: float, dimension: int, sample_rate: float, replace_one: bool = False):
+        from fedvault.dp import noise as ddg
+
+        return ddg.DDGEvent(
+            round=round, sigma_client=self.sigma_client, threshold=self.threshold,
+            clip_norm=(2.0 if replace_one else 1.0) * clip, scale=math.ldexp(1.0, self.frac_bits),
+            dimension=dimension, sample_rate=sample_rate, coord_error=0.5,
+        )
+
+
+def plan_client_noise(z: float, clip: float, bits: int, n: int, threshold: int, dimension: int) -> ClientNoise:
+    """Fixed-point scale and per-client σ for ``n`` clients with secure-aggregation threshold ``t``."""
+    from fedvault.dp import noise as ddg
+
+    head = n + 12.0 * z * math.sqrt(n / threshold)
+    f = math.floor(math.log2(((1 << (bits - 1)) - 1) / (max(clip, 1.0) * head)))
+    if f < 0:
+        raise SetupRejected(f"a {bits}-bit ring is too small for client-level noise; raise aggregation.bits")
+    sigma_c = ddg.client_sigma(z * clip * math.ldexp(1.0, f), threshold)
+    p_wrap = ddg.wraparound_probability(bits, n, dimension, sigma_c, n * max(clip, 1.0) * math.ldexp(1.0, f))
+    return ClientNoise(f, sigma_c, threshold, p_wrap)
+
+
+def add_client_noise(vector: np.ndarray, encoder: Any, noise: ClientNoise, noised: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Encode ``vector`` and add ``N_Z(0, sigma_c^2)`` to its first ``noised`` coordinates in Z_(2^b)."""
+    from fedvault.dp import noise as ddg
+
+    enc = encoder.encode(vector).astype(np.uint64)
+    enc[:noised] += ddg.noise_mod(noised, noise.sigma_client, 64, rng)  # wraps mod 2^64
+    mask = np.uint64((1 << encoder.bits) - 1) if encoder.bits < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+    return (enc & mask).astype(encoder.dtype)
+
+
+def _memory_log() -> Any:
+    from fedvault.protocols.paillier import MemoryDecryptLog
+
+    return MemoryDecryptLog()
+
+
+# -- secret randomness ----------------------------------------------------------------------
+class SecretRandomness:
+    """Where a hospital's secret random choices come from.
+
+    Default: the OS CSPRNG (``os.urandom`` via :mod:`secrets`), fresh for every use.
+    ``reproducible=True`` (``privacy.reproducible``) derives everything from the public
+    config seed exactly as fedvault <= b8a9b93 did — anyone with the config can then
+    replay the noise: **not private**, for tests and papers only.
+    """
+
+    def __init__(self, seed: int, index: int, *, reproducible: bool = False) -> None:
+        self.seed, self.index, self.reproducible = int(seed), int(index), bool(reproducible)
+
+    def trainer_seed(self) -> int | None:
+        """``reproducible_seed`` of DP-SGD (``dp.training``); ``None`` = sampling and noise from the OS CSPRNG."""
+        return self.seed if self.reproducible else None
+
+    def ddg_generator(self, round_seed: bytes, party: int) -> np.random.Generator:
+        """Generator of this hospital's client-level noise in one round."""
+        from fedvault.dp.noise import secure_generator
+
+        if not self.reproducible:
+            return secure_generator()  # 256 bits from os.urandom
+        return secure_generator(hashlib.sha256(round_seed + party.to_bytes(4, "big")).digest())
+
+    def protocol_random(self, round_seed: bytes, label: bytes, party: int) -> Callable[[int], bytes]:
+        """Byte source of the protocol's secrets (mask seeds, ephemeral keys, encryption nonces)."""
+        if not self.reproducible:
+            return secrets.token_bytes
+        if label == b"paillier":
+            from fedvault.secagg.paillier import seeded_random
+
+            return seeded_random(b"fedvault/paillier/sim/v2\x00" + round_seed + b"\x00client" + party.to_bytes(4, "big"))
+        from fedvault.secagg.prg import DeterministicRandom
+
+        return DeterministicRandom(round_seed, b"simulate_round").child(b"client/%d" % party)
+
+
+@dataclass
+class LocalResult:
+    """What local training produced (the vector leaves only through a protocol role)."""
+
+    vector: np.ndarray  # [n_k * delta_k, n_k], or [delta_k, 1] with client-level DP
+    steps: int
+    epsilon: float | None
+    loss: float | None
+
+
+# -- protocol client roles (hospital side) -----------------------------------------------------
+def client_role(setup: Any, party: int, vector: np.ndarray | None, rand: SecretRandomness | None,
+                identity: Any = None, key_share: Any = None, log: Any = None) -> Any:
+    """The protocol client role holding this party's contribution (``vector``; None = no upload).
+
+    Encoding, client-level noise, masking and encryption all happen here, on the party's side.
+    """
+    from fedvault.fl import roles
+
+    proto = setup.protocol
+    if proto == "plaintext":
+        from fedvault.protocols.plaintext import PlaintextClient
+
+        return PlaintextClient(setup.params, party, vector)
+    round_seed = setup.round_seed
+    if proto == "secagg":
+        if setup.client_noise is not None and vector is not None:
+            gen = rand.ddg_generator(round_seed, party) if rand is not None else None
+            vector = add_client_noise(vector, setup.params.encoder, setup.client_noise, len(vector) - 1, gen)
+        rng = rand.protocol_random(round_seed, b"secagg", party) if rand is not None else secrets.token_bytes
+        return roles.secagg_client(setup.params, party, identity, setup.identity_keys, rng, vector)
+    if proto == "paillier":
+        rng = rand.protocol_random(round_seed, b"paillier", party) if rand is not None else secrets.token_bytes
+        return roles.paillier_party(setup.params, setup.public, party, identity, setup.identity_keys, rng,
+                                    vector, key_share, log)
+    raise SetupRejected(f"unknown aggregation protocol {proto!r}")
+
+
+class Hospital:
+    """One federation participant. Create once per study; it lives on the hospital's side.
+
+    Args:
+        data: the hospital's records and held-out split.
+        cfg: the study's config as the hospital holds it (checked against every setup).
+        model_factory: builds a fresh model of the federation's architecture.
+        index: the hospital's position in the roster (used only in reproducible mode).
+        party: the hospital's protocol id.
+        noise_multiplier: DP-SGD σ (calibrated for this hospital), or None to use the config's.
+        party: the hospital's protocol id (default ``index + 1``).
+        identity: the hospital's long-term Ed25519 identity key (simulated: derived from the seed).
+        key_share: threshold Paillier only: the hospital's share of the study key.
+        trainer_options: AUDIT ONLY — extra ``PrivateTrainer`` arguments (``dp.faults``).
+    """
+
+    def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
+                 noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
+                 key_share: Any = None, trainer_options: Mapping[str, Any] | None = None) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.model_factory = model_factory
+        self.index = index
+        self.party = party if party is not None else index + 1
+        self.identity = identity
+        self.key_share = key_share  # threshold Paillier: this hospital's share of the study key
+        self.decrypt_log = _memory_log()  # Paillier: what it decrypted (once per session and round)
+        self.random = SecretRandomness(cfg.seed, index, reproducible=cfg.privacy.reproducible)
+        self.ledger = None
+        self.trainer = None
+        self.noise_multiplier = noise_multiplier
+        self.personal_model: nn.Module | None = None
+        self._trainer_options = dict(trainer_options or {})  # audit only: dp.faults fault / gradient canaries
+        if cfg.privacy.enabled:
+            from fedvault.dp.ledger import PrivacyLedger
+
+            p = cfg.privacy
+            self.ledger = PrivacyLedger(client=data.name, delta=p.delta, accountant=p.accountant,
+                                        budget_epsilon=p.budget)
+            self.trainer = self._trainer(cfg.training.local_epochs, cfg.training.lr, "train", **self._trainer_options)
+
+    def _trainer(self, epochs: int, lr: float, purpose: str, **options: Any):
+        from fedvault.dp.training import PrivateTrainer
+
+        p = self.cfg.privacy
+        sigma = self.noise_multiplier if self.noise_multiplier is not None else p.noise_multiplier
+        return PrivateTrainer(ledger=self.ledger, noise_multiplier=float(sigma), max_grad_norm=p.max_grad_norm,
+                              batch_size=self.cfg.training.batch_size, epochs=epochs, lr=lr,
+                              reproducible_seed=self.random.trainer_seed(), **options)
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    # -- before a round ------------------------------------------------------------------
+    def refusal(self, round: int) -> str | None:
+        """Why this hospital declines ``round`` (its budget would be exceeded), else None.
+
+        A refusal is recorded in the hospital's own ledger.
+        """
+        if self.trainer is None:
+            return None
+        reason = self.trainer.check(self.data.n, round)
+        if reason is not None:
+            self.ledger.refuse(round, reason)
+        return reason
+
+    def check_setup(self, setup: Any) -> None:
+        """Refuse a setup that does not match what this hospital was told to run.
+
+        Raises:
+            SetupRejected: the model bytes do not hash to ``setup.model_sha256``; the
+                protocol, the update clip or the client-level noise differ from this
+                hospital's config; or this hospital is not a party of the round.
+        """
+        if model_digest(setup.weights) != setup.model_sha256:
+            raise SetupRejected(f"{self.name}: the model received in round {setup.round} does not match its "
+                                "announced SHA-256; the round setup was altered in transit")
+        a = self.cfg.aggregation
+        mine = "secagg" if a.mode in ("masked", "secagg") else a.mode
+        if setup.protocol != mine:
+            raise SetupRejected(f"{self.name}: the server runs {setup.protocol!r} aggregation but this hospital is "
+                                f"configured for {mine!r}; use the consortium's config file")
+        if setup.purpose == "update":
+            if setup.update_clip != a.update_clip:
+                raise SetupRejected(f"{self.name}: the server asks for update_clip = {setup.update_clip:g}, this "
+                                    f"hospital's config says {a.update_clip:g}; use the consortium's config file")
+            z = self.cfg.privacy.client_noise_multiplier
+            if (z is None) != (setup.client_noise is None):
+                raise SetupRejected(f"{self.name}: client-level noise {'missing from' if z else 'not expected in'} "
+                                    "the round setup; use the consortium's config file")
+            if z is not None:
+                n, t = len(setup.params.clients), setup.params.t
+                want = plan_client_noise(z, setup.update_clip, setup.params.bits, n, t, len(setup.weights))
+                if want != setup.client_noise:
+                    raise SetupRejected(f"{self.name}: the server announced client-level noise {setup.client_noise} "
+                                        f"but client_noise_multiplier = {z:g} needs {want}")
+
+    # -- the round ----------------------------------------------------------------------
+    def join(self, setup: Any) -> Any:
+        """Check the setup, compute this hospital's contribution, return the protocol client role.
+
+        ``setup.purpose``: ``"update"`` (train and contribute the update), ``"eval"`` (site
+        metrics of the global model), ``"stats"`` (standardisation statistics), or
+        A party that is not among ``setup.contributors`` (a threshold key-share holder that
+        does not contribute this round) only gets its decryption role.
+
+        Raises:
+            SetupRejected: see :meth:`check_setup`.
+            dp.errors.BudgetExceeded: the round would exceed the privacy budget (nothing spent).
+        """
+        self.check_setup(setup)
+        if self.party not in setup.parties.values():
+            raise SetupRejected(f"{self.name} (party {self.party}) is not a party of round {setup.round}")
+        vector = None
+        if self.party in setup.contributors:  # else: only a key-share holder in this session
+            if setup.purpose == "update":
+                from fedvault.dp.errors import BudgetExceeded
+
+                try:
+                    vector = self.fit(setup.weights, setup.round, prox_mu=setup.prox_mu).vector
+                except BudgetExceeded as e:
+                    if self.ledger is not None and not any(r.get("round") == setup.round for r in self.ledger.refused):
+                        self.ledger.refuse(setup.round, str(e))
+                    raise
+            elif setup.purpose == "eval":
+                vector = self.evaluate(setup.weights)
+            elif setup.purpose == "stats":
+                from fedvault.fl.stats import local_statistics
+
+                vector = local_statistics(self.data)
+            else:
+                raise SetupRejected(f"unknown round purpose {setup.purpose!r}")
+        return client_role(setup, self.party, vector, self.random, self.identity, self.key_share, self.decrypt_log)
+
+    def fit(self, global_vec: np.ndarray, round: int, *, prox_mu: float | None = None) -> LocalResult:
+        """Train from ``global_vec`` and return the clipped, weighted update (stays local).
+
+        Raises ``dp.errors.BudgetExceeded`` (nothing trained, nothing spent) to decline.
+        """
+        model = self.model_factory()
+        set_vector(model, global_vec)
+        h, t = self.data, self.cfg.training
+        mu = (t.prox_mu if t.strategy == "fedprox" else 0.0) if prox_mu is None else prox_mu
+        if self.trainer is not None:
+            rep = self.trainer.train(model, h.X, h.y, round=round, prox_mu=mu)
+            steps, eps, loss = rep.steps, rep.epsilon, rep.loss
+        else:  # no privacy: shuffling is not a privacy value, the seed keeps runs reproducible
+            steps = plain.train(model, h.X, h.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                                seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round, prox_mu=mu)
+            eps, loss = None, None
+        delta = clip_l2(get_vector(model) - global_vec, self.cfg.aggregation.update_clip)
+        if self.cfg.privacy.client_noise_multiplier is not None:
+            vec = np.concatenate([delta, [1.0]])  # client-level DP: every hospital weighs the same
+        else:
+            vec = np.concatenate([h.n * delta, [float(h.n)]])
+        return LocalResult(vector=vec, steps=steps, epsilon=eps, loss=loss)
+
+    def evaluate(self, global_vec: np.ndarray) -> np.ndarray:
+        """Site evaluation on the own held-out split as ``[n_val acc, n_val loss, n_val]``
+        (only the federation's sum leaves through the protocol)."""
+        model = self.model_factory()
+        set_vector(model, global_vec)
+        n_val = len(self.data.y_val)
+        if n_val == 0:
+            return np.zeros(3)
+        m = evaluate_model(model, self.data.X_val, self.data.y_val)
+        return np.array([n_val * m["accuracy"], n_val * min(m["loss"], 100.0), float(n_val)])
+
+    def personalize(self, global_vec: np.ndarray, round: int) -> dict[str, Any]:
+        """Fine-tune the global model on local records (DP, charged to this hospital's ledger).
+
+        ``round`` is the ledger round of the fine-tuning; it is moved past the last round
+        the ledger recorded (a study that stopped mid-round has events in that round).
+        With ``personalization.head_only`` only the last layer trains. Returns the global
+        and personalised metrics on the hospital's held-out split and ε before/after; a
+        fine-tuning that would exceed the budget is declined (the model stays the global one).
+        """
+        pc = self.cfg.personalization
+        h = self.data
+        model = self.model_factory()
+        set_vector(model, global_vec)
+        before = evaluate_model(model, h.X_val, h.y_val)
+        if pc.head_only:
+            for p in list(model.parameters())[:-2]:  # all but the last layer's weight and bias
+                p.requires_grad_(False)
+        model.train()
+        eps_before = self.epsilon()
+        out: dict[str, Any] = {"global": before, "epsilon_before": eps_before}
+        lr = pc.lr if pc.lr is not None else self.cfg.training.lr
+        if self.ledger is not None:
+            from fedvault.dp.errors import BudgetExceeded
+
+            if self.ledger.events:
+                round = max(round, self.ledger.events[-1].round + 1)
+            for r in self.ledger.refused:
+                round = max(round, int(r.get("round", 0)) + 1)
+            ft = self._trainer(pc.epochs, lr, "personalise")  # same ledger: the same accountant continues
+            try:
+                ft.train(model, h.X, h.y, round=round)
+            except BudgetExceeded as e:
+                out["refused"] = str(e)
+        else:
+            plain.train(model, h.X, h.y, epochs=pc.epochs, batch_size=self.cfg.training.batch_size, lr=lr,
+                        seed=self.cfg.seed + self.index + round)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        out["personalized"] = evaluate_model(model, h.X_val, h.y_val)
+        out["epsilon_after"] = self.epsilon()
+        self.personal_model = model
+        return out
+
+    def epsilon(self) -> float | None:
+        return None if self.ledger is None else float(self.ledger.epsilon())
+
+
+class KeyHolder:
+    """Paillier ``keys = "holder"``: the party outside the hospitals (e.g. a privacy officer)
+    holding the study's decryption key. It decrypts only verified aggregates, once per round
+    (see :mod:`protocols.paillier`), and never contributes."""
+
+    name = "key_holder"
+
+    def __init__(self, party: int, private_key: Any, identity: Any) -> None:
+        self.party, self._key, self.identity = party, private_key, identity
+        self.decrypt_log = _memory_log()
+
+    def refusal(self, round: int) -> str | None:
+        return None
+
+    def join(self, setup: Any) -> Any:
+        from fedvault.fl import roles
+
+        if model_digest(setup.weights) != setup.model_sha256:
+            raise SetupRejected("key holder: the round setup's model does not match its SHA-256")
+        return roles.paillier_holder(setup.params, setup.public, self._key, self.identity, setup.identity_keys,
+                                     self.decrypt_log)
+
+
+class VectorParticipant:
+    """An extra participant contributing a given vector each round (e.g. an audit's canary client).
+
+    ``make(round, weights) -> vector`` returns the weighted update (``[n delta, n]``, or
+    ``[delta, 1]`` with client-level DP); it goes through the same encoding, client-level
+    noise and masking as a hospital's (:func:`client_role`).
+    """
+
+    def __init__(self, name: str, party: int, make: Callable[[int, np.ndarray], np.ndarray], cfg: Config,
+                 index: int, identity: Any = None) -> None:
+        self.name, self.party, self._make, self.identity = name, party, make, identity
+        self.random = SecretRandomness(cfg.seed, index, reproducible=cfg.privacy.reproducible)
+        self.key_share = None
+        self.decrypt_log = _memory_log()
+
+    def refusal(self, round: int) -> str | None:
+        return None
+
+    def join(self, setup: Any) -> Any:
+        vector = self._make(setup.round, setup.weights) if self.party in setup.contributors else None
+        return client_role(setup, self.party, vector, self.random, self.identity, self.key_share, self.decrypt_log)
