@@ -212,7 +212,7 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
-    # true: DP noise, sampling and protocol secrets derive from `seed` (tests, papers) — NOT private
+    # opt-in, tests/papers only: DP noise and sampling replayable from `seed` (NOT private)
     reproducible: bool = False
 
     @property
@@ -274,6 +274,44 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class ThreatModelConfig:
+    """[threat_model]: the adversary secure aggregation must withstand (helper B's keys).
+
+    SecAgg derives its graph degree and threshold from it (protocols.secagg.threat) and
+    every round records the resulting guarantee.  Unset keys take the protocol defaults.
+    """
+
+    colluders: int | None = None
+    colluder_fraction: float | None = None
+    dropouts: int | None = None
+    dropout_fraction: float | None = None
+    security_bits: int = 40
+
+    def check(self, p: Problems) -> None:
+        if self.colluders is not None and self.colluder_fraction is not None:
+            p.error("threat_model: set colluders or colluder_fraction, not both")
+        if self.dropouts is not None and self.dropout_fraction is not None:
+            p.error("threat_model: set dropouts or dropout_fraction, not both")
+        if self.colluders is not None:
+            p.range("threat_model.colluders", self.colluders, 0, 10**6)
+        if self.dropouts is not None:
+            p.range("threat_model.dropouts", self.dropouts, 0, 10**6)
+        if self.colluder_fraction is not None:
+            p.range("threat_model.colluder_fraction", self.colluder_fraction, 0.0, 0.99)
+        if self.dropout_fraction is not None:
+            p.range("threat_model.dropout_fraction", self.dropout_fraction, 0.0, 0.99)
+        p.range("threat_model.security_bits", self.security_bits, 20, 128)
+
+    def protocol(self):
+        """The :class:`protocols.secagg.ThreatModel` these keys declare."""
+        from fedvault.protocols.secagg.threat import ThreatModel
+
+        return ThreatModel(colluders=self.colluders, colluder_fraction=self.colluder_fraction,
+                           dropouts=self.dropouts, dropout_fraction=self.dropout_fraction,
+                           security_bits=self.security_bits)
+
+
+@dataclass(frozen=True)
 class PersonalizationConfig:
     enabled: bool = False
     epochs: int = 2
@@ -295,6 +333,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=lambda: PrivacyConfig(target_epsilon=3.0))
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    threat_model: ThreatModelConfig = field(default_factory=ThreatModelConfig)
     base_dir: str = "."
 
     @property
@@ -335,6 +374,7 @@ _SECTIONS = {
     "privacy": PrivacyConfig,
     "aggregation": AggregationConfig,
     "personalization": PersonalizationConfig,
+    "threat_model": ThreatModelConfig,
 }
 
 # Tables read by another command from the same file (``fedvault audit`` reads [audit]).
@@ -376,6 +416,16 @@ def _enough_hospitals(cfg: Config) -> Iterator[str]:
                                          (cfg.aggregation.mode == "paillier" and cfg.aggregation.keys == "threshold")):
         yield (f"aggregation.threshold = {t} but only {n} hospitals exist: no round could ever be unmasked or "
                f"decrypted; use a threshold between 2 and {n}")
+
+
+@config_check
+def _paillier_threshold_majority(cfg: Config) -> Iterator[str]:
+    t, n = cfg.aggregation.threshold, cfg.n_hospitals
+    if (cfg.aggregation.mode == "paillier" and cfg.aggregation.keys == "threshold" and isinstance(t, int)
+            and 2 <= t <= n and 2 * t <= n):
+        yield (f"aggregation.threshold = {t} of {n} hospitals lets two disjoint quorums decrypt two different "
+               f"aggregates of one round (their difference is one hospital's update); use a threshold of at least "
+               f"{n // 2 + 1} (protocols.paillier requires 2t > n)")
 
 
 @config_check

@@ -283,15 +283,16 @@ class SecAggMode(AggregationMode):
                 "lower the number refusing or raise their privacy budgets")
         t = None if a.threshold is None else min(a.threshold, len(ids))
         bits = bits or a.bits
+        tm = self.cfg.threat_model.protocol()  # protocol parameters from the declared threat model
         noise, frac_bits = None, None
         try:
             if z is not None:
                 probe = SecAggParams(session_id=self.session(purpose), round=round, clients=ids, threshold=t,
-                                     graph=a.graph, bits=bits, clip=max(float(clip), 1.0))
+                                     graph=a.graph, bits=bits, clip=max(float(clip), 1.0), threat_model=tm)
                 noise = plan_client_noise(z, float(clip), bits, len(ids), probe.t, dim - 1)
                 frac_bits, clip = noise.frac_bits, max(float(clip), 1.0)
             p = SecAggParams(session_id=self.session(purpose), round=round, clients=ids, threshold=t, graph=a.graph,
-                             bits=bits, clip=float(clip), frac_bits=frac_bits)
+                             bits=bits, clip=float(clip), frac_bits=frac_bits, threat_model=tm)
         except ParameterError as e:
             raise ConfigError(f"aggregation: {e}; adjust aggregation.threshold / graph / bits") from None
         return p.with_dim(dim), noise

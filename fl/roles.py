@@ -20,7 +20,9 @@ def secagg_guarantee(params: Any) -> dict[str, Any]:
     """The SecAgg run's guarantee (the protocol's own, when its parameters state one)."""
     g = getattr(params, "guarantee", None)
     if g is not None:
-        return g() if callable(g) else (g.as_dict() if hasattr(g, "as_dict") else dict(g))
+        g = g() if callable(g) else g
+        d = g.as_dict() if hasattr(g, "as_dict") else dict(g)
+        return {"protocol": "secagg", **d}
     return {
         "protocol": "secagg", "graph": params.graph, "threshold": params.t, "cohort": len(params.clients),
         "bits": params.bits,
