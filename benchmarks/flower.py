@@ -57,7 +57,7 @@ def _vector(partition: int, dim: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- Flower's SecAgg+
-def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict):  # noqa: ANN201
+def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, threshold: int):  # noqa: ANN201
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
@@ -85,7 +85,7 @@ def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict):  # n
         strategy = FedAvg(fraction_fit=1.0, min_fit_clients=n, min_available_clients=n, fraction_evaluate=0.0,
                           initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
         ctx = LegacyContext(context, config=ServerConfig(num_rounds=1), strategy=strategy)
-        wf = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=shares // 2 + 1, timeout=600)
+        wf = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=min(threshold, shares), timeout=600)
 
         def fit(g, c) -> None:  # noqa: ANN001
             acc: dict = {}
@@ -114,7 +114,7 @@ class _SyntheticSite:
         return _vector(self.partition, self.dim)
 
 
-def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict):  # noqa: ANN201
+def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any = None):  # noqa: ANN201
     from flwr.app import Array, ArrayRecord
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
@@ -133,7 +133,7 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict):  # 
         while len(list(grid.get_node_ids())) < n:
             time.sleep(0.2)
         acc: dict = {}
-        cfg = SecAggConfig(clip=1.0, graph="sparse", stage_timeout=600, min_clients=2, threads=2)
+        cfg = SecAggConfig(clip=1.0, graph="sparse", stage_timeout=600, min_clients=2, threads=2, threat_model=threat)
         weights = ArrayRecord({"w": Array(np.zeros(dim - 1, np.float32))})
         t = time.perf_counter()
         res = secure_round(_TimedGrid(grid, acc), Registry.load(root / "registry.json"), cfg, round=1,
@@ -171,19 +171,23 @@ def main(argv: list[str]) -> int:
 
     from benchmarks import _report
 
-    degree = SecAggParams(b"x", 0, tuple(range(1, a.n + 1)), graph="sparse").neighbourhood.min_degree()
+    from fedvault.protocols.secagg.threat import ThreatModel
+
+    threat = ThreatModel(dropouts=max(a.drops))  # the adversary fedvault's parameters are derived from
+    probe = SecAggParams(b"x", 0, tuple(range(1, a.n + 1)), graph="sparse", threat_model=threat)
+    degree, threshold = probe.effective_degree, probe.t
     shares = degree + 1  # Flower counts the node itself among its num_shares; it wants an odd number
     shares = min(a.n, shares + 1 if shares % 2 == 0 else shares)
     rows = []
     for k in a.drops:
         drops = set(range(a.n - k, a.n))
         fl_out: dict = {}
-        _simulate(*flower_apps(a.n, a.dim, drops, shares, fl_out), a.n)
+        _simulate(*flower_apps(a.n, a.dim, drops, shares, fl_out, threshold), a.n)
         with tempfile.TemporaryDirectory(prefix="fv-bench-") as tmp:
             root = Path(tmp)
             provision(root, [f"hospital_{i}" for i in range(a.n)], dirs=[f"node-{i}" for i in range(a.n)])
             fv_out: dict = {}
-            _simulate(*fedvault_apps(a.n, a.dim, drops, root, fv_out), a.n)
+            _simulate(*fedvault_apps(a.n, a.dim, drops, root, fv_out, threat), a.n)
         row = {"n": a.n, "d": a.dim, "dropped": k,
                "flower_server_s": fl_out.get("server_s"), "fedvault_server_s": fv_out.get("server_s"),
                "server_ratio": (fl_out["server_s"] / fv_out["server_s"]) if fl_out.get("server_s") and fv_out.get("server_s") else None,
@@ -196,10 +200,12 @@ def main(argv: list[str]) -> int:
     cols = ["n", "d", "dropped", "flower_server_s", "fedvault_server_s", "server_ratio", "flower_round_s",
             "fedvault_round_s", "round_ratio", "fedvault_protocol_server_s", "fedvault_max_abs_error"]
     md = ("# Flower SecAgg+ vs fedvault's Flower plug-in (simulation engine, one round)\n\n"
-          f"Sparse graphs: fedvault degree {degree}, Flower num_shares {shares}, majority thresholds. "
+          f"Sparse graphs: fedvault degree {degree}, threshold {threshold} (threat model: {threat}); Flower "
+          f"num_shares {shares}, reconstruction threshold {min(threshold, shares)}. "
           "server_s = round time minus time inside Flower grid calls.\n\n" + _report.markdown_table(rows, cols) + "\n")
     if not a.quick:
         _report.write("flower", {"machine": _report.machine(), "rows": rows, "fedvault_degree": degree,
+                                 "fedvault_threshold": threshold,
                                  "flower_num_shares": shares}, md)
     print(md)
     return 0

@@ -77,3 +77,24 @@ def test_flower_release_under_test():
 
     expect = os.environ.get("FEDVAULT_EXPECT_FLWR")
     assert expect is None or flwr.__version__ == expect
+
+
+def test_saved_state_round_trips_keys_and_refuses_foreign_classes(tmp_path):
+    import pickle
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from fedvault.fl.integrations.flower import snapshot
+
+    k = X25519PrivateKey.generate()
+    r = snapshot.StreamRandom(b"\1" * 32, b"t")
+    first = r(10)
+    back = snapshot.loads(snapshot.dumps({"k": k, "r": r}))
+    assert back["k"].public_key().public_bytes_raw() == k.public_key().public_bytes_raw()
+    assert back["r"](5) == r(5) and first  # the restored source continues the same stream
+    path = tmp_path / "x.state"
+    snapshot.save(path, {"a": 1})
+    assert os.stat(path).st_mode & 0o077 == 0 and snapshot.load(path) == {"a": 1}
+    path.write_bytes(pickle.dumps(os.system))  # a tampered file naming an arbitrary callable
+    with pytest.raises(snapshot.SnapshotError, match="may not name"):
+        snapshot.load(path)

@@ -101,3 +101,21 @@ def test_hospitals_shown_different_models_refuse_each_others_keys(tmp_path):
         KeyEntry(c, ads[c].channel_pk, ads[c].mask_pk, ads[c].signature) for c in (1, 2, 3)))
     with pytest.raises(ProtocolError, match="signed"):
         clients[1].receive(bc.encode())
+
+
+def test_a_fresh_process_per_message_restores_the_saved_state(tmp_path, monkeypatch):
+    """As on a SuperNode that starts a ClientApp process per message: the live state machine is gone before
+    every message; the node restores the one it saved (never replays: one state machine per hospital is ever
+    built), the sum is exact, and no saved state or secret outlives the round."""
+    from fedvault.fl.integrations.flower import mod
+
+    built = []
+    real = mod.FedVaultMod._client
+    monkeypatch.setattr(mod.FedVaultMod, "_client", lambda self, *a: built.append(1) or real(self, *a))
+    grid, reg, sites = vector_federation(tmp_path, 4, DIM, fresh_process=True)
+    out = secure_round(grid, reg, SecAggConfig(clip=20.0, min_clients=3), round=1, weights=_weights())
+    assert len(built) == 4
+    expect = sum(s.vector for s in sites.values())
+    np.testing.assert_allclose(out.total, expect, atol=1e-4)
+    left = [p for k in range(4) for g in ("*.seed", "*.state*") for p in (tmp_path / f"hospital_{k}" / "rounds").glob(g)]
+    assert not left

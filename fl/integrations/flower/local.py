@@ -46,14 +46,19 @@ class InProcessGrid(Grid):
         The run id of every Context and message.
     on_push
         ``(grid, messages) -> None`` called before messages are delivered.
+    fresh_process
+        Forget every ClientApp-process cache before each delivery, as when a SuperNode starts
+        a fresh process per message (the node's disk and ``Context.state`` persist).
     """
 
     def __init__(self, client_app: ClientApp, node_configs: Mapping[int, Mapping[str, Any]], *,
                  run_config: Mapping[str, Any] | None = None, run_id: int = 1,
-                 on_push: Callable[["InProcessGrid", list[Message]], None] | None = None):
+                 on_push: Callable[["InProcessGrid", list[Message]], None] | None = None,
+                 fresh_process: bool = False):
         self.app = client_app
         self.run_id = run_id
         self.on_push = on_push
+        self.fresh_process = fresh_process
         self.contexts = {
             int(n): Context(run_id=run_id, node_id=int(n), node_config=dict(cfg), state=RecordDict(),
                             run_config=dict(run_config or {}))
@@ -109,6 +114,8 @@ class InProcessGrid(Grid):
                                   reply_to_message_id="", group_id=md.group_id, created_at=time.time(),
                                   ttl=md.ttl, message_type=md.message_type),
             )
+            if self.fresh_process:
+                _forget_process_caches()
             t = time.perf_counter()
             try:
                 reply = self.app(delivered, self.contexts[node])
@@ -130,3 +137,14 @@ class InProcessGrid(Grid):
     def kill(self, node_id: int) -> None:
         """The node vanishes: it answers nothing from now on."""
         self.dead.add(int(node_id))
+
+
+def _forget_process_caches() -> None:
+    """What a fresh ClientApp process would not have: fedvault's in-memory protocol roles."""
+    import sys
+
+    for name, attr in (("fedvault.fl.integrations.flower.mod", "_LIVE"),
+                       ("fedvault.fl.integrations.flower.transport", "_ROLES")):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            getattr(mod, attr).clear()

@@ -35,13 +35,15 @@ persistent ledger in the node directory).  For every fedvault message:
     charged), encodes and masks the update and answers with the masked vector.
 
 Protocol state between messages.  The live state machine stays in this process's
-memory, keyed by (node directory, session tag, round), so a process that serves
-several messages (Flower's simulation runtime, a long-lived ClientApp process,
-:class:`~fl.integrations.flower.local.InProcessGrid`) neither replays nor
-recomputes anything.  A fresh process (a SuperNode that starts one per message)
-rebuilds it from the vault seed and the public server messages kept in
-``Context.state`` — the same state, since all of the client's randomness comes
-from the seed.  Secrets never enter a Flower record, ``Context.state`` or a log line.
+memory, keyed by (node directory, session tag, round), and is saved to the node's
+vault after every message, before the reply leaves (:mod:`.snapshot`: atomic, 0600,
+deleted when the round ends).  A process that serves the next message (Flower's
+simulation runtime, :class:`~fl.integrations.flower.local.InProcessGrid`) uses the
+live object; a fresh process (a SuperNode that starts one per message, or another Ray
+actor) restores the saved one — nothing is replayed or recomputed.  If the saved state
+is unusable the node rebuilds it from the vault seed and the public server messages
+kept in ``Context.state`` (the same state: all of the client's randomness comes from
+the seed).  Secrets never enter a Flower record, ``Context.state`` or a log line.
 
 Any refusal of the state machine (replay, bad signature, threshold, double reveal,
 ...) answers with a Flower error ``fedvault/refused: ...`` and burns the round's
@@ -65,9 +67,7 @@ from fedvault.protocols.errors import ProtocolError, RefusedError
 from fedvault.protocols.secagg.messages import ForwardedShares, decode
 from fedvault.protocols.secagg import Client, ClientStage, SecAggParams
 from fedvault.secagg.errors import SecAggError
-from fedvault.secagg.prg import DeterministicRandom
-
-from . import wire
+from . import snapshot, wire
 from .node import NodeDir, NodeSetupError
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ class FedVaultMod:
             state = {k: rec[k] for k in rec.keys() if k not in ("v", "stage", "wire")}
             state.update(round=params.round, transcript=[])
             context.state.config_records[wire.STATE] = ConfigRecord(state)
-            _LIVE[self._key(node, params)] = (client, 0)
+            self._save(node, params, client, 0)
             return Message(wire.reply(stage, rnd, node.client, out.encode()), reply_to=msg)
         st = context.state.config_records.get(wire.STATE)
         if st is None:
@@ -225,7 +225,7 @@ class FedVaultMod:
             self._forget(context, node, params)  # burn before answering: nothing can be revealed twice
         else:
             st["transcript"] = transcript + [data]
-            _LIVE[self._key(node, params)] = (client, len(transcript) + 1)
+            self._save(node, params, client, len(transcript) + 1)
         return Message(wire.reply(stage, rnd, node.client, out[0].encode()), reply_to=msg)
 
     # -- helpers ------------------------------------------------------------------------
@@ -234,10 +234,21 @@ class FedVaultMod:
         return (str(node.path.resolve()), params.session_tag, params.round)
 
     def _restore(self, node: NodeDir, params: SecAggParams, transcript: list[bytes]) -> Client:
-        """The live state machine of this round, or (fresh process) the same one rebuilt by replay."""
+        """The live state machine of this round; in a fresh process the one saved after the last message
+        (:mod:`.snapshot`); failing that, the same one rebuilt from the vault seed by replay."""
         live = _LIVE.get(self._key(node, params))
         if live is not None and live[1] == len(transcript):
             return live[0]
+        path = node.vault.state_path(params.session_tag, params.round)
+        try:
+            saved = snapshot.load(path)
+        except snapshot.SnapshotError as e:
+            log.warning("fedvault: %s; rebuilding the round's state by replay", e)
+            saved = None
+        if isinstance(saved, dict) and saved.get("messages") == len(transcript) and isinstance(saved.get("client"), Client):
+            client = saved["client"]
+            client._identity = node.identity()  # the identity key is never in the saved state
+            return client
         client = self._client(params, node, node.vault.get(params.session_tag, params.round))
         client.advertise()
         for past in transcript:
@@ -246,8 +257,20 @@ class FedVaultMod:
             client.receive(past)
         return client
 
+    def _save(self, node: NodeDir, params: SecAggParams, client: Client, messages: int) -> None:
+        """Save the state machine before the reply leaves (a fresh process continues from it)."""
+        _LIVE[self._key(node, params)] = (client, messages)
+        identity, client._identity = client._identity, None
+        try:
+            snapshot.save(node.vault.state_path(params.session_tag, params.round), {"client": client,
+                                                                                   "messages": messages})
+        except snapshot.SnapshotError as e:  # the vault seed and replay still restore it
+            log.warning("fedvault: %s", e)
+        finally:
+            client._identity = identity
+
     def _client(self, params: SecAggParams, node: NodeDir, seed: bytes) -> Client:
-        rng = DeterministicRandom(seed, b"fedvault/flower/client")
+        rng = snapshot.StreamRandom(seed, b"fedvault/flower/client")
         return Client(params, node.client, node.identity(), node.registry.identity_keys(), rng, threads=self.threads)
 
     def _forget(self, context: Context, node: NodeDir | None = None, params: SecAggParams | None = None) -> None:

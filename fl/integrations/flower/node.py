@@ -20,8 +20,8 @@ A *node directory* (``--node-config 'fedvault-dir="..."'``, mode 0700) holds:
 ``ledger.json``
     The hospital's persistent privacy ledger (:class:`dp.ledger.PrivacyLedger`).
 ``rounds/``
-    One 32-byte secret seed per round in progress, and one start marker per
-    (server session, round) ever started (:class:`RoundVault`).
+    One 32-byte secret seed and the saved protocol state per round in progress, and
+    one start marker per (server session, round) ever started (:class:`RoundVault`).
 
 Why the vault.  A Flower SuperNode may start a fresh ``flwr-clientapp`` process for
 every message, and the only state Flower carries between them is ``Context.state``,
@@ -171,10 +171,14 @@ class RoundVault:
                 "(a restarted round would train and charge the ledger twice, or reveal the input under two key sets)"
             ) from None
 
+    def state_path(self, session_tag: bytes, round: int) -> Path:
+        """Where the round's saved protocol state lives (:mod:`.snapshot`)."""
+        return self.dir / f"{session_tag.hex()}-{round}.state"
+
     def sweep(self) -> list[str]:
-        """Delete every round secret left on disk (a crash or a lost Flower state); returns their names."""
+        """Delete every round secret and saved state left on disk (a crash or a lost Flower state)."""
         gone = []
-        for p in self.dir.glob("*.seed"):
+        for p in [*self.dir.glob("*.seed"), *self.dir.glob("*.state"), *self.dir.glob("*.state.tmp*")]:
             try:
                 p.unlink()
                 gone.append(p.name)
@@ -205,11 +209,12 @@ class RoundVault:
         return seed
 
     def burn(self, session_tag: bytes, round: int) -> None:
-        """Forget a round's secret (the round is over or aborted)."""
-        try:
-            self._path(session_tag, round).unlink()
-        except FileNotFoundError:
-            pass
+        """Forget a round's secret and saved state (the round is over or aborted)."""
+        for p in (self._path(session_tag, round), self.state_path(session_tag, round)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
 
 
 class NodeDir:
