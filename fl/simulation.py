@@ -255,7 +255,13 @@ def federate(
     engine.test = (fd.X_test, fd.y_test)
 
     def finish(history: dict[str, Any]) -> None:
-        if baseline:
+        if baseline and model is None and len(fd.y_test):
+            # The config's model: the pooled baseline trained to convergence (fl.baseline).
+            from fedvault.fl.baseline import pooled_baseline as converged_baseline
+
+            history["final"]["baseline_pooled"] = converged_baseline(cfg.model.kind, fd, make_model,
+                                                                     seed=cfg.seed).to_dict()
+        elif baseline:
             history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model)}
 
     write = None

@@ -16,6 +16,7 @@ history.json, live or loaded from disk.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from typing import Any, Mapping, TextIO
@@ -26,6 +27,20 @@ from fedvault.fl.progress import progress
 # e^ε ≥ 22026: formally a guarantee, in practice none.
 MEANINGLESS_EPSILON = 10.0
 RECORD_RELATION = "add/remove one patient record"
+
+
+def name_parties(text: str, names: Mapping[int, str]) -> str:
+    """Replace protocol party ids in a protocol message by hospital names.
+
+    Protocols number parties 1..n (``"client 2 has only 3 live neighbours"``); people read
+    ``hospital_1``. ``names`` maps party id -> name; unknown ids are left as they are.
+    """
+    def many(m: re.Match) -> str:
+        ids = [x.strip() for x in m.group(2).split(",") if x.strip()]
+        return ", ".join(names.get(int(x), f"party {x}") for x in ids)
+
+    text = re.sub(r"\b(clients|parties) \[([0-9, ]+)\]", many, text)
+    return re.sub(r"\b(client|party) (\d+)\b", lambda m: names.get(int(m.group(2)), m.group(0)), text)
 
 
 def _row_dict(row: Any) -> Mapping[str, Any]:
@@ -64,8 +79,8 @@ class RoundTable:
         )
         notes = []
         if row.get("aborted"):
-            notes.append("ABORTED (nothing revealed, model unchanged, ε of the trainers still charged): "
-                         + str(row["aborted"]))
+            why = str(row["aborted"]).removeprefix("round aborted, nothing was revealed: ")
+            notes.append("ABORTED (nothing revealed, model unchanged, ε of the trainers still charged): " + why)
         if row.get("refused"):
             notes.append("refused (budget): " + ", ".join(sorted(row["refused"])))
         dropped = _dropped_text(row.get("dropped") or {})
