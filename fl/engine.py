@@ -58,7 +58,7 @@ import numpy as np
 from fedvault.fl import models, strategies
 from fedvault.fl.config import Config, to_dict
 from fedvault.fl.errors import ConfigError, FederationError
-from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise
+from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise, site_metric_keys
 from fedvault.fl.metrics import evaluate
 
 __all__ = [
@@ -394,6 +394,7 @@ class RoundEngine:
         epsilon: ``{hospital: ε}`` now (from the hospitals' ledgers, as far as the server knows them).
         before_round: called with ``(round, global weights)`` when a round is not skipped
             (extra participants such as audit canaries prepare their vectors).
+        loss: the training objective (metrics follow it: accuracy/ROC-AUC or MSE/MAE).
     """
 
     def __init__(self, cfg: Config, transport: Transport, mode: AggregationMode, model: Any, *,
@@ -401,7 +402,8 @@ class RoundEngine:
                  weight_cap: float, eval_clip: float, identity_keys: Mapping[int, bytes] | None = None,
                  extra: Sequence[str] = (), on_round: Callable[[dict[str, Any]], None] | None = None,
                  epsilon: Callable[[], dict[str, float | None]] | None = None,
-                 before_round: Callable[[int, np.ndarray], None] | None = None) -> None:
+                 before_round: Callable[[int, np.ndarray], None] | None = None,
+                 loss: Any = "cross_entropy") -> None:
         self.cfg, self.transport, self.mode, self.model = cfg, transport, mode, model
         self.hospitals, self.extra = list(hospitals), list(extra)
         self.test = test
@@ -409,10 +411,14 @@ class RoundEngine:
         self.on_round = on_round
         self._epsilon = epsilon or (lambda: {})
         self.before_round = before_round
+        self.loss = loss
+        self.site_keys = site_metric_keys(loss)
         self.weights = models.get_vector(model)
         self.strategy = strategies.make(cfg.training)
         self.coins = Coins(cfg.seed, cfg.privacy.reproducible)
         self.stopper = EarlyStopping(cfg.training.target_accuracy, cfg.training.patience, cfg.training.min_delta)
+        if "accuracy" not in self.site_keys:  # training.target_accuracy needs accuracy; patience watches the loss
+            self.stopper.target = None
         self.client_level = cfg.privacy.client_noise_multiplier is not None
         # Per-coordinate bound of an update: [n_k delta_k, n_k], or [delta_k, 1] with client-level DP.
         self.clip = cfg.aggregation.update_clip if self.client_level else weight_cap * cfg.aggregation.update_clip
@@ -420,6 +426,7 @@ class RoundEngine:
         self.ddg_model: list = []  # client-level events vs model consumers (with client sampling)
         self.ddg_server: list = []  # vs the aggregation server (sees participation; replace-one)
         self.last_round = 0  # the last round started (hospitals may have trained in it)
+        self.aggregates: dict[int, np.ndarray] = {}  # round -> the decoded update sum the server learned
         self.history: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "config": to_dict(cfg),
@@ -430,6 +437,10 @@ class RoundEngine:
         if cfg.privacy.reproducible:
             self.history["not_private"] = [NOT_PRIVATE]
         self.stop_reason = f"completed {cfg.training.rounds} rounds"
+
+    def evaluate(self) -> dict[str, float]:
+        """The global model's metrics on the server's test set."""
+        return evaluate(self.model, *self.test, loss=self.loss)
 
     # -- one session -------------------------------------------------------------------------------
     def setup(self, round: int, purpose: str, contributors: Sequence[str], *, clip: float, bits: int | None = None,
@@ -497,11 +508,12 @@ class RoundEngine:
             # Too many hospitals vanished for the protocol to finish: it revealed nothing and the
             # model stays as it was. The ε of hospitals that trained stays charged (conservative).
             self._emit(RoundRecord(
-                participants=[], metrics=evaluate(self.model, *self.test), epsilon=self._epsilon(),
+                participants=[], metrics=self.evaluate(), epsilon=self._epsilon(),
                 dropped=out.dropped, aborted=out.aborted,
                 seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                          "total": time.perf_counter() - t_round}, **common))
             return None
+        self.aggregates[r] = out.total
         # 5. Strategy step.
         if self.strategy.needs_individual_updates:  # plaintext only (enforced by the config)
             if out.individual is None:
@@ -511,12 +523,14 @@ class RoundEngine:
         else:
             self.weights = self.strategy.step(self.weights, out.total)
         models.set_vector(self.model, self.weights)
-        metrics = evaluate(self.model, *self.test)
+        metrics = self.evaluate()
         # Site metrics: each hospital evaluates the new model on its held-out split; only the sum leaves.
-        _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=3)
+        _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=len(self.site_keys) + 1)
         site = ev.total
-        site_metrics = ({"accuracy": float(site[0] / site[2]), "loss": float(site[1] / site[2]),
-                         "records": int(round(site[2]))} if site is not None and site[2] > 0 else {})
+        site_metrics: dict[str, Any] = {}
+        if site is not None and site[-1] > 0:
+            site_metrics = {k: float(site[i] / site[-1]) for i, k in enumerate(self.site_keys)}
+            site_metrics["records"] = int(round(site[-1]))
         client_level = None
         if setup.client_noise is not None:
             client_level = self._client_level_row(setup.client_noise, r)
@@ -528,7 +542,10 @@ class RoundEngine:
             seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                      "total": time.perf_counter() - t_round}, **common))
         # 7. Early stop.
-        watched = metrics["accuracy"] if len(self.test[1]) else site_metrics.get("accuracy", math.nan)
+        key = "accuracy" if "accuracy" in self.site_keys else "loss"
+        watched = metrics.get(key, math.nan) if len(self.test[1]) else site_metrics.get(key, math.nan)
+        if key == "loss":  # no accuracy (regression, custom loss): watch the loss, lower is better
+            watched = -watched
         why = self.stopper.update(r, watched)
         if why is not None:
             self.history["stopped"] = {"round": r, "reason": why}
@@ -562,17 +579,21 @@ class RoundEngine:
 
     # -- the study --------------------------------------------------------------------------------------
     def run_study(self, *, ledgers: Callable[[], dict[str, Any]],
+                  prepare: Callable[[], None] | None = None,
                   finish: Callable[[dict[str, Any]], None] | None = None,
                   write: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run every round, personalise, and return the history.
 
         ``ledgers()`` returns ``{hospital: ledger dict}`` (history's ``privacy`` section);
-        ``finish(history)`` adds final sections (e.g. the pooled baseline); ``write(history)``
-        persists it. History (with the ledgers) is completed and written whenever the study
-        stops — also when an exception stops it, which is then re-raised.
+        ``prepare()`` runs first (e.g. federated standardisation, round 0); ``finish(history)``
+        adds final sections (e.g. the pooled baseline); ``write(history)`` persists it.
+        History (with the ledgers) is completed and written whenever the study stops — also
+        when an exception stops it, which is then re-raised.
         """
         error: BaseException | None = None
         try:
+            if prepare is not None:
+                prepare()
             for r in range(1, self.cfg.training.rounds + 1):
                 why = self.run_round(r)
                 if why is not None:
@@ -587,7 +608,7 @@ class RoundEngine:
         self.history["privacy"] = ledgers()
         if self.client_level:
             self.history["client_level"] = self.client_level_summary()
-        self.history["final"] = {"metrics": evaluate(self.model, *self.test), "stop_reason": self.stop_reason}
+        self.history["final"] = {"metrics": self.evaluate(), "stop_reason": self.stop_reason}
         if error is None and finish is not None:
             finish(self.history)
         eps = [v for v in self._epsilon().values() if v is not None]

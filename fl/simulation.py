@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -72,15 +72,17 @@ def calibrated_noise(cfg: Config, n_records: int) -> float | None:
     return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant))
 
 
-def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callable[[], torch.nn.Module]) -> dict[str, float]:
+def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callable[[], torch.nn.Module],
+                    loss: Any = "cross_entropy", optimizer: Any = "sgd") -> dict[str, float]:
     """The same model trained without privacy on all hospitals' records pooled in one place (simulation only)."""
     X = np.concatenate([h.X for h in fd.hospitals])
     y = np.concatenate([h.y for h in fd.hospitals])
     torch.manual_seed(cfg.seed)
     model = make_model()
     epochs = min(cfg.training.rounds * cfg.training.local_epochs, 50)
-    plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=cfg.seed)
-    return evaluate(model, fd.X_test, fd.y_test)
+    plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=cfg.seed,
+                loss=loss, optimizer=optimizer)
+    return evaluate(model, fd.X_test, fd.y_test, loss=loss)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class FederationRun:
     data: data_mod.FederatedData
     hospitals: list[Hospital]
     standardisation: tuple[np.ndarray, np.ndarray] | None = None  # federated (mean, std)
+    aggregates: dict[int, np.ndarray] = field(default_factory=dict)  # round -> decoded update sum (server's view)
 
 
 class ExtraParticipants(Protocol):
@@ -154,13 +157,21 @@ def federate(
     extra_updates: ExtraParticipants | None = None,
     history_path: str | Path | None = None,
     trainer_options: Callable[[str], Mapping[str, Any]] | None = None,
+    loss: Any = "cross_entropy",
+    optimizer: Any = "sgd",
+    transcript: list | None = None,
 ) -> FederationRun:
     """Run a study in this process and keep its objects (model, data, hospitals).
 
     Args:
         cfg: the study config (:func:`fl.config.load`).
-        model: factory of the model every hospital trains (default: ``cfg.model``).
-        data: the hospitals' data (default: the data set ``cfg.data`` names).
+        model: factory of the model every hospital trains (default: ``cfg.model``): every call
+            returns a fresh, Opacus-compatible ``nn.Module`` of the same architecture.
+        data: the hospitals' data (default: the data set ``cfg.data`` names), e.g.
+            :meth:`fl.data.FederatedData.from_arrays` for your own tensors.
+        loss: ``"cross_entropy"`` (classification), ``"mse"`` (regression) or a callable
+            ``loss(outputs, targets)`` returning the batch mean (see :mod:`dp.objective`).
+        optimizer: ``"sgd"``, ``"adam"`` or a factory (see :mod:`dp.objective`).
         on_round: called with each history row as it is recorded (progress display).
         baseline: also train the pooled non-private baseline (simulation only).
         extra_participants: extra contributors in every round (e.g. audit canary clients);
@@ -169,6 +180,7 @@ def federate(
         trainer_options: AUDIT ONLY — ``trainer_options(hospital_name)`` returns extra
             ``PrivateTrainer`` arguments (``fault``, ``gradient_canaries``, see ``dp.faults``);
             a run with a fault is marked ``not_private`` in its history.
+        transcript: if a list, every protocol message is appended as ``(direction, party, bytes)``.
 
     Returns:
         :class:`FederationRun`: history (the history.json dict), final global model, data,
@@ -207,7 +219,8 @@ def federate(
     hospitals = [
         Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n), party=ids[h.name], identity=identities[ids[h.name]],
                  key_share=shares.get(ids[h.name]),
-                 trainer_options=trainer_options(h.name) if trainer_options is not None else None)
+                 trainer_options=trainer_options(h.name) if trainer_options is not None else None,
+                 loss=loss, optimizer=optimizer)
         for i, h in enumerate(fd.hospitals)
     ]
     parties: dict[str, Any] = {hs.name: hs for hs in hospitals}
@@ -222,7 +235,8 @@ def federate(
         parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id])
 
     mode = make_mode(cfg, ids, paillier_public)
-    transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed)
+    transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
+                                  transcript=transcript)
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
     eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))
@@ -236,7 +250,7 @@ def federate(
                          test=(fd.X_test, fd.y_test), weight_cap=weight_cap, eval_clip=eval_clip,
                          identity_keys=identity_keys, extra=list(extra.names) if extra is not None else [],
                          on_round=on_round, epsilon=epsilons,
-                         before_round=group.prepare if group is not None else None)
+                         before_round=group.prepare if group is not None else None, loss=loss)
 
     faulty = sorted({hs.trainer.fault.not_private_reason() for hs in hospitals
                      if hs.trainer is not None and not hs.trainer.fault.private})
@@ -246,23 +260,29 @@ def federate(
     # Federated standardisation: each hospital contributes its sums through the protocol (round 0).
     from fedvault.fl.stats import STATS_BITS, STATS_CLIP, standardise_from_total
 
-    _, st = engine.session(0, "stats", hospital_names, clip=STATS_CLIP, bits=STATS_BITS, dim=1 + 2 * fd.n_features)
-    if st.total is None:
-        from fedvault.fl.errors import FederationError
+    mean_std: list = []
 
-        raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
-    mean_std = standardise_from_total(fd, st.total)
-    engine.test = (fd.X_test, fd.y_test)
+    def standardise() -> None:
+        if not getattr(fd, "standardise", True):  # the user's own tensors (from_arrays) are used as given
+            return
+        _, st = engine.session(0, "stats", hospital_names, clip=STATS_CLIP, bits=STATS_BITS,
+                               dim=1 + 2 * fd.n_features)
+        if st.total is None:
+            from fedvault.fl.errors import FederationError
+
+            raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
+        mean_std.append(standardise_from_total(fd, st.total))
+        engine.test = (fd.X_test, fd.y_test)
 
     def finish(history: dict[str, Any]) -> None:
-        if baseline and model is None and len(fd.y_test):
+        if baseline and model is None and len(fd.y_test) and loss == "cross_entropy":
             # The config's model: the pooled baseline trained to convergence (fl.baseline).
             from fedvault.fl.baseline import pooled_baseline as converged_baseline
 
             history["final"]["baseline_pooled"] = converged_baseline(cfg.model.kind, fd, make_model,
                                                                      seed=cfg.seed).to_dict()
         elif baseline:
-            history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model)}
+            history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model, loss, optimizer)}
 
     write = None
     if history_path is not None:
@@ -273,5 +293,6 @@ def federate(
 
     history = engine.run_study(
         ledgers=lambda: {hs.name: hs.ledger.to_dict() for hs in hospitals if hs.ledger is not None},
-        finish=finish, write=write)
-    return FederationRun(history, global_model, fd, hospitals, mean_std)
+        prepare=standardise, finish=finish, write=write)
+    return FederationRun(history, global_model, fd, hospitals, mean_std[0] if mean_std else None,
+                         aggregates=dict(engine.aggregates))
