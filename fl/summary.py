@@ -251,8 +251,9 @@ def summary(history: Mapping[str, Any]) -> str:
             out.append(f"    {c:<{width}}  {_fmt(g, '.3f')} → {_fmt(q, '.3f')}{gain}{note}")
     per = final.get("per_hospital")
     if per:
-        label = next(iter(per.values())).get("release", "")
-        out.append(f"  final model on each hospital's own held-out records ({label}):")
+        label = str(next(iter(per.values())).get("release", "")).replace("_", "-")
+        out.append(f"  final model on each hospital's own held-out records ({label}: exact, not DP, "
+                   "a deployment would not see these):")
         width = max(len(c) for c in per)
         for c, pm in per.items():
             out.append(f"    {c:<{width}}  accuracy {_fmt(pm.get('accuracy'), '.3f')}  "
