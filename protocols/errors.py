@@ -77,8 +77,7 @@ class DoubleRevealError(RefusedError):
 
 
 class ThresholdError(RefusedError):
-    """A threshold is not met (too few live neighbours, survivors or contributions) or is unsafe
-    (e.g. a Paillier threshold with 2t <= l)."""
+    """Fewer than ``threshold`` live neighbours (or survivors) were announced."""
 
 
 class InconsistentError(RefusedError):

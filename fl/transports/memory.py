@@ -108,9 +108,7 @@ class InMemoryTransport:
         try:
             run_in_memory(server, roles, drop=drops, clock=self.clock, transcript=self.transcript, stats=stats)
         except AbortError as e:
-            from fedvault.fl.summary import name_parties
-
-            aborted = name_parties(str(e), back)  # hospital names, not protocol party ids
+            aborted = str(e)
         wall = self.clock() - t_proto
         contributors: list[str] = []
         total = None
@@ -126,9 +124,7 @@ class InMemoryTransport:
         individual = {back[i]: np.asarray(v) for i, v in vecs().items()} if vecs is not None else None
         dropped = {s: [back[i] for i in v if i in back] for s, v in dropped_ids.items()}
         for i, why in stats.aborted.items():  # an honest party refused a server message and left
-            from fedvault.fl.summary import name_parties
-
-            refused.setdefault(back.get(i, str(i)), name_parties(why, back))
+            refused.setdefault(back.get(i, str(i)), why)
         upload = {back[i]: int(b) for i, b in stats.upload_bytes.items() if i in setup.contributors}
         download = {back[i]: int(b) for i, b in stats.download_bytes.items() if i in back}
         csec = stats.party_seconds
