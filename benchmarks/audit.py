@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,13 @@ def run(config: Path | None, faults: list[str], seeds: list[int]) -> list[dict[s
     return rows
 
 
-def render(rows: list[dict[str, Any]], config: str, seeds: list[int]) -> str:
+def render(rows: list[dict[str, Any]], config: str, seeds: list[int], command: str = "", seconds: float | None = None) -> str:
     faults = list(dict.fromkeys(r["fault"] for r in rows))
     lines = [
         "# Audit power: fault × seed → flagged at 95% confidence",
+        "",
+        f"Command: `{command or 'python -m benchmarks audit'}`"
+        + (f" ({seconds / 60:.1f} min on this machine, one torch thread)" if seconds is not None else ""),
         "",
         f"Config: `{config}` (record level: white-box gradient canaries; bound = max(SNJ, f-DP), each at 97.5%).",
         "Flagged = the empirical ε lower bound exceeds the canary hospital's claimed ε. "
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="audit seeds 0..N-1 (default 5)")
     ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated (default: none,no_noise,no_clipping)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     bad = [f for f in faults if f not in FAULTS]
@@ -101,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = str(args.config) if args.config else "fl/configs/demo.toml (fedvault demo)"
     summary = {f: sum(r["flagged"] for r in rows if r["fault"] == f) for f in faults}
-    jp, mp = write("audit", {"config": config, "seeds": seeds, "faults": faults, "flagged": summary,
-                             "rows": rows, "seconds": time.perf_counter() - t0},
-                   render(rows, config, seeds), args.out)
+    command = "python -m benchmarks audit" + (f" {' '.join(argv)}" if argv else "")
+    seconds = time.perf_counter() - t0
+    jp, mp = write("audit", {"command": command, "config": config, "seeds": seeds, "faults": faults,
+                             "flagged": summary, "rows": rows, "seconds": seconds},
+                   render(rows, config, seeds, command, seconds), args.out)
     print(f"flagged per fault (of {len(seeds)} seeds): {summary}\nwritten {jp} and {mp}")
     ok = summary.get("none", 0) == 0 and all(summary.get(f, len(seeds)) == len(seeds) for f in ("no_noise", "no_clipping"))
     return 0 if ok else 1

@@ -187,7 +187,9 @@ def _markdown(payload: dict) -> str:
              f"workers = {payload['workers']}; {payload['clients']} clients' headroom; 16-bit values; "
              f"1-min load average {payload['loadavg_1min']['start']:.2f} at start, "
              f"{payload['loadavg_1min']['end']:.2f} at end (other jobs share the cores). "
-             "phe columns at d > phe's measured d are linear extrapolations of the measured per-value cost.", ""]
+             "phe columns at d > phe's measured d are linear extrapolations of the measured per-value cost. "
+             f"Command: `{payload.get('command', 'python -m benchmarks paillier')}`"
+             f" ({payload.get('run_seconds', 0) / 60:.1f} min).", ""]
     rows = [r for k in payload["keys"] for r in k["packed"]]
     lines.append(markdown_table(rows, ["key_bits", "exponent", "exponent_bits", "d", "ciphertexts", "encrypt_s",
                                        "prove_s", "verify_s", "proof_over_encrypt", "phe_encrypt_s", "phe_measured",
@@ -265,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-threshold", action="store_true")
     ap.add_argument("--threshold-bits", type=int, default=2048)
     ap.add_argument("--threshold-d", type=int, default=10_000)
+    ap.add_argument("--dims", default=None, help="comma-separated vector lengths (default 1e4,1e5,1e6)")
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-render the markdown of a results JSON")
     args = ap.parse_args(argv)
+    args.dims_arg = args.dims
     if args.render:
         from pathlib import Path
         src = Path(args.render)
@@ -281,13 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         args.threshold_bits, args.threshold_d = 1024, 1_000
     else:
         args.dims = [10_000, 100_000, 1_000_000]
+    if args.dims_arg:
+        args.dims = [int(float(d)) for d in args.dims_arg.split(",")]
     load_start = os.getloadavg()
+    t_start = time.perf_counter()
     keys = [_bench_key(int(b), args) for b in args.keys.split(",")]
     payload: dict[str, Any] = {"workers": args.workers, "clients": args.clients, "quick": args.quick,
                                "keys": keys, "targets": _targets(keys)}
     if not args.no_threshold:
         payload["threshold"] = _bench_threshold(args)
     payload["loadavg_1min"] = {"start": load_start[0], "end": os.getloadavg()[0]}
+    payload["command"] = "python -m benchmarks paillier " + " ".join(argv if argv is not None else __import__("sys").argv[2:])
+    payload["run_seconds"] = time.perf_counter() - t_start
     name = "paillier_quick" if args.quick else "paillier"
     from pathlib import Path
     jp, mp = write(name, payload, "", Path(args.out) if args.out else None)

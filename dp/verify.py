@@ -43,7 +43,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from fedvault.dp import events as E
 from fedvault.dp.accounting import PLD_DISCRETIZATION, client_epsilon, dp_accounting_event, dpa_epsilon
@@ -440,7 +440,7 @@ def _no_credit(ev: Any) -> Any:
 
 def verify(
     source: Any, tolerance: float = 0.01, *, pld_discretization: float = PLD_DISCRETIZATION,
-    history: Mapping[str, Any] | None = None,
+    history: Mapping[str, Any] | None = None, on_client: Callable[[str], None] | None = None,
 ) -> VerificationReport:
     """Recompute every hospital's ε from its events with ``dp_accounting`` and compare.
 
@@ -453,6 +453,7 @@ def verify(
         history: the whole history.json dict, when ``source`` is only its ledgers (gives
             the release inventory and randomness facts; taken from ``source`` when that
             is a whole history).
+        on_client: called with each hospital's name once it is verified (progress display).
 
     Returns:
         A :class:`VerificationReport`; ``report.ok`` is False if any claim disagrees, the
@@ -466,8 +467,13 @@ def verify(
         history = source
     facts = run_facts(history)
     records = _ledger_records(source)
+    checked = []
+    for d in records:
+        checked.append(verify_one(d, tolerance, pld_discretization, facts))
+        if on_client is not None:
+            on_client(checked[-1].client)
     return VerificationReport(
-        clients=tuple(verify_one(d, tolerance, pld_discretization, facts) for d in records),
+        clients=tuple(checked),
         tolerance=tolerance,
         refusal=REPRODUCIBLE_REFUSAL if facts.reproducible else (
             "; ".join(facts.not_private) + "; fedvault verify does not certify such a run" if facts.not_private else None),

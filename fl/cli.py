@@ -147,8 +147,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Recompute every hospital's ε from its events with dp_accounting (no Opacus)."""
     from fedvault.dp.verify import verify
 
+    from fedvault.fl.progress import progress
+
     h = _read_history(args.history)
-    report = verify(h, tolerance=args.tolerance)  # the whole history: release inventory, randomness
+    # The whole history: the release inventory decides which neighbouring relation can hold.
+    with progress(total=len(h["privacy"]), desc="verifying ε (dp_accounting RDP + PLD)", unit="hospital") as bar:
+        report = verify(h, tolerance=args.tolerance, on_client=lambda _name: bar.update(1))
     print(report)
     if args.json:
         write_json_atomic(args.json, report.to_dict())
@@ -165,17 +169,11 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if cl and isinstance(cl.get("epsilon"), (int, float)):
         from fedvault.fl.summary import MEANINGLESS_EPSILON
 
-        if cl.get("relation") == "replace_one":
-            print(f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} (largest over "
-                  f"hospitals; per hospital: {cl.get('per_hospital')}), δ = {cl.get('delta', math.nan):g} (neighbouring: "
-                  "replace one hospital's whole update; no client-sampling credit)")
-        else:
-            print(
-                f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} against model "
-                f"consumers (client sampling q = {cl.get('sample_rate', 1.0):g}), ε = "
-                f"{cl.get('epsilon_vs_server', math.nan):.3f} against the server, δ = {cl.get('delta', math.nan):g} "
-                "(neighbouring: one hospital's whole update)"
-            )
+        print(
+            f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} against model consumers "
+            f"(client sampling q = {cl.get('sample_rate', 1.0):g}), ε = {cl.get('epsilon_vs_server', math.nan):.3f} "
+            f"against the server, δ = {cl.get('delta', math.nan):g} (neighbouring: one hospital's whole update)"
+        )
         worst = max(v for v in (cl["epsilon"], cl.get("epsilon_vs_server", 0.0)) if isinstance(v, (int, float)))
         if worst > MEANINGLESS_EPSILON:
             print(f"WARNING: client-level ε = {worst:.0f} is too large to mean anything; it protects no hospital's "

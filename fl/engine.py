@@ -58,7 +58,7 @@ import numpy as np
 from fedvault.fl import models, strategies
 from fedvault.fl.config import Config, to_dict
 from fedvault.fl.errors import ConfigError, FederationError
-from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise
+from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise, site_metric_keys
 from fedvault.fl.metrics import evaluate
 
 __all__ = [
@@ -394,6 +394,7 @@ class RoundEngine:
         epsilon: ``{hospital: ε}`` now (from the hospitals' ledgers, as far as the server knows them).
         before_round: called with ``(round, global weights)`` when a round is not skipped
             (extra participants such as audit canaries prepare their vectors).
+        loss: the training objective (metrics follow it: accuracy/ROC-AUC or MSE/MAE).
     """
 
     def __init__(self, cfg: Config, transport: Transport, mode: AggregationMode, model: Any, *,
@@ -402,25 +403,30 @@ class RoundEngine:
                  extra: Sequence[str] = (), on_round: Callable[[dict[str, Any]], None] | None = None,
                  epsilon: Callable[[], dict[str, float | None]] | None = None,
                  before_round: Callable[[int, np.ndarray], None] | None = None,
-                 client_epsilon: Callable[[], dict[str, float | None]] | None = None) -> None:
+                 loss: Any = "cross_entropy") -> None:
         self.cfg, self.transport, self.mode, self.model = cfg, transport, mode, model
         self.hospitals, self.extra = list(hospitals), list(extra)
         self.test = test
         self.identity_keys = dict(identity_keys or {})
         self.on_round = on_round
         self._epsilon = epsilon or (lambda: {})
-        self._client_epsilon = client_epsilon  # each hospital's client-level ε from its own ledger
         self.before_round = before_round
+        self.loss = loss
+        self.site_keys = site_metric_keys(loss)
         self.weights = models.get_vector(model)
         self.strategy = strategies.make(cfg.training)
         self.coins = Coins(cfg.seed, cfg.privacy.reproducible)
         self.stopper = EarlyStopping(cfg.training.target_accuracy, cfg.training.patience, cfg.training.min_delta)
+        if "accuracy" not in self.site_keys:  # training.target_accuracy needs accuracy; patience watches the loss
+            self.stopper.target = None
         self.client_level = cfg.privacy.client_noise_multiplier is not None
         # Per-coordinate bound of an update: [n_k delta_k, n_k], or [delta_k, 1] with client-level DP.
         self.clip = cfg.aggregation.update_clip if self.client_level else weight_cap * cfg.aggregation.update_clip
         self.eval_clip = eval_clip
-        self.ddg_model: list = []  # public client-level events of the rounds run (each hospital's ledger has its own)
+        self.ddg_model: list = []  # client-level events vs model consumers (with client sampling)
+        self.ddg_server: list = []  # vs the aggregation server (sees participation; replace-one)
         self.last_round = 0  # the last round started (hospitals may have trained in it)
+        self.aggregates: dict[int, np.ndarray] = {}  # round -> the decoded update sum the server learned
         self.history: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "config": to_dict(cfg),
@@ -431,6 +437,10 @@ class RoundEngine:
         if cfg.privacy.reproducible:
             self.history["not_private"] = [NOT_PRIVATE]
         self.stop_reason = f"completed {cfg.training.rounds} rounds"
+
+    def evaluate(self) -> dict[str, float]:
+        """The global model's metrics on the server's test set."""
+        return evaluate(self.model, *self.test, loss=self.loss)
 
     # -- one session -------------------------------------------------------------------------------
     def setup(self, round: int, purpose: str, contributors: Sequence[str], *, clip: float, bits: int | None = None,
@@ -463,8 +473,6 @@ class RoundEngine:
     # -- one round ---------------------------------------------------------------------------------
     def _emit(self, rec: RoundRecord) -> dict[str, Any]:
         row = rec.to_dict()
-        if self.cfg.privacy.enabled:
-            row["epsilon_relation"] = self.cfg.privacy.relation  # every ε names its relation (helper D)
         self.history["rounds"].append(row)
         if self.on_round is not None:
             self.on_round(row)
@@ -500,11 +508,12 @@ class RoundEngine:
             # Too many hospitals vanished for the protocol to finish: it revealed nothing and the
             # model stays as it was. The ε of hospitals that trained stays charged (conservative).
             self._emit(RoundRecord(
-                participants=[], metrics=evaluate(self.model, *self.test), epsilon=self._epsilon(),
+                participants=[], metrics=self.evaluate(), epsilon=self._epsilon(),
                 dropped=out.dropped, aborted=out.aborted,
                 seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                          "total": time.perf_counter() - t_round}, **common))
             return None
+        self.aggregates[r] = out.total
         # 5. Strategy step.
         if self.strategy.needs_individual_updates:  # plaintext only (enforced by the config)
             if out.individual is None:
@@ -514,16 +523,14 @@ class RoundEngine:
         else:
             self.weights = self.strategy.step(self.weights, out.total)
         models.set_vector(self.model, self.weights)
-        metrics = evaluate(self.model, *self.test)
+        metrics = self.evaluate()
         # Site metrics: each hospital evaluates the new model on its held-out split; only the sum leaves.
-        # Exact sums, not DP: computed only with privacy.site_metrics = "simulation" (or without
-        # privacy), labelled simulation-only in the release inventory (helper D, issue 13).
-        site_metrics = None
-        if cfg.privacy.site_metrics == "simulation" or not cfg.privacy.enabled:
-            _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=3)
-            site = ev.total
-            site_metrics = ({"accuracy": float(site[0] / site[2]), "loss": float(site[1] / site[2]),
-                             "records": int(round(site[2]))} if site is not None and site[2] > 0 else {})
+        _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=len(self.site_keys) + 1)
+        site = ev.total
+        site_metrics: dict[str, Any] = {}
+        if site is not None and site[-1] > 0:
+            site_metrics = {k: float(site[i] / site[-1]) for i, k in enumerate(self.site_keys)}
+            site_metrics["records"] = int(round(site[-1]))
         client_level = None
         if setup.client_noise is not None:
             client_level = self._client_level_row(setup.client_noise, r)
@@ -535,65 +542,58 @@ class RoundEngine:
             seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                      "total": time.perf_counter() - t_round}, **common))
         # 7. Early stop.
-        watched = metrics["accuracy"] if len(self.test[1]) else (site_metrics or {}).get("accuracy", math.nan)
+        key = "accuracy" if "accuracy" in self.site_keys else "loss"
+        watched = metrics.get(key, math.nan) if len(self.test[1]) else site_metrics.get(key, math.nan)
+        if key == "loss":  # no accuracy (regression, custom loss): watch the loss, lower is better
+            watched = -watched
         why = self.stopper.update(r, watched)
         if why is not None:
             self.history["stopped"] = {"round": r, "reason": why}
         return why
 
     def _client_level_row(self, noise: ClientNoise, r: int) -> dict[str, float]:
-        """Client-level ε after round ``r``: the largest over hospitals, each from its own ledger
-        (replace one hospital, no client-sampling credit: participants are listed in history)."""
+        from fedvault.dp.noise import ddg_epsilon
+
         dim = len(self.weights)
-        self.ddg_model.append(noise.event(r, self.clip, dim, 1.0))
-        eps = self.client_epsilons()
-        worst = max((v for v in eps.values() if v is not None), default=0.0)
-        return {"client_epsilon": float(worst), "client_epsilon_vs_server": float(worst),
-                "client_relation": "replace_one", "wraparound_probability": noise.wraparound_probability}
-
-    def client_epsilons(self) -> dict[str, float | None]:
-        if self._client_epsilon is not None:
-            return self._client_epsilon()
-        from fedvault.dp.accounting import client_epsilon  # no ledgers (e.g. privacy off): the public events
-
-        evs = [e for e in self.ddg_model]
-        return {"any hospital": client_epsilon(evs, self.cfg.privacy.delta, "replace_one") if evs else 0.0}
+        self.ddg_model.append(noise.event(r, self.clip, dim, self.cfg.training.client_fraction))
+        self.ddg_server.append(noise.event(r, self.clip, dim, 1.0, replace_one=True))
+        return {"client_epsilon": float(ddg_epsilon(self.ddg_model, self.cfg.privacy.delta)),
+                "client_epsilon_vs_server": float(ddg_epsilon(self.ddg_server, self.cfg.privacy.delta)),
+                "wraparound_probability": noise.wraparound_probability}
 
     def client_level_summary(self) -> dict[str, Any]:
+        from fedvault.dp.noise import ddg_epsilon
+
         cfg = self.cfg
-        eps = self.client_epsilons()
-        worst = float(max((v for v in eps.values() if v is not None), default=0.0))
-        events = [dict(e.to_dict(), relation="replace_one") for e in self.ddg_model]
         return {
             "mechanism": "distributed discrete Gaussian (Kairouz et al. 2021) under SecAgg",
             "noise_multiplier": cfg.privacy.client_noise_multiplier,
             "clip_norm": cfg.aggregation.update_clip,
             "delta": cfg.privacy.delta,
             "sample_rate": cfg.training.client_fraction,
-            "relation": "replace_one",
-            "amplification": ("none: participants are listed in history, so client sampling gives no credit "
-                              "(dp.events.client_sample_rate); skipped rounds release nothing and cost nothing"),
-            "skipped_rounds": list(self.history.get("skipped_rounds", [])),
-            "epsilon": worst,
-            "epsilon_vs_server": worst,
-            "per_hospital": eps,
-            "events": events,
-            "events_vs_server": events,
+            "epsilon": float(ddg_epsilon(self.ddg_model, cfg.privacy.delta)) if self.ddg_model else 0.0,
+            "epsilon_vs_server": float(ddg_epsilon(self.ddg_server, cfg.privacy.delta)) if self.ddg_server else 0.0,
+            "events": [e.to_dict() for e in self.ddg_model],
+            "events_vs_server": [e.to_dict() for e in self.ddg_server],
         }
 
     # -- the study --------------------------------------------------------------------------------------
     def run_study(self, *, ledgers: Callable[[], dict[str, Any]],
+                  prepare: Callable[[], None] | None = None,
                   finish: Callable[[dict[str, Any]], None] | None = None,
                   write: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Run every round, personalise, and return the history.
 
         ``ledgers()`` returns ``{hospital: ledger dict}`` (history's ``privacy`` section);
-        ``finish(history)`` adds final sections (e.g. the pooled baseline); ``write(history)``
-        persists it. History (with the ledgers) is completed and written whenever the study
-        stops — also when an exception stops it, which is then re-raised.
+        ``prepare()`` runs first (e.g. federated standardisation, round 0); ``finish(history)``
+        adds final sections (e.g. the pooled baseline); ``write(history)`` persists it.
+        History (with the ledgers) is completed and written whenever the study stops — also
+        when an exception stops it, which is then re-raised.
         """
         error: BaseException | None = None
         try:
+            if prepare is not None:
+                prepare()
             for r in range(1, self.cfg.training.rounds + 1):
                 why = self.run_round(r)
                 if why is not None:
@@ -608,7 +608,7 @@ class RoundEngine:
         self.history["privacy"] = ledgers()
         if self.client_level:
             self.history["client_level"] = self.client_level_summary()
-        self.history["final"] = {"metrics": evaluate(self.model, *self.test), "stop_reason": self.stop_reason}
+        self.history["final"] = {"metrics": self.evaluate(), "stop_reason": self.stop_reason}
         if error is None and finish is not None:
             finish(self.history)
         eps = [v for v in self._epsilon().values() if v is not None]

@@ -8,8 +8,11 @@
   points with a paired bootstrap interval, and a sentence saying what it means;
 * ``final.per_hospital``: the final global model on each hospital's own held-out split.
   These are computed by the simulation from patient records and are not released
-  through DP, so they are labelled ``"release": "simulation-only"`` — a deployment would
-  not see them (the per-round ``site_metrics`` are the released, aggregated version).
+  through DP, so they are labelled ``"release": "simulation_only"`` (the protection name
+  of :mod:`dp.releases`) — a deployment would not see them.
+
+When the history carries the release inventory (``history["releases"]``), the rows for
+what this adds (pooled baseline, per-hospital metrics) are appended, all simulation-only.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from fedvault.fl.metrics import bootstrap_ci, metrics_from_proba, paired_difference_ci, predict_proba
 
-SIMULATION_ONLY = "simulation-only"
+SIMULATION_ONLY = "simulation_only"  # dp.releases protection: exact, never computed in a deployment
 
 
 def gap_sentence(points: float, ci: list[float] | None, n_test: int, level: float = 0.95) -> str:
@@ -80,4 +83,16 @@ def complete_history(run: Any, cfg: Any, *, baseline: bool = True) -> dict[str, 
                         "records": int(len(hd.y_val)), "release": SIMULATION_ONLY}
     if per:
         final["per_hospital"] = per
+    if isinstance(h.get("releases"), list):
+        from fedvault.dp.releases import Release
+
+        have = {r.get("value") for r in h["releases"]}
+        rows = []
+        if "baseline_pooled" in final and "pooled_baseline" not in have:
+            rows.append(Release("pooled_baseline", "history.final.baseline_pooled", SIMULATION_ONLY, None,
+                                "all records pooled, trained without DP"))
+        if per and "per_hospital_metrics" not in have:
+            rows.append(Release("per_hospital_metrics", "history.final.per_hospital", SIMULATION_ONLY, None,
+                                "exact held-out metrics of the final model per hospital"))
+        h["releases"].extend(r.to_dict() for r in rows)
     return h

@@ -46,7 +46,7 @@ from fedvault.fl.models import get_vector, set_vector
 
 __all__ = [
     "Hospital", "KeyHolder", "VectorParticipant", "LocalResult", "SecretRandomness", "SetupRejected",
-    "ClientNoise", "plan_client_noise", "clip_l2", "model_digest",
+    "ClientNoise", "plan_client_noise", "clip_l2", "model_digest", "site_metric_keys",
 ]
 
 
@@ -57,6 +57,18 @@ class SetupRejected(FederationError):
 def model_digest(weights: np.ndarray) -> str:
     """SHA-256 (hex) of the global model as sent: its float64 little-endian parameter bytes."""
     return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f8").tobytes()).hexdigest()
+
+
+def site_metric_keys(loss: Any = "cross_entropy") -> tuple[str, ...]:
+    """The summable site metrics for a training ``loss`` (their order in the evaluation vector)."""
+    if loss == "cross_entropy":
+        return ("accuracy", "loss")
+    if loss == "mse":
+        return ("mse", "mae", "loss")
+    return ("loss",)
+
+
+SITE_METRIC_CAP = 100.0  # a site metric above it is reported as 100 (public bound of the eval session)
 
 
 def clip_l2(v: np.ndarray, bound: float) -> np.ndarray:
@@ -212,12 +224,15 @@ class Hospital:
         identity: the hospital's long-term Ed25519 identity key (simulated: derived from the seed).
         key_share: threshold Paillier only: the hospital's share of the study key.
         trainer_options: AUDIT ONLY — extra ``PrivateTrainer`` arguments (``dp.faults``).
+        loss, optimizer: the training objective and optimiser (``dp.objective``: names or callables).
     """
 
     def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
                  noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
-                 key_share: Any = None, trainer_options: Mapping[str, Any] | None = None) -> None:
+                 key_share: Any = None, trainer_options: Mapping[str, Any] | None = None,
+                 loss: Any = "cross_entropy", optimizer: Any = "sgd") -> None:
         self.data = data
+        self.loss, self.optimizer = loss, optimizer
         self.cfg = cfg
         self.model_factory = model_factory
         self.index = index
@@ -236,7 +251,7 @@ class Hospital:
 
             p = cfg.privacy
             self.ledger = PrivacyLedger(client=data.name, delta=p.delta, accountant=p.accountant,
-                                        budget_epsilon=p.budget, relation=p.relation)
+                                        budget_epsilon=p.budget)
             self.trainer = self._trainer(cfg.training.local_epochs, cfg.training.lr, "train", **self._trainer_options)
 
     def _trainer(self, epochs: int, lr: float, purpose: str, **options: Any):
@@ -246,6 +261,7 @@ class Hospital:
         sigma = self.noise_multiplier if self.noise_multiplier is not None else p.noise_multiplier
         return PrivateTrainer(ledger=self.ledger, noise_multiplier=float(sigma), max_grad_norm=p.max_grad_norm,
                               batch_size=self.cfg.training.batch_size, epochs=epochs, lr=lr,
+                              optimizer=self.optimizer, loss=self.loss,
                               reproducible_seed=self.random.trainer_seed(), **options)
 
     @property
@@ -323,53 +339,15 @@ class Hospital:
                     if self.ledger is not None and not any(r.get("round") == setup.round for r in self.ledger.refused):
                         self.ledger.refuse(setup.round, str(e))
                     raise
-                if setup.client_noise is not None and self.ledger is not None:
-                    self.ledger.record(self.client_level_event(setup))  # the DDG noise it is about to add
             elif setup.purpose == "eval":
                 vector = self.evaluate(setup.weights)
             elif setup.purpose == "stats":
-                vector = self.statistics(setup.round)
+                from fedvault.fl.stats import local_statistics
+
+                vector = local_statistics(self.data)
             else:
                 raise SetupRejected(f"unknown round purpose {setup.purpose!r}")
         return client_role(setup, self.party, vector, self.random, self.identity, self.key_share, self.decrypt_log)
-
-    def statistics(self, round: int = 0) -> np.ndarray:
-        """This hospital's contribution to feature standardisation (helper D, issue 13).
-
-        ``privacy.standardise = "dp"`` with privacy on: ``[n_k, Σu + noise, Σu² + noise]`` of
-        its range-clipped features with its own secret noise, the release charged to its
-        ledger first (:mod:`fl.stats`). Without privacy: the exact ``[n_k, Σx, Σx²]``.
-
-        Raises:
-            dp.errors.BudgetExceeded: the release would exceed the budget (nothing released).
-        """
-        from fedvault.fl import stats
-
-        p = self.cfg.privacy
-        if not p.enabled or p.standardise != "dp":
-            return stats.local_statistics(self.data)
-        lo, hi = stats.public_ranges(self.cfg, self.data.X.shape[1])
-        self.ledger.record(stats.statistics_event(self.data.X.shape[1], p.stats_noise_multiplier, round))
-        rng = stats.stats_generator(p.reproducible, self.cfg.seed, self.index)
-        return stats.private_statistics(stats.to_unit(self.data.X, lo, hi), p.stats_noise_multiplier, rng)
-
-    def client_level_event(self, setup: Any) -> Any:
-        """The client-level event of the distributed discrete Gaussian noise this hospital adds.
-
-        No client-sampling credit: participants are listed in history, so participation is
-        not hidden (:func:`dp.events.client_sample_rate`)."""
-        from fedvault.dp.events import DistributedDiscreteGaussian, client_sample_rate
-
-        noise = setup.client_noise
-        q = client_sample_rate(self.cfg.training.client_fraction, coins_secret=not self.cfg.privacy.reproducible,
-                               participation_hidden=False)
-        return DistributedDiscreteGaussian(
-            round=setup.round, sigma_client=noise.sigma_client, threshold=noise.threshold,
-            clip_norm=setup.update_clip, scale=math.ldexp(1.0, noise.frac_bits), dimension=len(setup.weights),
-            sample_rate=q, coord_error=0.5)
-
-    def client_epsilon(self) -> float | None:
-        return None if self.ledger is None else self.ledger.client_epsilon()
 
     def fit(self, global_vec: np.ndarray, round: int, *, prox_mu: float | None = None) -> LocalResult:
         """Train from ``global_vec`` and return the clipped, weighted update (stays local).
@@ -385,7 +363,8 @@ class Hospital:
             steps, eps, loss = rep.steps, rep.epsilon, rep.loss
         else:  # no privacy: shuffling is not a privacy value, the seed keeps runs reproducible
             steps = plain.train(model, h.X, h.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                                seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round, prox_mu=mu)
+                                seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round, prox_mu=mu,
+                                loss=self.loss, optimizer=self.optimizer)
             eps, loss = None, None
         delta = clip_l2(get_vector(model) - global_vec, self.cfg.aggregation.update_clip)
         if self.cfg.privacy.client_noise_multiplier is not None:
@@ -395,15 +374,17 @@ class Hospital:
         return LocalResult(vector=vec, steps=steps, epsilon=eps, loss=loss)
 
     def evaluate(self, global_vec: np.ndarray) -> np.ndarray:
-        """Site evaluation on the own held-out split as ``[n_val acc, n_val loss, n_val]``
-        (only the federation's sum leaves through the protocol)."""
+        """Site evaluation on the own held-out split as ``[n_val m_1, ..., n_val m_k, n_val]`` for the
+        metrics :func:`site_metric_keys` (each capped at 100); only the federation's sum leaves."""
+        keys = site_metric_keys(self.loss)
         model = self.model_factory()
         set_vector(model, global_vec)
         n_val = len(self.data.y_val)
         if n_val == 0:
-            return np.zeros(3)
-        m = evaluate_model(model, self.data.X_val, self.data.y_val)
-        return np.array([n_val * m["accuracy"], n_val * min(m["loss"], 100.0), float(n_val)])
+            return np.zeros(len(keys) + 1)
+        m = evaluate_model(model, self.data.X_val, self.data.y_val, loss=self.loss)
+        vals = [n_val * min(float(m[k]), SITE_METRIC_CAP) for k in keys]
+        return np.array(vals + [float(n_val)])
 
     def personalize(self, global_vec: np.ndarray, round: int) -> dict[str, Any]:
         """Fine-tune the global model on local records (DP, charged to this hospital's ledger).
@@ -418,7 +399,7 @@ class Hospital:
         h = self.data
         model = self.model_factory()
         set_vector(model, global_vec)
-        before = evaluate_model(model, h.X_val, h.y_val)
+        before = evaluate_model(model, h.X_val, h.y_val, loss=self.loss)
         if pc.head_only:
             for p in list(model.parameters())[:-2]:  # all but the last layer's weight and bias
                 p.requires_grad_(False)
@@ -440,10 +421,10 @@ class Hospital:
                 out["refused"] = str(e)
         else:
             plain.train(model, h.X, h.y, epochs=pc.epochs, batch_size=self.cfg.training.batch_size, lr=lr,
-                        seed=self.cfg.seed + self.index + round)
+                        seed=self.cfg.seed + self.index + round, loss=self.loss, optimizer=self.optimizer)
         for p in model.parameters():
             p.requires_grad_(True)
-        out["personalized"] = evaluate_model(model, h.X_val, h.y_val)
+        out["personalized"] = evaluate_model(model, h.X_val, h.y_val, loss=self.loss)
         out["epsilon_after"] = self.epsilon()
         self.personal_model = model
         return out

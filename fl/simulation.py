@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
@@ -53,18 +53,14 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
 
 
-def calibrated_noise(cfg: Config, n_records: int, n_features: int | None = None) -> float | None:
-    """Noise multiplier for one hospital: given, or calibrated so that the planned rounds land at target ε.
-
-    Calibrated under the stated relation (``privacy.relation``) together with the releases
-    charged before training (``n_features`` given: the DP feature statistics)."""
+def calibrated_noise(cfg: Config, n_records: int) -> float | None:
+    """Noise multiplier for one hospital: given, or calibrated so that the planned rounds land at target ε."""
     p = cfg.privacy
     if not p.enabled:
         return None
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     from fedvault.dp.calibrate import noise_multiplier_for
-    from fedvault.fl.stats import planned_releases as _planned_releases
 
     k = _batches_per_epoch(n_records, cfg.training.batch_size)
     # Planned participation: with client sampling a hospital expects client_fraction of
@@ -73,19 +69,20 @@ def calibrated_noise(cfg: Config, n_records: int, n_features: int | None = None)
     if cfg.personalization.enabled:  # the fine-tuning is paid from the same budget
         epochs += cfg.personalization.epochs
     steps = epochs * k
-    return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant,
-                                      relation=p.relation, extra_events=_planned_releases(cfg, n_features)))
+    return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant))
 
 
-def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callable[[], torch.nn.Module]) -> dict[str, float]:
+def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callable[[], torch.nn.Module],
+                    loss: Any = "cross_entropy", optimizer: Any = "sgd") -> dict[str, float]:
     """The same model trained without privacy on all hospitals' records pooled in one place (simulation only)."""
     X = np.concatenate([h.X for h in fd.hospitals])
     y = np.concatenate([h.y for h in fd.hospitals])
     torch.manual_seed(cfg.seed)
     model = make_model()
     epochs = min(cfg.training.rounds * cfg.training.local_epochs, 50)
-    plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=cfg.seed)
-    return evaluate(model, fd.X_test, fd.y_test)
+    plain.train(model, X, y, epochs=epochs, batch_size=cfg.training.batch_size, lr=cfg.training.lr, seed=cfg.seed,
+                loss=loss, optimizer=optimizer)
+    return evaluate(model, fd.X_test, fd.y_test, loss=loss)
 
 
 @dataclass
@@ -97,6 +94,7 @@ class FederationRun:
     data: data_mod.FederatedData
     hospitals: list[Hospital]
     standardisation: tuple[np.ndarray, np.ndarray] | None = None  # federated (mean, std)
+    aggregates: dict[int, np.ndarray] = field(default_factory=dict)  # round -> decoded update sum (server's view)
 
 
 class ExtraParticipants(Protocol):
@@ -159,13 +157,21 @@ def federate(
     extra_updates: ExtraParticipants | None = None,
     history_path: str | Path | None = None,
     trainer_options: Callable[[str], Mapping[str, Any]] | None = None,
+    loss: Any = "cross_entropy",
+    optimizer: Any = "sgd",
+    transcript: list | None = None,
 ) -> FederationRun:
     """Run a study in this process and keep its objects (model, data, hospitals).
 
     Args:
         cfg: the study config (:func:`fl.config.load`).
-        model: factory of the model every hospital trains (default: ``cfg.model``).
-        data: the hospitals' data (default: the data set ``cfg.data`` names).
+        model: factory of the model every hospital trains (default: ``cfg.model``): every call
+            returns a fresh, Opacus-compatible ``nn.Module`` of the same architecture.
+        data: the hospitals' data (default: the data set ``cfg.data`` names), e.g.
+            :meth:`fl.data.FederatedData.from_arrays` for your own tensors.
+        loss: ``"cross_entropy"`` (classification), ``"mse"`` (regression) or a callable
+            ``loss(outputs, targets)`` returning the batch mean (see :mod:`dp.objective`).
+        optimizer: ``"sgd"``, ``"adam"`` or a factory (see :mod:`dp.objective`).
         on_round: called with each history row as it is recorded (progress display).
         baseline: also train the pooled non-private baseline (simulation only).
         extra_participants: extra contributors in every round (e.g. audit canary clients);
@@ -174,6 +180,7 @@ def federate(
         trainer_options: AUDIT ONLY — ``trainer_options(hospital_name)`` returns extra
             ``PrivateTrainer`` arguments (``fault``, ``gradient_canaries``, see ``dp.faults``);
             a run with a fault is marked ``not_private`` in its history.
+        transcript: if a list, every protocol message is appended as ``(direction, party, bytes)``.
 
     Returns:
         :class:`FederationRun`: history (the history.json dict), final global model, data,
@@ -210,9 +217,10 @@ def federate(
         paillier_public, holder_key, shares = ks.public, ks.holder_key, dict(ks.shares)
 
     hospitals = [
-        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n, fd.n_features), party=ids[h.name], identity=identities[ids[h.name]],
+        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n), party=ids[h.name], identity=identities[ids[h.name]],
                  key_share=shares.get(ids[h.name]),
-                 trainer_options=trainer_options(h.name) if trainer_options is not None else None)
+                 trainer_options=trainer_options(h.name) if trainer_options is not None else None,
+                 loss=loss, optimizer=optimizer)
         for i, h in enumerate(fd.hospitals)
     ]
     parties: dict[str, Any] = {hs.name: hs for hs in hospitals}
@@ -227,7 +235,8 @@ def federate(
         parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id])
 
     mode = make_mode(cfg, ids, paillier_public)
-    transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed)
+    transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
+                                  transcript=transcript)
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
     eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))
@@ -241,27 +250,39 @@ def federate(
                          test=(fd.X_test, fd.y_test), weight_cap=weight_cap, eval_clip=eval_clip,
                          identity_keys=identity_keys, extra=list(extra.names) if extra is not None else [],
                          on_round=on_round, epsilon=epsilons,
-                         client_epsilon=(lambda: {hs.name: hs.client_epsilon() for hs in hospitals
-                                                  if hs.ledger is not None}) if cfg.privacy.enabled else None,
-                         before_round=group.prepare if group is not None else None)
+                         before_round=group.prepare if group is not None else None, loss=loss)
 
     faulty = sorted({hs.trainer.fault.not_private_reason() for hs in hospitals
                      if hs.trainer is not None and not hs.trainer.fault.private})
     if faulty:
         engine.history["not_private"] = engine.history.get("not_private", []) + faulty
 
-    # The release inventory, the stated relation and where the randomness came from (helper D).
-    _record_privacy_facts(cfg, engine.history, client_level=cfg.privacy.client_noise_multiplier is not None,
-                          baseline=baseline, audit=trainer_options is not None)
-    mean_std = _standardise(cfg, fd, engine, hospital_names)
-    engine.test = (fd.X_test, fd.y_test)
+    # Federated standardisation: each hospital contributes its sums through the protocol (round 0).
+    from fedvault.fl.stats import STATS_BITS, STATS_CLIP, standardise_from_total
+
+    mean_std: list = []
+
+    def standardise() -> None:
+        if not getattr(fd, "standardise", True):  # the user's own tensors (from_arrays) are used as given
+            return
+        _, st = engine.session(0, "stats", hospital_names, clip=STATS_CLIP, bits=STATS_BITS,
+                               dim=1 + 2 * fd.n_features)
+        if st.total is None:
+            from fedvault.fl.errors import FederationError
+
+            raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
+        mean_std.append(standardise_from_total(fd, st.total))
+        engine.test = (fd.X_test, fd.y_test)
 
     def finish(history: dict[str, Any]) -> None:
-        if baseline:
-            from fedvault.dp.releases import SIMULATION_ONLY
+        if baseline and model is None and len(fd.y_test) and loss == "cross_entropy":
+            # The config's model: the pooled baseline trained to convergence (fl.baseline).
+            from fedvault.fl.baseline import pooled_baseline as converged_baseline
 
-            history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model),
-                                                   "release": SIMULATION_ONLY}
+            history["final"]["baseline_pooled"] = converged_baseline(cfg.model.kind, fd, make_model,
+                                                                     seed=cfg.seed).to_dict()
+        elif baseline:
+            history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model, loss, optimizer)}
 
     write = None
     if history_path is not None:
@@ -272,61 +293,6 @@ def federate(
 
     history = engine.run_study(
         ledgers=lambda: {hs.name: hs.ledger.to_dict() for hs in hospitals if hs.ledger is not None},
-        finish=finish, write=write)
-    return FederationRun(history, global_model, fd, hospitals, mean_std)
-
-
-def _standardise(cfg: Config, fd: data_mod.FederatedData, engine: RoundEngine,
-                 hospital_names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Feature standardisation as ``privacy.standardise`` says (see :mod:`fl.stats`).
-
-    ``"dp"`` (with privacy on): a round-0 "stats" session in which every hospital contributes
-    its noised, charged sums (``Hospital.statistics``); ``"public"``: min-max from public
-    ranges, no session; ``"none"``: nothing. Without privacy: the exact federated sums.
-    """
-    from fedvault.fl import stats
-
-    p = cfg.privacy
-    if p.enabled and p.standardise == "none":
-        return None
-    if p.enabled:
-        lo, hi = stats.public_ranges(cfg, fd.n_features) or (None, None)
-        if lo is None:
-            from fedvault.fl.errors import ConfigError
-
-            raise ConfigError("; ".join(stats.range_problems(cfg, fd.n_features)))
-        if p.standardise == "public":
-            return stats.standardise_public(fd, lo, hi)
-    _, st = engine.session(0, "stats", hospital_names, clip=stats.STATS_CLIP, bits=stats.STATS_BITS,
-                           dim=1 + 2 * fd.n_features)
-    if st.total is None:
-        from fedvault.fl.errors import FederationError
-
-        raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
-    if not p.enabled:
-        return stats.standardise_from_total(fd, st.total)
-    mean, std = stats.standardisation_from_total(st.total, fd.n_features)
-    return stats.apply_standardisation(fd, lo, hi, mean, std)
-
-
-def _record_privacy_facts(cfg: Config, history: dict[str, Any], *, client_level: bool, baseline: bool,
-                          audit: bool) -> None:
-    """history ``releases`` (the inventory), ``privacy_relation`` and ``randomness``."""
-    from fedvault.dp.events import RELATION_TEXT
-    from fedvault.dp.releases import run_inventory
-
-    p = cfg.privacy
-    history["releases"] = [r.to_dict() for r in run_inventory(
-        private=p.enabled, standardise=p.standardise if p.enabled else "exact",
-        site_metrics="simulation" if (p.site_metrics == "simulation" or not p.enabled) else "off",
-        client_level=client_level, personalization=cfg.personalization.enabled, baseline=baseline, audit=audit)]
-    history["privacy_relation"] = {
-        "record": p.relation, "client": "replace_one" if client_level else None,
-        "text": f"every record-level ε: {RELATION_TEXT[p.relation]} (exact counts are released)"
-                + ("; client-level ε: replace one hospital, no client-sampling credit" if client_level else ""),
-    }
-    history["randomness"] = {
-        "reproducible": bool(p.reproducible),
-        "client_sampling": "config-seeded" if p.reproducible else "secret",
-        "dp_noise": "config-seeded (not private)" if p.reproducible else "OS CSPRNG",
-    }
+        prepare=standardise, finish=finish, write=write)
+    return FederationRun(history, global_model, fd, hospitals, mean_std[0] if mean_std else None,
+                         aggregates=dict(engine.aggregates))

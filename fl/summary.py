@@ -16,6 +16,7 @@ history.json, live or loaded from disk.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections import Counter, defaultdict
 from typing import Any, Mapping, TextIO
@@ -26,6 +27,20 @@ from fedvault.fl.progress import progress
 # e^ε ≥ 22026: formally a guarantee, in practice none.
 MEANINGLESS_EPSILON = 10.0
 RECORD_RELATION = "add/remove one patient record"
+
+
+def name_parties(text: str, names: Mapping[int, str]) -> str:
+    """Replace protocol party ids in a protocol message by hospital names.
+
+    Protocols number parties 1..n (``"client 2 has only 3 live neighbours"``); people read
+    ``hospital_1``. ``names`` maps party id -> name; unknown ids are left as they are.
+    """
+    def many(m: re.Match) -> str:
+        ids = [x.strip() for x in m.group(2).split(",") if x.strip()]
+        return ", ".join(names.get(int(x), f"party {x}") for x in ids)
+
+    text = re.sub(r"\b(clients|parties) \[([0-9, ]+)\]", many, text)
+    return re.sub(r"\b(client|party) (\d+)\b", lambda m: names.get(int(m.group(2)), m.group(0)), text)
 
 
 def _row_dict(row: Any) -> Mapping[str, Any]:
@@ -64,8 +79,8 @@ class RoundTable:
         )
         notes = []
         if row.get("aborted"):
-            notes.append("ABORTED (nothing revealed, model unchanged, ε of the trainers still charged): "
-                         + str(row["aborted"]))
+            why = str(row["aborted"]).removeprefix("round aborted, nothing was revealed: ")
+            notes.append("ABORTED (nothing revealed, model unchanged, ε of the trainers still charged): " + why)
         if row.get("refused"):
             notes.append("refused (budget): " + ", ".join(sorted(row["refused"])))
         dropped = _dropped_text(row.get("dropped") or {})
@@ -191,14 +206,9 @@ def summary(history: Mapping[str, Any]) -> str:
     cl = history.get("client_level")
     if cl:
         e = cl.get("epsilon")
-        if cl.get("relation") == "replace_one":  # per hospital, from its ledger (helper D)
-            out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} (largest over "
-                       f"hospitals), δ = {_fmt(cl.get('delta'), 'g')} (neighbouring: replace one hospital's whole update; "
-                       "no client-sampling credit: participants are listed)")
-        else:
-            out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} against model "
-                       f"consumers, ε = {_fmt(cl.get('epsilon_vs_server'), '.3f')} against the server, δ = {_fmt(cl.get('delta'), 'g')} "
-                       "(neighbouring: add/remove one hospital's whole update)")
+        out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} against model "
+                   f"consumers, ε = {_fmt(cl.get('epsilon_vs_server'), '.3f')} against the server, δ = {_fmt(cl.get('delta'), 'g')} "
+                   "(neighbouring: add/remove one hospital's whole update)")
         worst = max(x for x in (e, cl.get("epsilon_vs_server")) if isinstance(x, (int, float))) if isinstance(e, (int, float)) else None
         if worst is not None and worst > MEANINGLESS_EPSILON:
             out.append(f"  WARNING: client-level ε = {worst:.0f} is too large to mean anything (e^ε ≈ {math.exp(min(worst, 700)):.1e}: "
@@ -213,9 +223,7 @@ def summary(history: Mapping[str, Any]) -> str:
                f"ROC-AUC {_fmt(m.get('roc_auc'), '.3f')}{_ci_text(ci.get('roc_auc'))}"
                + (f"   on {ci['records']} test patients" if ci.get("records") else ""))
     if eps is not None:
-        rel = (history.get("privacy_relation") or {}).get("record")
-        out.append(f"    max ε over hospitals {eps:.3f} at δ = {_fmt(history.get('config', {}).get('privacy', {}).get('delta'), 'g')}"
-                   + (f" ({RELATION_WORDS.get(rel, rel)})" if rel else ""))
+        out.append(f"    max ε over hospitals {eps:.3f} at δ = {_fmt(history.get('config', {}).get('privacy', {}).get('delta'), 'g')}")
     b = final.get("baseline_pooled")
     if b:
         bm, bci = b.get("metrics", {}), b.get("metrics_ci") or {}
@@ -243,8 +251,9 @@ def summary(history: Mapping[str, Any]) -> str:
             out.append(f"    {c:<{width}}  {_fmt(g, '.3f')} → {_fmt(q, '.3f')}{gain}{note}")
     per = final.get("per_hospital")
     if per:
-        label = next(iter(per.values())).get("release", "")
-        out.append(f"  final model on each hospital's own held-out records ({label}):")
+        label = str(next(iter(per.values())).get("release", "")).replace("_", "-")
+        out.append(f"  final model on each hospital's own held-out records ({label}: exact, not DP, "
+                   "a deployment would not see these):")
         width = max(len(c) for c in per)
         for c, pm in per.items():
             out.append(f"    {c:<{width}}  accuracy {_fmt(pm.get('accuracy'), '.3f')}  "

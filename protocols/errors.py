@@ -77,7 +77,8 @@ class DoubleRevealError(RefusedError):
 
 
 class ThresholdError(RefusedError):
-    """Fewer than ``threshold`` live neighbours (or survivors) were announced."""
+    """A threshold is not met (too few live neighbours, survivors or contributions) or is unsafe
+    (e.g. a Paillier threshold with 2t <= l)."""
 
 
 class InconsistentError(RefusedError):

@@ -79,3 +79,13 @@ def test_pooled_baseline_converges_and_does_not_depend_on_the_seed():
     b = baseline.pooled_baseline("logreg", fd, make, seed=123)
     assert a.metrics == b.metrics and a.metrics["accuracy"] > 0.93
     assert "convergence" in a.method
+
+
+def test_protocol_party_ids_are_shown_as_hospital_names():
+    from fedvault.fl.summary import name_parties
+
+    names = {1: "hospital_0", 2: "hospital_1", 10: "hospital_9"}
+    assert name_parties("client 2 has only 3 live neighbours; threshold is 4", names) == \
+        "hospital_1 has only 3 live neighbours; threshold is 4"
+    assert name_parties("no input for clients [1, 10]", names) == "no input for hospital_0, hospital_9"
+    assert name_parties("client 7 left", names) == "client 7 left"

@@ -176,3 +176,13 @@ def test_setup_accepts_precomputed_primes():
     np.testing.assert_array_equal(res.total, expected_total(p, inputs(who=(11, 12, 13))))
     with pytest.raises(ParameterError):  # 29 is prime but (29-1)/2 = 14 is not
         setup_keys(p, primes=(safe[0], 29))
+
+
+def test_client_dropout_at_upload():
+    p = params("holder", rnd=107)
+    xs = inputs(9, (11, 12, 13, 14))
+    res = simulate_round(p, setup("holder"), xs, seed=b"u", drop={"upload": [13]})
+    assert res.contributors == (11, 12, 14) and res.dropped == {"upload": [13]}
+    np.testing.assert_array_equal(res.total, expected_total(p, {c: xs[c] for c in (11, 12, 14)}))
+    with pytest.raises(AbortError, match="verified uploads"):
+        simulate_round(params("holder", rnd=108), setup("holder"), xs, seed=b"u", drop={"upload": [11, 12]})

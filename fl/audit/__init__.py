@@ -3,7 +3,7 @@
 The package, one concern per module:
 
 - :mod:`.settings` — the ``[audit]`` table (:class:`AuditSettings`, :func:`load`); light.
-- :mod:`.canaries` — record canaries, canary clients, the global-model recorder.
+- :mod:`.canaries` — gradient canaries (+ their trainer hook), input canaries, canary clients.
 - :mod:`.run`      — the federation runs with canaries, bounds and attacks (:func:`run_audit`).
 - :mod:`.report`   — :class:`AuditReport` (audit.json schema, strict JSON), markdown, figures.
 - :mod:`.cli`      — ``fedvault audit`` (argparse only at import: the CLI stays fast).
@@ -11,49 +11,51 @@ The package, one concern per module:
 Importing this package loads nothing heavy; the names below are resolved on first use.
 
 The accountant's ε is an *upper* bound that holds only if the code does what the
-accountant assumes. This module runs the configured federation again with audit
+accountant assumes. The audit runs the configured federation again with audit
 instruments and measures what an adversary who sees the released models can learn:
 
-1. **Record-level one-run audit** (Steinke, Nasr & Jagielski 2023; statistics in
-   :mod:`dp.audit.one_run`). ``m`` canary records are built and each is inserted into the
-   canary hospital's data with probability 1/2 (seeded coins). After training, every
-   canary is scored from the round-0 and final global models, the auditor guesses IN/OUT
-   for the most extreme scores, and the number of correct guesses becomes an ε lower
-   bound at the stated confidence. If it exceeds the accountant's ε for that hospital,
-   the claim is falsified (exit code 1).
+1. **Record-level one-run audit** (Steinke, Nasr & Jagielski 2023, :mod:`dp.audit.one_run`;
+   Mahloujifar, Melis & Chaudhuri 2025, :mod:`dp.audit.fdp`). ``m`` canaries, each IN with
+   probability 1/2 (seeded coins); every canary is scored, the auditor guesses IN for the
+   highest scores (guess counts fixed by the design, Bonferroni over them and over the two
+   bounds), and the correct guesses give ε lower bounds at the stated confidence. If one
+   exceeds the accountant's ε for that hospital, the claim is falsified (exit code 1). The
+   *ceiling* — the bound if every feasible guess were right — says whether the audit could
+   have falsified the claim at all ("inconclusive" when it is below the claim).
 2. **Client-level one-shot estimate** (Andrew et al., ICLR 2024; :mod:`dp.audit.gaussian`).
    A second run adds canary *clients* whose updates are fixed random directions of the
    largest norm the protocol accepts; their cosines with the final model change are
-   compared with never-inserted directions. This is an estimate, not a bound; it is
-   reported next to the client-level ε of the run (if client-level DP is configured)
-   and never decides the exit code.
+   compared with never-inserted directions. An estimate, not a bound; reported next to
+   the client-level ε (if configured) and never decides the exit code.
 3. **Membership inference** against the final global model of run 1: loss threshold
    (Yeom et al. 2018) and LiRA (Carlini et al. 2022) with shadow models, on held-in
    (training) versus held-out (site hold-out + test) patients: ROC-AUC, TPR at 1% and
    0.1% FPR.
 
-Canary design (record level)
-----------------------------
-A canary's effect must stand out from what the real records do to the model. The canary
-features lie along the *lowest-variance principal directions* of the standardised
-training data, ``z = s·u`` (``s = canary_norm`` standard deviations) — directions real
-records barely move the model in — and each (direction, label) pair is used once; with
-two classes the two labels of a direction would cancel, so one label per direction. The
-number of canaries is therefore capped at ``d`` (two classes) or ``d·C`` (C ≥ 3 classes):
-a 30-feature logistic regression supports at most 30 canaries, which caps the
-certifiable lower bound near ε ≈ 1.6 at 95% (see :mod:`dp.audit.one_run`). All canaries
-go into one hospital (default: the largest, whose update weighs most in FedAvg).
+Gradient canaries (the default, white box)
+------------------------------------------
+The adversary of DP-SGD may choose a record's gradient. The auditor inserts canary
+per-example gradients into the canary hospital's DP-SGD steps through the trainer's named,
+audit-only hook (:class:`fedvault.dp.faults.GradientCanaryHook`): canary ``i`` is
+``g_i = gradient_norm·max_grad_norm·(±u_i)`` in one round only, Poisson-sampled at the
+trainer's rate in each step of that round if IN. ``u_i`` are orthonormal directions that no
+patient's gradient has a component in (the null space of the per-example gradients at the
+initial model — for a C-class softmax the "same change to every row" directions: 31 of them
+for the demo's 30-feature logistic regression), one (round, direction) pair per canary, so
+canaries interfere neither with each other nor with the patients: 31 × 30 rounds = 930
+canaries on the demo. Honest DP-SGD clips each canary to ``max_grad_norm`` and noises it like
+any record, so it leaks no more than a record. The score of canary ``i`` is how far the
+global model moved along ``−(±u_i)`` between the model the canary hospital received in the
+canary's round and the next one — every intermediate global model is used, i.e. the
+adversary is any participant of the study. Guesses use the scores only, never the coins or
+the sampling, so both bounds apply.
 
-The score of canary ``(z, y)`` is white-box and bias-free:
-``f(w) = φ_y(z; w) − φ_y(−z; w)`` with ``φ_y = log p_y − log(1 − p_y)``, and
-``score = f(w_final) − f(w_0)``: how much training moved the model towards the canary's
-label *along the canary's direction*. The round-0 model is public (the server sent it),
-and guesses depend only on the scores, never on the coins, so the SNJ bound applies.
-
-Threat model of the audit: the adversary sees the initial and the final global model
-(what every participating hospital and the server see). Intermediate rounds are not
-used, so the bound is for the final model only (a weaker adversary than DP assumes: a
-low lower bound is "no violation found", not a proof of privacy).
+Input canaries (``canary_kind = "input"``)
+------------------------------------------
+Canary records along the lowest-variance principal directions of the standardised
+features (one label per direction; capped at ``d`` or ``d·C``), scored as
+``f(w_final) − f(w_0)`` with ``f(w) = φ_y(z; w) − φ_y(−z; w)``. Few slots: on the demo their
+ceiling is below 1, so they cannot falsify ε ≈ 3 (the report says "inconclusive").
 
 Fault injection (auditing the auditor)
 --------------------------------------

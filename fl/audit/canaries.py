@@ -1,7 +1,15 @@
-"""Audit canaries: record canaries (input space) and canary clients (update space).
+"""Audit canaries: gradient canaries (the default, white box), input canaries and canary clients.
 
-Record canaries
----------------
+Gradient canaries
+-----------------
+See :func:`gradient_directions`, :class:`GradientCanaries`, :class:`GradientCanaryHook`
+and :func:`gradient_canary_scores` (and the package docstring): per-example gradients in
+directions no patient's gradient uses, one (round, direction) each, clipped and noised by
+an honest trainer like any record, scored on every global model the canary hospital
+receives.
+
+Input canaries
+--------------
 A canary's effect must stand out from what the real records do to the model. The canary
 features lie along the *lowest-variance principal directions* of the standardised
 training data, ``z = s·u`` (``s = canary_norm`` standard deviations) — directions real

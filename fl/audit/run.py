@@ -58,7 +58,7 @@ def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: 
             o["fault"] = fault
         return o
 
-    return federate(cfg, data=data, baseline=False, extra_updates=extra, trainer_options=options)
+    return federate(cfg, data=data, baseline=False, extra_participants=extra, trainer_options=options)
 
 
 @dataclass

@@ -108,7 +108,9 @@ class InMemoryTransport:
         try:
             run_in_memory(server, roles, drop=drops, clock=self.clock, transcript=self.transcript, stats=stats)
         except AbortError as e:
-            aborted = str(e)
+            from fedvault.fl.summary import name_parties
+
+            aborted = name_parties(str(e), back)  # hospital names, not protocol party ids
         wall = self.clock() - t_proto
         contributors: list[str] = []
         total = None
@@ -124,7 +126,9 @@ class InMemoryTransport:
         individual = {back[i]: np.asarray(v) for i, v in vecs().items()} if vecs is not None else None
         dropped = {s: [back[i] for i in v if i in back] for s, v in dropped_ids.items()}
         for i, why in stats.aborted.items():  # an honest party refused a server message and left
-            refused.setdefault(back.get(i, str(i)), why)
+            from fedvault.fl.summary import name_parties
+
+            refused.setdefault(back.get(i, str(i)), name_parties(why, back))
         upload = {back[i]: int(b) for i, b in stats.upload_bytes.items() if i in setup.contributors}
         download = {back[i]: int(b) for i, b in stats.download_bytes.items() if i in back}
         csec = stats.party_seconds

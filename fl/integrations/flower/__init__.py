@@ -4,6 +4,9 @@ Client: ``FedVaultMod(load_site).register(app)`` on a plain ``ClientApp`` — DP
 with the hospital's persistent ledger, then fedvault's SecAgg(+) client state machine.
 Server: ``SecureFedAvg(registry, SecAggConfig(...)).start(grid, arrays, num_rounds)``
 — a Flower Message-API strategy whose training step is a secure round.
+The round engine over Flower (every aggregation mode, the whole study):
+``FlowerTransport(grid, roster)`` is a :class:`fl.engine.Transport`; nodes answer with
+``EngineNode(load_party).register(app)`` (:mod:`.transport`).
 Node material (identity key, roster, ledger, per-round secrets) lives in a node
 directory on the hospital's disk (:mod:`fl.integrations.flower.node`); each hospital
 creates its key itself (``fedvault enrol``), only public keys travel
@@ -27,9 +30,10 @@ _NAMES = {
     "RoundAborted": "workflow", "Misconfigured": "workflow", "RoundOutcome": "workflow", "SecAggConfig": "workflow",
     "secure_round": "workflow",
     "InProcessGrid": "local",
+    "FlowerTransport": "transport", "EngineNode": "transport", "Party": "transport",
     "HospitalSite": "site", "Site": "site",
 }
-_NEEDS_FLWR = {"mod", "strategy", "workflow", "local", "wire"}
+_NEEDS_FLWR = {"mod", "strategy", "workflow", "local", "wire", "transport"}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedvault.secagg.prg import DeterministicRandom
 
 _RAW = (serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
 _ALLOWED = ("fedvault.", "numpy", "gmpy2", "cryptography.", "collections", "enum", "phe", "copyreg", "_codecs")
+_FUNCTIONS = {("secrets", "token_bytes"), ("os", "urandom")}  # the OS CSPRNG as a role's byte source
 _BUILTINS = {"frozenset", "set", "tuple", "list", "dict", "bytearray", "bytes", "int", "float", "complex", "slice",
              "range", "object", "getattr"}
 
@@ -66,8 +67,20 @@ def _ed25519(raw: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
+def _x25519_pub(raw: bytes) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def _ed25519_pub(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, X25519PublicKey):
+            return (_x25519_pub, (obj.public_bytes_raw(),))
+        if isinstance(obj, Ed25519PublicKey):
+            return (_ed25519_pub, (obj.public_bytes_raw(),))
         if isinstance(obj, X25519PrivateKey):
             return (_x25519, (obj.private_bytes(*_RAW),))
         if isinstance(obj, Ed25519PrivateKey):
@@ -79,11 +92,12 @@ class _Pickler(pickle.Pickler):
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module == __name__ and name in ("_x25519", "_ed25519", "StreamRandom"):
+        if module == __name__ and name in ("_x25519", "_ed25519", "_x25519_pub", "_ed25519_pub", "StreamRandom"):
             return super().find_class(module, name)
-        if module == "builtins" and name in _BUILTINS:
+        if (module, name) in _FUNCTIONS or (module == "builtins" and name in _BUILTINS):
             return super().find_class(module, name)
-        if module.startswith(_ALLOWED) or module in ("numpy", "gmpy2", "collections", "enum", "phe"):
+        if module.startswith(_ALLOWED) or module in ("numpy", "gmpy2", "collections", "enum", "phe", "copyreg",
+                                                     "_codecs"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"a saved protocol state may not name {module}.{name}")
 
