@@ -90,9 +90,14 @@ def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int)
     k = int(round(rate * n))
     # Spread the dropped clients deterministically over the id range.
     dropped = {ids[(j * n) // k] for j in range(k)} if k else set()
-    base = dict(session_id=b"bench", round=0, clients=ids, graph=graph, bits=32, clip=1.0)
-    t = _threshold_for(SecAggParams, base, dropped)
-    params = SecAggParams(**base, threshold=t, dim=d)
+    from fedvault.protocols.secagg import ThreatModel
+
+    # Secure parameters: degree and threshold derived from the threat model (default colluders:
+    # complete floor((n-1)/3), sparse 5%; the dropouts this case makes, at least 10% for sparse).
+    tm = ThreatModel(dropouts=max(len(dropped), n // 10) if graph == "sparse" else len(dropped))
+    params = SecAggParams(session_id=b"bench", round=0, clients=ids, graph=graph, bits=32, clip=1.0,
+                          threat_model=tm, dim=d)
+    t = params.t
     rng = np.random.default_rng(d)
     pool = [rng.uniform(-1, 1, d) for _ in range(4)]
     inputs = {i: pool[i % 4] for i in ids}
@@ -115,7 +120,7 @@ def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int)
     surv = results.survivors[0]
     return {
         "n": n, "d": d, "dropout": rate, "graph": graph, "threshold": t,
-        "degree": params.neighbourhood.max_degree(),
+        "degree": params.effective_degree, "guarantee": params.guarantee().line(),
         "dropped": len(dropped),
         "server_s": s, "plain_f32_sum_s": plain, "ratio_to_plain": s / plain,
         "distance_to_4x_floor": (s / plain) / 4.0,
@@ -132,6 +137,10 @@ FLOWER_VENV = ROOT / ".venv-flower"
 
 
 def _flower_python() -> Path:
+    import importlib.util
+
+    if importlib.util.find_spec("flwr") is not None:  # the Flower extra is installed here (./run)
+        return Path(sys.executable)
     py = FLOWER_VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)

@@ -56,7 +56,7 @@ class Harness:
             m = decode(m.encode())
             if isinstance(m, MaskedInput):
                 self.masked[i] = np.array(m.vector)
-            if type(m).__name__ == "AdvertiseKeys":
+            if type(m).__name__ == "AdvertiseKeys":  # (the server sees every advertisement)
                 self.adverts[i] = m
             self.server.receive(m.encode())
 
@@ -84,10 +84,15 @@ def _old_rule_ok(nbrs, u, signers, t) -> bool:
     return len((signers - {u}) & nbrs[u]) >= t
 
 
-def find_split(params: SecAggParams, victim: int, colluders: set[int], rng: random.Random):
+def graph_of(h: Harness):
+    """The round's graph as the (relaying) server knows it."""
+    g = getattr(h.server, "graph", None)
+    return (g if g is not None else h.params.neighbourhood).neighbours
+
+
+def find_split(params: SecAggParams, victim: int, colluders: set[int], rng: random.Random, nbrs):
     """A partition (A, B) of the honest non-victims for the split view, chosen so that an
     honest neighbour checking only its own neighbours' signatures would accept."""
-    nbrs = params.neighbourhood.neighbours
     t = params.t
     honest = [i for i in params.clients if i != victim and i not in colluders]
     cands = (itertools.product((0, 1), repeat=len(honest)) if len(honest) <= 12
@@ -119,21 +124,22 @@ def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset()
     out = h.run_until(ConsistencyRequest)
     u3 = next(iter(out.values())).survivors
     assert victim in u3
-    A, B = find_split(params, victim, set(colluders), random.Random(seed))
+    nbrs = graph_of(h)
+    A, B = find_split(params, victim, set(colluders), random.Random(seed), nbrs)
+    gseed = getattr(h.server, "_seed", b"")
     u3_without = tuple(i for i in u3 if i != victim)
     hdr = (params.session_tag, params.round, SERVER)
     sig_a: dict[int, bytes] = {}
     sig_b: dict[int, bytes] = {}
     for i in params.clients:
         if i in colluders:  # colluders sign both views with their identity keys
-            sig_a[i] = K.sign(h.ids[i], params.consistency_message(i, u3))
-            sig_b[i] = K.sign(h.ids[i], params.consistency_message(i, u3_without))
+            sig_a[i] = K.sign(h.ids[i], _consistency(params, i, u3, gseed))
+            sig_b[i] = K.sign(h.ids[i], _consistency(params, i, u3_without, gseed))
             continue
         view = u3 if i in A else u3_without
         r = _try(h.clients[i], ConsistencyRequest(*hdr, view))
         if r:
             (sig_a if i in A else sig_b)[i] = next(m for m in r if isinstance(m, ConsistencySignature)).signature
-    nbrs = params.neighbourhood.neighbours
     b_shares: dict[int, bytes] = {}
     s_shares: dict[int, bytes] = {}
     for i in params.clients:
@@ -161,6 +167,13 @@ def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset()
     if len(b_shares) >= t and len(s_shares) >= t:
         recovered = recover_input(h, victim, shamir.combine(b_shares, t), shamir.combine(s_shares, t))
     return b_shares, s_shares, recovered
+
+
+def _consistency(params, i, u3, gseed):
+    try:
+        return params.consistency_message(i, u3, gseed)
+    except TypeError:  # the protocol before the graph commit-reveal
+        return params.consistency_message(i, u3)
 
 
 def recover_input(h: Harness, v: int, b_seed: bytes, s_sk: bytes) -> np.ndarray:

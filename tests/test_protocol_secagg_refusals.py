@@ -55,9 +55,10 @@ class Round:
         self.server = Server(self.params, self.pub)
 
     def advertise(self):
+        """Advertise keys and open the graph commitments; returns the key-broadcast outbox."""
         for c in self.clients.values():
             self.server.receive(c.advertise().encode())
-        return self.server.advance()
+        return self.deliver(self.server.advance())
 
     def deliver(self, outbox, skip=()):
         for i, msg in outbox.items():
@@ -220,7 +221,7 @@ def test_refuses_non_neighbour_keys_in_sparse_graph():
     rnd = Round(n=20, t=3, graph="sparse")
     out = rnd.to_stage("keys")
     m = out[VICTIM]
-    stranger = min(set(rnd.params.clients) - rnd.params.neighbours(VICTIM) - {VICTIM})
+    stranger = min(set(rnd.params.clients) - rnd.server.graph.neighbours[VICTIM] - {VICTIM})
     extra = out[stranger].entries
     ent = next(e for e in extra if e.client == stranger)
     _refused(rnd, replace(m, entries=m.entries + (ent,)), InconsistentError)
@@ -288,7 +289,7 @@ def test_out_of_stage_messages_are_refused():
     for ad in ads.values():
         rnd.server.receive(ad.encode())
     rnd.server.advance()
-    assert rnd.server.stage is ServerStage.SHARE
+    assert rnd.server.stage is ServerStage.REVEAL
     with pytest.raises(StageError):
         rnd.server.receive(ads[1].encode())  # an advertisement after the deadline
     with pytest.raises(StageError):

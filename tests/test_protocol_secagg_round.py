@@ -57,7 +57,8 @@ def test_dropouts_at_every_stage_are_recovered():
     drop = {"advertise": [0], "share": [1], "masked_input": [2, 3], "consistency": [4], "unmask": [5]}
     res = simulate_round(params, x, drop=drop)
     assert res.survivors == tuple(range(4, 16))  # 4 and 5 sent masked inputs before vanishing
-    assert res.dropped == {"advertise": [0], "share": [1], "masked_input": [2, 3], "consistency": [4], "unmask": [5]}
+    assert res.dropped == {"advertise": [0], "reveal": [], "share": [1], "masked_input": [2, 3], "consistency": [4],
+                           "unmask": [5]}
     assert np.array_equal(res.encoded_total, _expected(params, x, res.survivors))
 
 
@@ -135,20 +136,24 @@ def test_any_dropout_pattern_gives_exact_survivor_sum_or_clean_abort(case):
     x = _inputs(params, 4, seed=len(drop))
     lost_before = {i for s in ("advertise", "share", "masked_input") for i in drop.get(s, [])}
     finishers = set(params.clients) - {i for v in drop.values() for i in v}
-    nbrs = params.neighbourhood.neighbours
+    listed_ids = set(params.clients) - set(drop.get("advertise", []))
+    nbrs = {i: listed_ids - {i} for i in params.clients}  # complete graph over the list
     t = params.t
-    enough = len(finishers) >= max(2, t) and all(
+    # A member of the list that does not open its graph commitment stops the round; so does
+    # a list shorter than the threat model allows.
+    listed = len(params.clients) - len(drop.get("advertise", []))
+    enough = not drop.get("reveal") and listed >= params.min_members and len(finishers) >= max(2, t) and all(
         len(nbrs[i] & finishers) >= t for i in params.clients if i not in drop.get("advertise", [])
     )
     try:
         res = simulate_round(params, x, drop=drop)
     except AbortError:
         event("aborted")
-        assert not enough, "aborted although every client kept t live neighbours"
+        assert not enough or params.graph == "sparse", "aborted although every client kept t live neighbours"
         return
     event("completed" + (" with dropouts" if drop else ""))
     assert set(res.survivors) <= set(params.clients) - lost_before
-    if enough:
+    if enough and params.graph == "complete":  # the sparse graph is only known once the round draws it
         assert set(res.survivors) == set(params.clients) - lost_before
     assert np.array_equal(res.encoded_total, _expected(params, x, res.survivors))
 

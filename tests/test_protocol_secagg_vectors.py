@@ -102,6 +102,7 @@ def test_traffic_formulas_in_spec():
 
     params = SecAggParams(b"s", 0, tuple(range(10)))
     res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})
-    deg, dim, w = 9, 1000, 4
-    assert res.upload_bytes[0] == 5 * 32 + 128 + (4 + 92 * deg) + (8 + dim * w) + 64 + (4 + 37 * deg)
-    assert res.download_bytes[0] == 4 * 32 + (4 + 132 * (deg + 1)) + (4 + 92 * deg) + (4 + 4 * 10) + (12 + 4 * deg + 68 * (deg + 1))
+    deg, dim, w, n = 9, 1000, 4, 10
+    assert res.upload_bytes[0] == 6 * 32 + 160 + 32 + (4 + 92 * deg) + (8 + dim * w) + 64 + (4 + 37 * deg)
+    assert res.download_bytes[0] == (5 * 32 + (4 + 36 * n) + (4 + 164 * (deg + 1) + 4 + 36 * n) + (4 + 92 * deg)
+                                     + (4 + 4 * n) + (12 + 4 * deg + 68 * (deg + 1)))

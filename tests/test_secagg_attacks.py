@@ -48,7 +48,7 @@ def test_complete_split_view_with_old_default_colluders_fails(n):
 
 # -- attack 10: low-order X25519 key from a malicious hospital ---------------------------------
 def _low_order_advert(params: SecAggParams, identity, i: int, good: AdvertiseKeys) -> AdvertiseKeys:
-    sig = K.sign(identity, params.advertise_message(i, good.channel_pk, LOW_ORDER))
+    sig = K.sign(identity, params.advertise_message(i, good.channel_pk, LOW_ORDER, good.graph_commit))
     return replace(good, mask_pk=LOW_ORDER, signature=sig)
 
 
@@ -64,10 +64,12 @@ def test_server_refuses_low_order_key_with_typed_error():
 def test_client_refuses_low_order_key_forwarded_by_a_colluding_server():
     params = SecAggParams(b"attack-10", 1, tuple(range(5))).with_dim(3)
     h = Harness(params, dim=3)
-    adverts = {i: c.start()[0] for i, c in h.clients.items()}
-    adverts[4] = _low_order_advert(h.params, h.ids[4], 4, adverts[4])
-    entries = tuple(KeyEntry(i, a.channel_pk, a.mask_pk, a.signature) for i, a in sorted(adverts.items()))
-    msg = KeyBroadcast(h.params.session_tag, 1, 0xFFFFFFFF, entries)
+    out = h.run_until(KeyBroadcast)
+    m = out[0]
+    e4 = next(e for e in m.entries if e.client == 4)
+    sig = K.sign(h.ids[4], h.params.advertise_message(4, e4.channel_pk, LOW_ORDER, e4.graph_commit))
+    bad = e4._replace(mask_pk=LOW_ORDER, signature=sig)
+    msg = replace(m, entries=tuple(bad if e.client == 4 else e for e in m.entries))
     with pytest.raises(InvalidKeyError, match="client 4"):
         h.clients[0].receive(msg.encode())
 
@@ -104,3 +106,33 @@ def test_low_order_key_does_not_crash_the_round_and_is_attributed():
     assert server.survivors == (0, 1, 2, 3, 4)
     assert "InvalidKeyError" in stats.refused[5][0]
     np.testing.assert_allclose(params.encoder.decode_sum(server.result, 5), np.full(3, 1.25))
+
+
+# -- attack 3: server-ground graph -------------------------------------------------------------
+def test_grinding_session_ids_does_not_steer_the_graph():
+    """The server grinds session ids until 4 colluders (at least the threshold) are the victim's
+    neighbours in the graph it can predict, runs the round, and the colluders pool their shares of
+    the victim.  The round's real graph comes from the hospitals' committed randomness (drawn after
+    the server fixed everything it chooses), so the ground graph is not the one used."""
+    from fedvault.protocols.secagg.messages import ConsistencyRequest
+    from fedvault.secagg import shamir
+
+    from _secagg_attack import recover_input
+
+    ids, victim, colluders = tuple(range(20)), 0, {16, 17, 18, 19}
+    for s in range(20000):
+        params = SecAggParams(b"grind-%d" % s, 1, ids, graph="sparse")
+        if params.t <= len(colluders) and colluders <= params.neighbourhood.neighbours[victim]:
+            break
+    else:
+        pytest.skip("no ground session id found")
+    h = Harness(params)
+    h.run_until(ConsistencyRequest)
+    held = {c + 1: h.clients[c]._received[victim] for c in colluders if victim in h.clients[c]._received}
+    recovered = None
+    if len(held) >= params.t:
+        s_sk = shamir.combine({x: v[0] for x, v in held.items()}, params.t)
+        b = shamir.combine({x: v[1] for x, v in held.items()}, params.t)
+        recovered = recover_input(h, victim, b, s_sk)
+    assert recovered is None, f"4 colluders on a ground graph recovered the victim's update {recovered}"
+    assert len(held) < params.t

@@ -62,6 +62,8 @@ from ..errors import (
 from .messages import (
     SERVER_ID,
     AdvertiseKeys,
+    Cohort,
+    GraphReveal,
     ConsistencyRequest,
     ConsistencySignature,
     ForwardedShares,
@@ -83,6 +85,7 @@ _NONCE = bytes(12)  # each AES-GCM key encrypts exactly one message (directional
 
 class ClientStage(enum.Enum):
     ADVERTISE = "advertise"
+    AWAIT_COHORT = "await_cohort"
     AWAIT_KEYS = "await_keys"
     AWAIT_SHARES = "await_shares"
     AWAIT_CONSISTENCY = "await_consistency"
@@ -91,9 +94,9 @@ class ClientStage(enum.Enum):
     ABORTED = "aborted"
 
 
-def share_key_context(params: SecAggParams, sender: int, recipient: int) -> bytes:
+def share_key_context(params: SecAggParams, sender: int, recipient: int, graph_seed: bytes = b"") -> bytes:
     """KDF context of the directional AES-256-GCM key for the shares ``sender -> recipient``."""
-    return b"share-key/" + params.share_context(sender, recipient)
+    return b"share-key/" + params.share_context(sender, recipient, graph_seed)
 
 
 def share_key(params: SecAggParams, own: "K.X25519PrivateKey", peer_pk: bytes, sender: int, recipient: int) -> bytes:
@@ -151,7 +154,9 @@ class Client:
         self._identity_keys = dict(identity_keys)
         self._rng = rng
         self._t = params.t
-        self._neighbours = params.neighbours(client_id)
+        self._neighbours: frozenset[int] = frozenset()  # known once the graph is revealed
+        self.graph = None  # the round's graph (secagg.graph.Graph), from the hospitals' committed randomness
+        self._seed = b""
         self.stage = ClientStage.ADVERTISE
         self._input: np.ndarray | None = None
         self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
@@ -166,7 +171,8 @@ class Client:
 
         Raises :class:`InputError` for a wrong length, NaN/inf or out-of-range values.
         """
-        if self.stage not in (ClientStage.ADVERTISE, ClientStage.AWAIT_KEYS, ClientStage.AWAIT_SHARES):
+        if self.stage not in (ClientStage.ADVERTISE, ClientStage.AWAIT_COHORT, ClientStage.AWAIT_KEYS,
+                              ClientStage.AWAIT_SHARES):
             raise StageError(f"input must be set before the masked-input stage (now {self.stage.value})")
         a = np.asarray(x)
         if a.ndim != 1 or a.shape[0] != self.dim:
@@ -189,9 +195,12 @@ class Client:
         self._s_sk = K.generate_x25519(self._rng)
         c_pk, s_pk = K.public_bytes(self._c_sk), K.public_bytes(self._s_sk)
         self._own_keys = (c_pk, s_pk)
-        sig = K.sign(self._identity, self.params.advertise_message(self.id, c_pk, s_pk))
-        self.stage = ClientStage.AWAIT_KEYS
-        return AdvertiseKeys(self.params.session_tag, self.params.round, self.id, c_pk, s_pk, sig)
+        self._rho = self._rng(32)  # this hospital's contribution to the graph (commit now, open later)
+        commit = self.params.graph_commitment(self.id, self._rho)
+        self._commit = commit
+        sig = K.sign(self._identity, self.params.advertise_message(self.id, c_pk, s_pk, commit))
+        self.stage = ClientStage.AWAIT_COHORT
+        return AdvertiseKeys(self.params.session_tag, self.params.round, self.id, c_pk, s_pk, commit, sig)
 
     def start(self) -> list[Message]:
         """:class:`~protocols.session.ClientRole` entry point: ``[advertise()]``."""
@@ -213,6 +222,7 @@ class Client:
             msg = decode(message) if not isinstance(message, Message) else message
             self._check_header(msg)
             handler = {
+                Cohort: (ClientStage.AWAIT_COHORT, self._on_cohort),
                 KeyBroadcast: (ClientStage.AWAIT_KEYS, self._on_keys),
                 ForwardedShares: (ClientStage.AWAIT_SHARES, self._on_shares),
                 ConsistencyRequest: (ClientStage.AWAIT_CONSISTENCY, self._on_consistency),
@@ -244,7 +254,34 @@ class Client:
         if msg.sender != SERVER_ID:
             raise InconsistentError("clients only accept messages from the server")
 
+    def _on_cohort(self, msg: Cohort) -> list[Message]:
+        """The list L is fixed before anyone's graph randomness is open: check it, then open ours."""
+        ids = [e.client for e in msg.entries]
+        if ids != sorted(set(ids)):
+            raise DuplicateClientError("the round's list must be ascending without duplicates")
+        unknown = set(ids) - set(self.params.clients)
+        if unknown:
+            raise InconsistentError(f"the round's list names clients outside the cohort: {sorted(unknown)[:5]}")
+        commits = {e.client: e.commit for e in msg.entries}
+        if commits.get(self.id) != self._commit:
+            raise InconsistentError("the round's list omits or replaces this client's graph commitment")
+        if len(ids) < self.params.min_members:
+            raise ThresholdError(f"the round's list has {len(ids)} hospitals; the threat model needs at least "
+                                 f"{self.params.min_members} (a smaller list concentrates colluders)")
+        self._commits = commits
+        self.stage = ClientStage.AWAIT_KEYS
+        return [GraphReveal(self.params.session_tag, self.params.round, self.id, self._rho)]
+
     def _on_keys(self, msg: KeyBroadcast) -> list[Message]:
+        reveals = {e.client: e.value for e in msg.reveals}
+        if len(reveals) != len(msg.reveals) or set(reveals) != set(self._commits):
+            raise InconsistentError("the graph reveals must open exactly the commitments of the round's list")
+        for j, rho in reveals.items():
+            if self.params.graph_commitment(j, rho) != self._commits[j]:
+                raise TamperedError(f"client {j}'s graph reveal does not open its commitment")
+        self._seed = self.params.graph_seed(reveals)
+        self.graph = self.params.round_graph(sorted(reveals), self._seed)
+        self._neighbours = self.graph.neighbours[self.id]
         ids = [e.client for e in msg.entries]
         if len(set(ids)) != len(ids):
             raise DuplicateClientError("key broadcast lists a client twice")
@@ -257,9 +294,12 @@ class Client:
         own_seen = False
         for e in msg.entries:
             try:
-                K.verify(self._identity_keys[e.client], e.signature, self.params.advertise_message(e.client, e.channel_pk, e.mask_pk))
+                K.verify(self._identity_keys[e.client], e.signature,
+                         self.params.advertise_message(e.client, e.channel_pk, e.mask_pk, e.graph_commit))
             except IntegrityError as err:
                 raise SignatureError(f"keys of client {e.client} are not signed by its identity key") from err
+            if e.graph_commit != self._commits.get(e.client):
+                raise InconsistentError(f"client {e.client}'s keys carry another graph commitment than the list")
             for name, k in (("channel", e.channel_pk), ("mask", e.mask_pk)):
                 try:
                     K.check_x25519_public(k)
@@ -290,10 +330,10 @@ class Client:
             pt = struct.pack(">II", self.id, j) + s_shares[j + 1] + b_shares[j + 1]
             out_key, in_key = K.agree_many(
                 self._c_sk, peers[j][0],
-                [share_key_context(self.params, self.id, j), share_key_context(self.params, j, self.id)],
+                [share_key_context(self.params, self.id, j, self._seed), share_key_context(self.params, j, self.id, self._seed)],
             )
             self._inbound_keys[j] = in_key
-            ct = AESGCM(out_key).encrypt(_NONCE, pt, self.params.share_context(self.id, j))
+            ct = AESGCM(out_key).encrypt(_NONCE, pt, self.params.share_context(self.id, j, self._seed))
             entries.append(ShareEntry(j, ct))
         self.stage = ClientStage.AWAIT_SHARES
         return [ShareKeys(self.params.session_tag, self.params.round, self.id, tuple(entries))]
@@ -312,7 +352,7 @@ class Client:
             j = e.peer
             key = self._inbound_keys[j]
             try:
-                pt = AESGCM(key).decrypt(_NONCE, e.ciphertext, self.params.share_context(j, self.id))
+                pt = AESGCM(key).decrypt(_NONCE, e.ciphertext, self.params.share_context(j, self.id, self._seed))
             except InvalidTag as err:
                 raise TamperedError(f"the shares from client {j} fail authentication") from err
             if struct.unpack(">II", pt[:8]) != (j, self.id):
@@ -347,7 +387,7 @@ class Client:
         if len(u3) < self._t or len(live) < self._t:
             raise ThresholdError(f"survivor set has {len(live)} of this client's neighbours; threshold is {self._t}")
         self._survivors = tuple(u3)
-        sig = K.sign(self._identity, self.params.consistency_message(self.id, u3))
+        sig = K.sign(self._identity, self.params.consistency_message(self.id, u3, self._seed))
         self.stage = ClientStage.AWAIT_UNMASK
         return [ConsistencySignature(self.params.session_tag, self.params.round, self.id, sig)]
 
@@ -375,7 +415,7 @@ class Client:
             if e.client not in u3:
                 raise InconsistentError(f"signature from client {e.client}, which is not a survivor")
             try:
-                K.verify(self._identity_keys[e.client], e.signature, self.params.consistency_message(e.client, self._survivors))
+                K.verify(self._identity_keys[e.client], e.signature, self.params.consistency_message(e.client, self._survivors, self._seed))
             except IntegrityError as err:
                 raise SignatureError(f"client {e.client} did not sign this survivor set") from err
             signers.add(e.client)
@@ -384,7 +424,7 @@ class Client:
         # neighbours on this survivor set.  Honest hospitals sign one survivor set, so with
         # 2t > k + C two conflicting decisions about j cannot both carry t signatures.
         for j in sorted(alive | dropped):
-            backing = len(signers & self.params.neighbours(j))
+            backing = len(signers & self.graph.neighbours[j])
             if backing < self._t:
                 raise ThresholdError(
                     f"only {backing} of client {j}'s neighbours confirmed the survivor set; threshold is {self._t}"

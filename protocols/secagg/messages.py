@@ -15,8 +15,11 @@ copying).  The header (32 bytes, ``struct`` format ``>4sBBH16sII``)::
 
 Payloads (``u32`` = 4-byte count or id; ``[X]*n`` = n repetitions)::
 
-    1 ADVERTISE_KEYS      channel_pk 32 | mask_pk 32 | signature 64
-    2 KEY_BROADCAST       n u32 | [client u32 | channel_pk 32 | mask_pk 32 | signature 64]*n
+    1 ADVERTISE_KEYS      channel_pk 32 | mask_pk 32 | graph_commit 32 | signature 64
+   10 COHORT              n u32 | [client u32 | graph_commit 32]*n
+   11 GRAPH_REVEAL        rho 32
+    2 KEY_BROADCAST       n u32 | [client u32 | channel_pk 32 | mask_pk 32 | graph_commit 32 | signature 64]*n
+                          | m u32 | [client u32 | rho 32]*m
     3 SHARE_KEYS          n u32 | [recipient u32 | ciphertext 88]*n
     4 FORWARDED_SHARES    n u32 | [sender u32 | ciphertext 88]*n
     5 MASKED_INPUT        bits u8 | pad 3 (zero) | dim u32 | words (dim * 4 if bits <= 32 else dim * 8,
@@ -50,7 +53,7 @@ from ..errors import DecodeError, FieldError
 
 __all__ = [
     "MAGIC", "VERSION", "SERVER_ID", "HEADER_BYTES", "SESSION_TAG_BYTES", "MessageType", "ShareKind", "KeyEntry",
-    "ShareEntry", "SignatureEntry", "UnmaskEntry", "Message", "AdvertiseKeys", "KeyBroadcast", "ShareKeys",
+    "ShareEntry", "SignatureEntry", "CommitEntry", "RevealEntry", "Cohort", "GraphReveal", "UnmaskEntry", "Message", "AdvertiseKeys", "KeyBroadcast", "ShareKeys",
     "ForwardedShares", "MaskedInput", "ConsistencyRequest", "ConsistencySignature", "UnmaskRequest",
     "UnmaskShares", "decode", "word_dtype",
 ]
@@ -74,6 +77,8 @@ class MessageType(enum.IntEnum):
     CONSISTENCY_SIGNATURE = 7
     UNMASK_REQUEST = 8
     UNMASK_SHARES = 9
+    COHORT = 10
+    GRAPH_REVEAL = 11
 
 
 class ShareKind(enum.IntEnum):
@@ -85,7 +90,18 @@ class KeyEntry(NamedTuple):
     client: int
     channel_pk: bytes
     mask_pk: bytes
+    graph_commit: bytes
     signature: bytes
+
+
+class CommitEntry(NamedTuple):
+    client: int
+    commit: bytes
+
+
+class RevealEntry(NamedTuple):
+    client: int
+    value: bytes
 
 
 class ShareEntry(NamedTuple):
@@ -128,20 +144,22 @@ class AdvertiseKeys(Message):
 
     channel_pk: bytes
     mask_pk: bytes
+    graph_commit: bytes
     signature: bytes
     TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_KEYS
 
     def _validate(self) -> None:
         _check_bytes("channel_pk", self.channel_pk, KEY_BYTES)
         _check_bytes("mask_pk", self.mask_pk, KEY_BYTES)
+        _check_bytes("graph_commit", self.graph_commit, KEY_BYTES)
         _check_bytes("signature", self.signature, SIG_BYTES)
 
     def _payload(self) -> bytes:
-        return bytes(self.channel_pk) + bytes(self.mask_pk) + bytes(self.signature)
+        return bytes(self.channel_pk) + bytes(self.mask_pk) + bytes(self.graph_commit) + bytes(self.signature)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "AdvertiseKeys":
-        return cls(*h, bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64)))
+        return cls(*h, bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64)))
 
 
 @register
@@ -150,6 +168,7 @@ class KeyBroadcast(Message):
     """Server -> client: the signed keys of the client's neighbours that advertised (and its own)."""
 
     entries: tuple[KeyEntry, ...]
+    reveals: tuple[RevealEntry, ...]
     TYPE: ClassVar[MessageType] = MessageType.KEY_BROADCAST
 
     def _validate(self) -> None:
@@ -157,18 +176,68 @@ class KeyBroadcast(Message):
             _check_u32("client", e.client)
             _check_bytes("channel_pk", e.channel_pk, KEY_BYTES)
             _check_bytes("mask_pk", e.mask_pk, KEY_BYTES)
+            _check_bytes("graph_commit", e.graph_commit, KEY_BYTES)
             _check_bytes("signature", e.signature, SIG_BYTES)
+        for e in self.reveals:
+            _check_u32("client", e.client)
+            _check_bytes("reveal", e.value, KEY_BYTES)
 
     def _payload(self) -> bytes:
-        return _U32.pack(len(self.entries)) + b"".join(
-            _U32.pack(e.client) + bytes(e.channel_pk) + bytes(e.mask_pk) + bytes(e.signature) for e in self.entries
-        )
+        return (_U32.pack(len(self.entries)) + b"".join(
+            _U32.pack(e.client) + bytes(e.channel_pk) + bytes(e.mask_pk) + bytes(e.graph_commit) + bytes(e.signature)
+            for e in self.entries
+        ) + _U32.pack(len(self.reveals)) + b"".join(_U32.pack(e.client) + bytes(e.value) for e in self.reveals))
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "KeyBroadcast":
-        n = r.count(132)
-        es = tuple(KeyEntry(r.u32(), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64))) for _ in range(n))
-        return cls(*h, es)
+        n = r.count(164)
+        es = tuple(KeyEntry(r.u32(), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(32)), bytes(r.take(64)))
+                   for _ in range(n))
+        m = r.count(36)
+        rs = tuple(RevealEntry(r.u32(), bytes(r.take(32))) for _ in range(m))
+        return cls(*h, es, rs)
+
+
+@register
+@dataclass(frozen=True)
+class Cohort(Message):
+    """Server -> client: the round's list L (every hospital whose advertisement it kept) with
+    their graph commitments, and nothing else: fixed before any commitment is opened."""
+
+    entries: tuple[CommitEntry, ...]
+    TYPE: ClassVar[MessageType] = MessageType.COHORT
+
+    def _validate(self) -> None:
+        for e in self.entries:
+            _check_u32("client", e.client)
+            _check_bytes("commit", e.commit, KEY_BYTES)
+
+    def _payload(self) -> bytes:
+        return _U32.pack(len(self.entries)) + b"".join(_U32.pack(e.client) + bytes(e.commit) for e in self.entries)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: Reader) -> "Cohort":
+        n = r.count(36)
+        return cls(*h, tuple(CommitEntry(r.u32(), bytes(r.take(32))) for _ in range(n)))
+
+
+@register
+@dataclass(frozen=True)
+class GraphReveal(Message):
+    """Client -> server: the random value ``rho`` opening the client's graph commitment."""
+
+    value: bytes
+    TYPE: ClassVar[MessageType] = MessageType.GRAPH_REVEAL
+
+    def _validate(self) -> None:
+        _check_bytes("reveal", self.value, KEY_BYTES)
+
+    def _payload(self) -> bytes:
+        return bytes(self.value)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: Reader) -> "GraphReveal":
+        return cls(*h, bytes(r.take(32)))
 
 
 def _share_entries_payload(entries: tuple[ShareEntry, ...]) -> bytes:

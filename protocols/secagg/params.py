@@ -208,17 +208,45 @@ class SecAggParams:
     def _prefix(self, label: bytes) -> bytes:
         return b"fedvault/secagg/v2/" + label + b"/" + self.session_tag + struct.pack(">I", self.round)
 
-    def advertise_message(self, client: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
-        """What a client signs to advertise its round keys."""
-        return self._prefix(b"advertise") + struct.pack(">I", client) + channel_pk + mask_pk
+    def advertise_message(self, client: int, channel_pk: bytes, mask_pk: bytes, graph_commit: bytes) -> bytes:
+        """What a client signs to advertise its round keys and its graph commitment."""
+        return self._prefix(b"advertise") + struct.pack(">I", client) + channel_pk + mask_pk + graph_commit
 
-    def consistency_message(self, client: int, survivors: Sequence[int]) -> bytes:
-        """What a client signs to confirm the survivor set U3 it was shown."""
-        return self._prefix(b"consistency") + struct.pack(">I", client) + _ids_bytes(tuple(survivors))
+    def graph_commitment(self, client: int, rho: bytes) -> bytes:
+        """``SHA-256(P("graph-commit") || u32 client || rho)``: binds a hospital to its graph randomness."""
+        return hashlib.sha256(self._prefix(b"graph-commit") + struct.pack(">I", client) + rho).digest()
 
-    def share_context(self, sender: int, recipient: int) -> bytes:
+    def graph_seed(self, reveals: Mapping[int, bytes]) -> bytes:
+        """``SHA-256(P("graph") || u32 |L| || [u32 id || rho]`` over L ascending): the seed of
+        the round's graph, fixed only once every member of L has opened its commitment."""
+        h = hashlib.sha256(self._prefix(b"graph") + struct.pack(">I", len(reveals)))
+        for i in sorted(reveals):
+            h.update(struct.pack(">I", i) + reveals[i])
+        return h.digest()
+
+    def round_graph(self, members: Sequence[int], seed: bytes) -> Graph:
+        """The round's graph over the list ``members`` (L): complete, or the random Harary
+        graph of degree :attr:`effective_degree` drawn from ``seed`` (complete if L is small)."""
+        d = self._derived
+        if d.graph == "complete" or d.degree >= len(members) - 1:
+            return build_graph("complete", self.session_id, self.round, members)
+        return build_graph("sparse", self.session_id, self.round, members, degree=d.degree, seed=seed)
+
+    @property
+    def min_members(self) -> int:
+        """Fewest hospitals the list L may hold: ``n - D`` (the declared dropouts), at least ``t + 1``.
+        A smaller list would concentrate the colluders the threshold was derived for."""
+        g = self._derived.guarantee
+        return max(self._t + 1, len(self.clients) - g.dropouts) if not g.insecure else self._t + 1
+
+    def consistency_message(self, client: int, survivors: Sequence[int], graph_seed: bytes = b"") -> bytes:
+        """What a client signs to confirm the survivor set U3 it was shown (in the graph ``graph_seed``)."""
+        return (self._prefix(b"consistency") + graph_seed + struct.pack(">I", client)
+                + _ids_bytes(tuple(survivors)))
+
+    def share_context(self, sender: int, recipient: int, graph_seed: bytes = b"") -> bytes:
         """KDF context of the directional share-encryption key and the AEAD associated data."""
-        return self._prefix(b"share") + struct.pack(">II", sender, recipient)
+        return self._prefix(b"share") + graph_seed + struct.pack(">II", sender, recipient)
 
     def mask_context(self) -> bytes:
         """KDF context of pairwise mask seeds (the pair's sorted ids are appended)."""

@@ -46,10 +46,15 @@ from ..errors import (
     ReplayError,
     SignatureError,
     StageError,
+    TamperedError,
 )
 from .messages import (
     SERVER_ID,
     AdvertiseKeys,
+    Cohort,
+    CommitEntry,
+    GraphReveal,
+    RevealEntry,
     ConsistencyRequest,
     ConsistencySignature,
     ForwardedShares,
@@ -70,6 +75,7 @@ from .params import SecAggParams
 
 class ServerStage(enum.Enum):
     ADVERTISE = "advertise"
+    REVEAL = "reveal"
     SHARE = "share"
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
@@ -78,10 +84,11 @@ class ServerStage(enum.Enum):
     ABORTED = "aborted"
 
 
-STAGES = ("advertise", "share", "masked_input", "consistency", "unmask")
+STAGES = ("advertise", "reveal", "share", "masked_input", "consistency", "unmask")
 
 _EXPECTED = {
     ServerStage.ADVERTISE: AdvertiseKeys,
+    ServerStage.REVEAL: GraphReveal,
     ServerStage.SHARE: ShareKeys,
     ServerStage.MASKED_INPUT: MaskedInput,
     ServerStage.CONSISTENCY: ConsistencySignature,
@@ -115,7 +122,11 @@ class Server:
             raise SignatureError(f"no identity key for clients {sorted(missing)[:5]}")
         self._identity_keys = dict(identity_keys)
         self._t = params.t
-        self._nbrs = params.neighbourhood.neighbours
+        self._cohort = frozenset(params.clients)
+        self._nbrs: Mapping[int, frozenset[int]] = {}  # the round's graph, once every commitment is open
+        self.graph = None
+        self._seed = b""
+        self._reveals: dict[int, bytes] = {}
         self.stage = ServerStage.ADVERTISE
         self._keys: dict[int, AdvertiseKeys] = {}
         self._pk_seen: set[bytes] = set()
@@ -148,13 +159,14 @@ class Server:
         if msg.round != self.params.round:
             raise ReplayError(f"message is for round {msg.round}, this is round {self.params.round}")
         i = msg.sender
-        if i not in self._nbrs:
+        if i not in self._cohort:
             raise InconsistentError(f"sender {i} is not in the cohort")
         expected = _EXPECTED[self.stage]
         if not isinstance(msg, expected):
             raise StageError(f"got {type(msg).__name__} in stage {self.stage.value} (expected {expected.__name__})")
         {
             ServerStage.ADVERTISE: self._on_advertise,
+            ServerStage.REVEAL: self._on_reveal,
             ServerStage.SHARE: self._on_shares,
             ServerStage.MASKED_INPUT: self._on_masked,
             ServerStage.CONSISTENCY: self._on_signature,
@@ -165,7 +177,8 @@ class Server:
         if i in self._keys:
             raise DuplicateClientError(f"client {i} already advertised keys")
         try:
-            K.verify(self._identity_keys[i], msg.signature, self.params.advertise_message(i, msg.channel_pk, msg.mask_pk))
+            K.verify(self._identity_keys[i], msg.signature, self.params.advertise_message(i, msg.channel_pk, msg.mask_pk,
+                                                                                   msg.graph_commit))
         except IntegrityError as e:
             raise SignatureError(f"keys of client {i} are not signed by its identity key") from e
         for name, pk in (("channel", msg.channel_pk), ("mask", msg.mask_pk)):
@@ -177,6 +190,15 @@ class Server:
             raise DuplicateClientError(f"client {i} reuses public keys already advertised")
         self._pk_seen.update((msg.channel_pk, msg.mask_pk))
         self._keys[i] = msg
+
+    def _on_reveal(self, i: int, msg: GraphReveal) -> None:
+        if i not in self._u1set:
+            raise InconsistentError(f"client {i} is not in the round's list")
+        if i in self._reveals:
+            raise DuplicateClientError(f"client {i} already opened its graph commitment")
+        if self.params.graph_commitment(i, msg.value) != self._keys[i].graph_commit:
+            raise TamperedError(f"client {i}'s graph reveal does not open its commitment")
+        self._reveals[i] = msg.value
 
     def _on_shares(self, i: int, msg: ShareKeys) -> None:
         if i not in self._u1set:
@@ -206,7 +228,7 @@ class Server:
         if i in self._sigs:
             raise DuplicateClientError(f"client {i} already confirmed")
         try:
-            K.verify(self._identity_keys[i], msg.signature, self.params.consistency_message(i, self.u3))
+            K.verify(self._identity_keys[i], msg.signature, self.params.consistency_message(i, self.u3, self._seed))
         except IntegrityError as e:
             raise SignatureError(f"client {i}'s signature does not cover the survivor set") from e
         self._sigs[i] = msg.signature
@@ -234,6 +256,7 @@ class Server:
         """
         fn = {
             ServerStage.ADVERTISE: self._close_advertise,
+            ServerStage.REVEAL: self._close_reveal,
             ServerStage.SHARE: self._close_share,
             ServerStage.MASKED_INPUT: self._close_masked,
             ServerStage.CONSISTENCY: self._close_consistency,
@@ -258,16 +281,37 @@ class Server:
             raise AbortError(f"round aborted, nothing was revealed: {why}")
 
     def _close_advertise(self) -> dict[int, Message]:
-        u1 = _prune(set(self._keys), self._nbrs, self._t)
-        self._abort_if(len(u1) < max(2, self._t), f"only {len(u1)} clients advertised keys with {self._t} live neighbours")
+        # The list L is fixed here, before any graph randomness is open (commit-reveal).
+        u1 = set(self._keys)
+        need = self.params.min_members
+        self._abort_if(len(u1) < need, f"only {len(u1)} clients advertised keys; the threat model needs {need}")
         self.u1 = tuple(sorted(u1))
         self._u1set = u1
         self.dropped["advertise"] = sorted(set(self.params.clients) - u1)
+        msg = Cohort(*self._hdr(), tuple(CommitEntry(j, self._keys[j].graph_commit) for j in self.u1))
+        self.stage = ServerStage.REVEAL
+        return {i: msg for i in self.u1}
+
+    def _close_reveal(self) -> dict[int, Message]:
+        missing = sorted(self._u1set - set(self._reveals))
+        # Any member of L that does not open its commitment stops the round (dropping it now
+        # would let the server choose among graphs); it is named so the next round excludes it.
+        self._abort_if(bool(missing), f"clients {missing[:10]} committed to graph randomness but did not open it; "
+                                      f"exclude them from the next round")
+        self._seed = self.params.graph_seed(self._reveals)
+        self.graph = self.params.round_graph(self.u1, self._seed)
+        self._nbrs = self.graph.neighbours
+        u1 = _prune(set(self.u1), self._nbrs, self._t)
+        self._abort_if(len(u1) < max(2, self._t), f"only {len(u1)} clients have {self._t} neighbours in the list")
+        self.dropped["reveal"] = sorted(set(self.u1) - u1)
+        reveals = tuple(RevealEntry(j, self._reveals[j]) for j in self.u1)
         out: dict[int, Message] = {}
-        for i in self.u1:
+        for i in sorted(u1):
             ids = sorted((self._nbrs[i] & u1) | {i})
-            es = tuple(KeyEntry(j, self._keys[j].channel_pk, self._keys[j].mask_pk, self._keys[j].signature) for j in ids)
-            out[i] = KeyBroadcast(*self._hdr(), es)
+            es = tuple(KeyEntry(j, self._keys[j].channel_pk, self._keys[j].mask_pk, self._keys[j].graph_commit,
+                                self._keys[j].signature) for j in ids)
+            out[i] = KeyBroadcast(*self._hdr(), es, reveals)
+        self._u1set = u1
         self.stage = ServerStage.SHARE
         return out
 
