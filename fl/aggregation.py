@@ -111,6 +111,8 @@ class SecAggAggregator:
         alive = list(ids)
         drops: dict[str, list[int]] = {}
         for stage in STAGES:
+            if stage == "reveal":  # (a loss there stops the round by design; the short stage is not simulated)
+                continue
             k = int(self.rng.binomial(len(alive), frac))
             if k:
                 gone = sorted(int(x) for x in self.rng.choice(alive, size=k, replace=False))

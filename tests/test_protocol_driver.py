@@ -54,7 +54,7 @@ def test_bytes_transcript_drops_and_stages_are_recorded():
         assert st.upload_bytes[i] == sum(len(b) for d, c, b in transcript if d == "up" and c == i)
         assert st.download_bytes[i] == sum(len(b) for d, c, b in transcript if d == "down" and c == i)
     assert st.dropped == {"masked_input": [4]}
-    assert st.stages == ["advertise", "share", "masked_input", "consistency", "unmask", "done"]
+    assert st.stages == ["advertise", "reveal", "share", "masked_input", "consistency", "unmask", "done"]
     assert not st.refused and not st.aborted
 
 
