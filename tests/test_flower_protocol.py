@@ -97,9 +97,14 @@ def test_hospitals_shown_different_models_refuse_each_others_keys(tmp_path):
                          DeterministicRandom(bytes([c]) * 32, b"t")) for c in (1, 2, 3)}
     ads = {c: clients[c].advertise() for c in (1, 2, 3)}
     # The malicious server relays every advertisement to hospital 1 under hospital 1's session tag.
+    from fedvault.protocols.secagg.messages import Cohort, CommitEntry, RevealEntry
+
+    clients[1].receive(Cohort(params[1].session_tag, 1, SERVER_ID,
+                              tuple(CommitEntry(c, ads[c].graph_commit) for c in (1, 2, 3))).encode())
     bc = KeyBroadcast(params[1].session_tag, 1, SERVER_ID, tuple(
-        KeyEntry(c, ads[c].channel_pk, ads[c].mask_pk, ads[c].signature) for c in (1, 2, 3)))
-    with pytest.raises(ProtocolError, match="signed"):
+        KeyEntry(c, ads[c].channel_pk, ads[c].mask_pk, ads[c].graph_commit, ads[c].signature) for c in (1, 2, 3)),
+        tuple(RevealEntry(c, clients[c]._rho) for c in (1, 2, 3)))
+    with pytest.raises(ProtocolError, match="signed|commitment"):  # (graph commitments are session-bound too)
         clients[1].receive(bc.encode())
 
 
