@@ -79,7 +79,8 @@ class InMemoryTransport:
             return {}
         alive = list(ids)
         drops: dict[str, list[int]] = {}
-        for stage in (s.value for s in type(server.stage) if s.value not in _TERMINAL):
+        # (SecAgg's short graph-reveal stage is not simulated: a loss there stops the round by design.)
+        for stage in (s.value for s in type(server.stage) if s.value not in _TERMINAL + ("reveal",)):
             k = int(self._drop_rng.binomial(len(alive), self.dropout))
             if k:
                 gone = sorted(int(x) for x in self._drop_rng.choice(alive, size=k, replace=False))
