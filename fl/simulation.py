@@ -160,6 +160,7 @@ def federate(
     loss: Any = "cross_entropy",
     optimizer: Any = "sgd",
     transcript: list | None = None,
+    transport: Callable[..., Any] | None = None,
 ) -> FederationRun:
     """Run a study in this process and keep its objects (model, data, hospitals).
 
@@ -181,6 +182,9 @@ def federate(
             ``PrivateTrainer`` arguments (``fault``, ``gradient_canaries``, see ``dp.faults``);
             a run with a fault is marked ``not_private`` in its history.
         transcript: if a list, every protocol message is appended as ``(direction, party, bytes)``.
+        transport: factory of the transport, called like :class:`~fl.transports.memory.InMemoryTransport`
+            (``(parties, roster=, dropout=, seed=)``); e.g. ``fl.integrations.flower.local.flower_in_process``
+            runs the same study through Flower messages (``transcript`` applies to the default transport).
 
     Returns:
         :class:`FederationRun`: history (the history.json dict), final global model, data,
@@ -235,8 +239,11 @@ def federate(
         parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id])
 
     mode = make_mode(cfg, ids, paillier_public)
-    transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
-                                  transcript=transcript)
+    if transport is None:
+        transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
+                                      transcript=transcript)
+    else:
+        transport = transport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed)
     # A public bound on any hospital's record count: the last coordinate n_k of an update.
     weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
     eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))

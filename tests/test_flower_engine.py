@@ -34,60 +34,26 @@ def _cfg(mode: str, **extra):  # noqa: ANN003
     return from_dict(raw)
 
 
-class FlowerInProcess:
-    """Stands in for fl.simulation's InMemoryTransport: every party behind its own Flower node
-    (EngineNode on a plain ClientApp) and the engine talking to them through FlowerTransport."""
-
-    used: list["FlowerInProcess"] = []
-
-    def __init__(self, parties, *, roster, dropout=0.0, seed=0, **_):  # noqa: ANN001, ANN003
-        FlowerInProcess.used.append(self)
-        from flwr.clientapp import ClientApp
-
-        from fedvault.fl.integrations.flower import InProcessGrid
-        from fedvault.fl.integrations.flower.transport import EngineNode, FlowerTransport, Party
-
-        names = sorted(parties)
-        self.keys = {}
-
-        def load(ctx):  # noqa: ANN001, ANN202
-            p = parties[names[ctx.node_id - 10]]
-            return Party(p, self.keys, lambda: self.public)
-
-        app = ClientApp()
-        EngineNode(load).register(app)
-        self.public = None
-        self.grid = InProcessGrid(app, {10 + k: {} for k in range(len(names))})
-        self.transport = FlowerTransport(self.grid, roster, timeout=5.0)
-
-    def __getattr__(self, name):  # noqa: ANN001, ANN204
-        return getattr(self.transport, name)
-
-    def run_session(self, setup, server):  # noqa: ANN001, ANN201
-        # The nodes' own material: the roster's identity keys and the study's public key setup (the
-        # simulation's key ceremony); the server's copy is not sent.
-        self.keys.update(setup.identity_keys)
-        self.public = setup.public
-        return self.transport.run_session(setup, server)
-
-
-def _run(cfg, flower: bool, monkeypatch):  # noqa: ANN001, ANN202
+def _run(cfg, flower: bool):  # noqa: ANN001, ANN202
     from fedvault.fl import simulation
+    from fedvault.fl.integrations.flower.local import FlowerInProcess
 
-    if flower:
-        monkeypatch.setattr(simulation, "InMemoryTransport", FlowerInProcess)
-    else:
-        monkeypatch.undo()
-    return simulation.federate(cfg, baseline=False)
+    used = []
+
+    def transport(parties, **kw):  # noqa: ANN001, ANN003, ANN202
+        used.append(FlowerInProcess(parties, **kw))
+        return used[-1]
+
+    run = simulation.federate(cfg, baseline=False, transport=transport if flower else None)
+    return run, used
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_simulation_and_flower_give_the_same_study(mode, monkeypatch):
+def test_simulation_and_flower_give_the_same_study(mode):
     cfg = _cfg(mode)
-    sim = _run(cfg, False, monkeypatch)
-    FlowerInProcess.used.clear()
-    fl = _run(cfg, True, monkeypatch)
-    (flower,) = FlowerInProcess.used  # the study really went through Flower messages
+    sim, _ = _run(cfg, False)
+    fl, used = _run(cfg, True)
+    (flower,) = used  # the study really went through Flower messages
     assert flower.grid.client_seconds > 0 and len(flower.transport.nodes) == len(flower.grid.contexts)
     a, b = sim.history, fl.history
     assert [r.get("participants") for r in a["rounds"]] == [r.get("participants") for r in b["rounds"]]

@@ -29,7 +29,7 @@ _NAMES = {
     "SecureFedAvg": "strategy",
     "RoundAborted": "workflow", "Misconfigured": "workflow", "RoundOutcome": "workflow", "SecAggConfig": "workflow",
     "secure_round": "workflow",
-    "InProcessGrid": "local",
+    "InProcessGrid": "local", "flower_in_process": "local",
     "FlowerTransport": "transport", "EngineNode": "transport", "Party": "transport",
     "HospitalSite": "site", "Site": "site",
 }

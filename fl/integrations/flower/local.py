@@ -148,3 +148,56 @@ def _forget_process_caches() -> None:
         mod = sys.modules.get(name)
         if mod is not None:
             getattr(mod, attr).clear()
+
+
+class FlowerInProcess:
+    """A study's parties behind Flower nodes in this process: ``federate(cfg, transport=flower_in_process)``.
+
+    Every party (hospital, extra participant, Paillier key holder) gets its own node — a plain
+    ClientApp with :class:`~fl.integrations.flower.transport.EngineNode` — on an
+    :class:`InProcessGrid`, and the engine talks to them through
+    :class:`~fl.integrations.flower.transport.FlowerTransport`: the same study as the in-memory
+    simulation, every message through Flower's Message API.  Simulation harness: the nodes take the
+    roster's identity keys and the study's key setup from the first session (the simulation's key
+    ceremony), and ``dropout`` is not simulated.  ``fresh_process=True`` makes every message start
+    from a fresh ClientApp process (roles restored from each node's vault under ``vault_root``).
+    """
+
+    def __init__(self, parties: Mapping[str, Any], *, roster: list[str], dropout: float = 0.0, seed: int = 0,
+                 fresh_process: bool = False, vault_root: Any = None, timeout: float = 60.0) -> None:
+        from pathlib import Path
+
+        from .transport import EngineNode, FlowerTransport, Party
+
+        self.names = sorted(parties)
+        self.keys: dict[int, bytes] = {}
+        self.public: Any = None
+
+        def load(ctx: Context) -> Party:
+            name = self.names[ctx.node_id - 10]
+            vault = Path(vault_root) / name if vault_root is not None else None
+            return Party(parties[name], self.keys, lambda: self.public, vault=vault)
+
+        app = ClientApp()
+        EngineNode(load).register(app)
+        self.grid = InProcessGrid(app, {10 + k: {} for k in range(len(self.names))}, fresh_process=fresh_process)
+        self.transport = FlowerTransport(self.grid, roster, timeout=timeout)
+
+    def roster(self) -> list[str]:
+        return self.transport.roster()
+
+    def ask(self, round: int, names: Any) -> dict[str, str]:
+        return self.transport.ask(round, names)
+
+    def run_session(self, setup: Any, server: Any) -> Any:
+        self.keys.update(setup.identity_keys)
+        self.public = setup.public
+        return self.transport.run_session(setup, server)
+
+    def personalise(self, weights: Any, round: int) -> dict[str, dict[str, Any]]:
+        return self.transport.personalise(weights, round)
+
+
+def flower_in_process(parties: Mapping[str, Any], **kw: Any) -> FlowerInProcess:
+    """``federate(cfg, transport=flower_in_process)``: see :class:`FlowerInProcess`."""
+    return FlowerInProcess(parties, **kw)
