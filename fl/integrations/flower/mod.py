@@ -14,24 +14,25 @@ builds the hospital's local step (normally a
 persistent ledger in the node directory).  For every fedvault message:
 
 ``enrol``
-    asks the site whether it takes part (privacy budget) and whether the server's
-    proposal fits it (model size, clip): a hospital over budget answers
-    ``fedvault/budget: ...`` (refusal recorded in its ledger); a proposal that
-    does not fit answers ``fedvault/misconfigured: ...`` — both before anything is
-    trained or charged.
+    answers which roster member this node is (client id, roster fingerprint).
 ``advertise``
     checks the round's public parameters against the node's policy (it is in the
     cohort; the cohort has at least ``min_cohort`` members of *its own* roster;
     the threshold is a strict majority of the smallest neighbourhood; the roster
-    fingerprint is its own), binds the session to the committed model hash
-    (:func:`wire.bound_session`), refuses a (session, round) it already started,
-    sweeps round secrets a crash left behind, creates the round's secret seed in
-    the node vault and answers with its signed keys.
+    fingerprint is its own); asks the site whether it takes part (privacy budget:
+    ``fedvault/budget: ...``, refusal recorded in its ledger) and whether the
+    proposal fits it (model size, clip: ``fedvault/misconfigured: ...``) — before
+    anything is trained or charged; binds the session to the committed model hash
+    (:func:`wire.bound_session`), refuses a (session, round) it already trained
+    for, sweeps round secrets a crash left behind, creates the round's secret seed
+    (fresh keys for every advertisement) in the node vault and answers with its
+    signed keys.
 ``share`` / ``consistency`` / ``unmask``
     hands the message to the :class:`protocols.secagg.Client` state machine.
 ``masked_input``
     checks the state machine really awaits the forwarded shares and that the
-    global model hashes to the committed value, then trains (DP-SGD, ledger
+    global model hashes to the committed value, marks the (session, round) as
+    trained (a start marker that outlives the round: never twice), then trains (DP-SGD, ledger
     charged), encodes and masks the update and answers with the masked vector.
 
 Protocol state between messages.  The live state machine stays in this process's
@@ -83,7 +84,7 @@ class PolicyError(RefusedError):
 
 
 class MisconfiguredError(RefusedError):
-    """The server's proposal does not fit this hospital (model size, clip); refused at enrolment."""
+    """The server's proposal does not fit this hospital (model size, clip); refused when the round is advertised, before training."""
 
 
 # Live client state machines of this process: (node dir, session tag, round) -> (client, messages seen).
@@ -174,25 +175,26 @@ class FedVaultMod:
             raise NodeSetupError(f"fedvault Flower mapping version {rec['v']} is not {wire.VERSION}")
         rnd = int(rec["round"])
         node = NodeDir(self.node_dir(context))
-        if stage == wire.ENROL:
-            site = self.site(context)
-            reason = site.refusal(rnd)
-            if reason is not None:
-                from fedvault.dp.errors import BudgetExceeded
-
-                raise BudgetExceeded(reason, client=site.name, round=rnd)
-            check_proposal(site, rec)
+        if stage == wire.ENROL:  # which roster member this node is (no site, no training)
             return Message(wire.reply(stage, rnd, node.client, roster=node.registry.fingerprint()), reply_to=msg)
         if stage == "advertise":
             if str(rec["roster"]) != node.registry.fingerprint():
                 raise PolicyError("the server's roster is not the one this hospital installed")
             params = wire.params_from(rec)
             check_policy(params, node, self.min_cohort(context) if callable(self.min_cohort) else self.min_cohort)
+            site = self.site(context)  # before anything is claimed, trained or charged:
+            reason = site.refusal(rnd)  # the hospital's budget ...
+            if reason is not None:
+                from fedvault.dp.errors import BudgetExceeded
+
+                raise BudgetExceeded(reason, client=site.name, round=rnd)
+            check_proposal(site, rec)  # ... and whether the proposal fits it
             self._forget(context)  # a new round replaces whatever was left of an old one
             stale = node.vault.sweep()
             if stale:
                 log.warning("fedvault: removed %d round secret(s) left by an interrupted round", len(stale))
-            node.vault.claim(bytes(rec["session"]), params.round)
+            if node.vault.started(bytes(rec["session"]), params.round):
+                node.vault.claim(bytes(rec["session"]), params.round)  # raises: this round already trained here
             seed = node.vault.create(params.session_tag, params.round)
             client = self._client(params, node, seed)
             out = client.advertise()
@@ -218,6 +220,7 @@ class FedVaultMod:
             weights = wire.flatten(arrays)
             if weights.shape[0] + 1 != params.dim:
                 raise PolicyError(f"global model has {weights.shape[0]} values; the round expects {params.dim - 1}")
+            node.vault.claim(bytes(st["session"]), params.round)  # once per (session, round), before training
             cfg = msg.content.config_records.get(wire.CONFIG)
             client.set_input(_fit(self.site(context), weights, rnd, dict(cfg) if cfg is not None else {}))
         out = client.receive(data)

@@ -38,7 +38,7 @@ class Site(Protocol):
         ``config`` is the strategy's train config (``server-round`` included)."""
         ...
 
-    # Optional, checked at enrolment before anything is trained (see ``mod.check_proposal``):
+    # Optional, checked when a round is advertised, before anything is trained (see ``mod.check_proposal``):
     # ``model_size: int`` (number of model values) and ``max_abs() -> float`` (largest
     # absolute value the update vector may hold).
 

@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from . import wire
 from .node import Registry
-from .workflow import Misconfigured, RoundAborted, SecAggConfig, secure_round
+from .workflow import Misconfigured, RoundAborted, SecAggConfig, discover, secure_round
 
 
 class SecureFedAvg(FedAvg):
@@ -79,6 +79,7 @@ class SecureFedAvg(FedAvg):
         self.on_stage = on_stage
         self.session_id = os.urandom(16)
         self.history: list[dict[str, Any]] = []
+        self._members: dict[int, int] | None = None  # client id -> node id (discovered once per run)
 
     # -- Flower's training hooks do not apply: the server never sees an individual update --
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -131,7 +132,7 @@ class SecureFedAvg(FedAvg):
 
         ``timeout`` bounds each protocol stage unless ``secagg`` sets its own stage
         timeouts, and each federated evaluation.  Raises :class:`Misconfigured` if
-        hospitals refuse the server's proposal at enrolment (nobody trained).
+        hospitals refuse the server's proposal when the round is advertised (nobody trained).
         """
         log(INFO, "Starting %s strategy:", type(self).__name__)
         log(INFO, "\t├── Number of rounds: %d", num_rounds)
@@ -164,9 +165,14 @@ class SecureFedAvg(FedAvg):
                     self.on_stage(r, s)
 
             try:
+                nodes = set(grid.get_node_ids())
+                if self._members is None or set(self._members.values()) != nodes:
+                    self._members = discover(grid, self.registry, sorted(nodes),
+                                             secagg.enrol_timeout or secagg.stage_timeout, secagg.poll_interval,
+                                             on_stage=stage)
                 out = secure_round(grid, self.registry, secagg, round=rnd, weights=arrays,
                                    session_id=self.session_id, nodes=self._sample(grid), on_stage=stage,
-                                   train_config=cfg)
+                                   train_config=cfg, members=self._members)
             except Misconfigured as e:
                 log(WARNING, "fedvault: %s", e)
                 self.history.append({"round": rnd, "aborted": str(e), "misconfigured": True})
