@@ -65,7 +65,7 @@ READABLE_VERSIONS = (1, 2)
 SAMPLING_METHODS = ("poisson",)
 _LEDGER_KEYS = (
     "client", "delta", "accountant", "relation", "budget_epsilon", "epsilon", "epsilon_accountant",
-    "client_epsilon", "events", "refused", "skipped",
+    "client_epsilon", "events", "refused", "skipped", "not_private",
 )
 _EPS_RTOL = 1e-9
 
@@ -121,6 +121,7 @@ class PrivacyLedger:
         self._events: list[Any] = []
         self._refused: list[dict[str, Any]] = []
         self._skipped: list[dict[str, Any]] = []
+        self._not_private: list[dict[str, Any]] = []  # audit faults (dp.faults): never a guarantee
         self._cache: dict[tuple[Any, ...], float] = {}
 
     # -- queries ---------------------------------------------------------------
@@ -133,6 +134,18 @@ class PrivacyLedger:
     def refused(self) -> tuple[dict[str, Any], ...]:
         """Rounds this hospital declined: ``({"round": r, "reason": str}, ...)``."""
         return tuple(dict(r) for r in self._refused)
+
+    @property
+    def not_private(self) -> tuple[dict[str, Any], ...]:
+        """Rounds trained with a deliberate audit fault (:mod:`dp.faults`): ``({"round", "reason"}, ...)``.
+        A ledger with any is not a privacy guarantee; ``fedvault verify`` refuses it."""
+        return tuple(dict(r) for r in self._not_private)
+
+    def mark_not_private(self, round: int, reason: str) -> None:
+        """Record that ``round`` ran with a deliberate fault (test/audit only)."""
+        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+            raise AccountingError(f"round must be an integer >= 0, got {round!r}")
+        self._not_private.append({"round": round, "reason": str(reason)})
 
     @property
     def skipped(self) -> tuple[dict[str, Any], ...]:
@@ -260,6 +273,7 @@ class PrivacyLedger:
             "events": [e.to_dict() for e in self._events],
             "refused": [dict(r) for r in self._refused],
             "skipped": [dict(r) for r in self._skipped],
+            **({"not_private": [dict(r) for r in self._not_private]} if self._not_private else {}),
         }
 
     @classmethod
@@ -294,7 +308,7 @@ class PrivacyLedger:
             except AccountingError as e:
                 raise LedgerIntegrityError(f"ledger of {led.client}: invalid event {raw!r}: {e}") from e
             led._events.append(ev)
-        for name, add in (("refused", led.refuse), ("skipped", led.skip)):
+        for name, add in (("refused", led.refuse), ("skipped", led.skip), ("not_private", led.mark_not_private)):
             for r in d.get(name, []) or []:
                 if not isinstance(r, Mapping) or set(r) != {"round", "reason"}:
                     raise LedgerIntegrityError(f"invalid {name} entry {r!r}: want {{round, reason}}")
@@ -335,6 +349,7 @@ class PrivacyLedger:
             and self._events == other._events
             and self._refused == other._refused
             and self._skipped == other._skipped
+            and self._not_private == other._not_private
         )
 
     def __repr__(self) -> str:

@@ -373,6 +373,8 @@ class PrivateTrainer:
                 self.ledger.record(
                     PrivacyEvent(round=round, noise_multiplier=self.noise_multiplier, sample_rate=q, steps=taken)
                 )
+                if not self.fault.private:  # audit only: the ledger itself says it is no guarantee
+                    self.ledger.mark_not_private(round, self.fault.not_private_reason())
         if [tuple(h) for h in acc.history] != opacus_history(self.ledger.events):
             raise AccountingError("the ledger's events differ from the live accountant's history")
         eps = self.ledger.epsilon()

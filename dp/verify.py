@@ -41,7 +41,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -467,6 +467,9 @@ def verify(
         history = source
     facts = run_facts(history)
     records = _ledger_records(source)
+    faulty = sorted({str(r.get("reason")) for d in records for r in d.get("not_private") or ()})  # dp.faults
+    if faulty and not facts.not_private:
+        facts = replace(facts, not_private=tuple(faulty))
     checked = []
     for d in records:
         checked.append(verify_one(d, tolerance, pld_discretization, facts))

@@ -83,6 +83,27 @@ def test_honest_trainer_clips_and_noises_the_canary():
     assert rep.fault == "none"
 
 
+def test_a_faulty_trainer_marks_its_ledger_and_verify_refuses_it(tmp_path):
+    from fedvault.dp.verify import verify
+
+    torch.manual_seed(0)
+    ledger = PrivacyLedger(client="h", delta=1e-5)
+    tr = PrivateTrainer(ledger, noise_multiplier=1.0, max_grad_norm=1.0, batch_size=B, lr=LR, fault=Fault.NO_CLIPPING)
+    X, y = _data()
+    tr.train(nn.Linear(D, 2), X, y, round=1)
+    assert ledger.not_private and "no_clipping" in ledger.not_private[0]["reason"]
+    path = tmp_path / "ledger.json"
+    ledger.save(path)
+    again = PrivacyLedger.load(path)  # the mark survives the file
+    assert again == ledger and again.not_private == ledger.not_private
+    report = verify(again)
+    assert not report.ok and "audit fault" in report.refusal
+    honest = PrivacyLedger(client="h", delta=1e-5)
+    PrivateTrainer(honest, noise_multiplier=1.0, max_grad_norm=1.0, batch_size=B, lr=LR).train(nn.Linear(D, 2), X, y,
+                                                                                               round=1)
+    assert honest.not_private == () and "not_private" not in honest.to_dict() and verify(honest).refusal is None
+
+
 def test_fault_names_and_reasons():
     assert [f.value for f in Fault] == ["none", "no_noise", "no_clipping"]
     assert Fault.parse(None) is Fault.NONE and Fault.NONE.not_private_reason() is None
