@@ -71,6 +71,8 @@ class Hospital:
                 batch_size=cfg.training.batch_size,
                 epochs=cfg.training.local_epochs,
                 lr=cfg.training.lr,
+                optimizer=cfg.training.optimizer,
+                loss=cfg.training.loss,
                 reproducible_seed=cfg.seed if p.reproducible else None,  # not private: tests/papers
                 **(trainer_options or {}),  # audit only: dp.faults fault / gradient canaries
             )
@@ -93,6 +95,7 @@ class Hospital:
             steps = plain.train(
                 model, h.X, h.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
                 seed=(self.cfg.seed * 1_000_003 + self.index) * 100_003 + round, prox_mu=mu,
+                loss=t.loss, optimizer=t.optimizer,
             )
             eps, loss = None, None
         delta = clip_l2(get_vector(model) - global_vec, self.cfg.aggregation.update_clip)
@@ -111,8 +114,9 @@ class Hospital:
         n_val = len(self.data.y_val)
         if n_val == 0:
             return np.zeros(3)
-        m = evaluate(model, self.data.X_val, self.data.y_val)
-        return np.array([n_val * m["accuracy"], n_val * min(m["loss"], 100.0), float(n_val)])
+        m = evaluate(model, self.data.X_val, self.data.y_val, loss=self.cfg.training.loss)
+        score = m["accuracy"] if "accuracy" in m else min(m.get("mse", float("nan")), 100.0)  # regression: MSE
+        return np.array([n_val * score, n_val * min(m["loss"], 100.0), float(n_val)])
 
     def personalize(self, global_vec: np.ndarray, round: int) -> dict:
         """Fine-tune the global model on local records (DP, charged to this hospital's ledger).
@@ -126,7 +130,7 @@ class Hospital:
         h = self.data
         model = self.model_factory()
         set_vector(model, global_vec)
-        before = evaluate(model, h.X_val, h.y_val)
+        before = evaluate(model, h.X_val, h.y_val, loss=self.cfg.training.loss)
         if pc.head_only:
             params = list(model.parameters())
             for p in params[:-2]:  # everything but the last layer's weight and bias
@@ -144,6 +148,7 @@ class Hospital:
                 ledger=self.ledger, noise_multiplier=self.trainer.noise_multiplier,
                 max_grad_norm=self.cfg.privacy.max_grad_norm, batch_size=self.cfg.training.batch_size,
                 epochs=pc.epochs, lr=lr, reproducible_seed=self.trainer.reproducible_seed,
+                optimizer=self.cfg.training.optimizer, loss=self.cfg.training.loss,
             )
             try:
                 ft.train(model, h.X, h.y, round=round)
@@ -151,10 +156,11 @@ class Hospital:
                 out["refused"] = str(e)
         else:
             plain.train(model, h.X, h.y, epochs=pc.epochs, batch_size=self.cfg.training.batch_size, lr=lr,
+                        loss=self.cfg.training.loss, optimizer=self.cfg.training.optimizer,
                         seed=self.cfg.seed + self.index + round)
         for p in model.parameters():
             p.requires_grad_(True)
-        out["personalized"] = evaluate(model, h.X_val, h.y_val)
+        out["personalized"] = evaluate(model, h.X_val, h.y_val, loss=self.cfg.training.loss)
         out["epsilon_after"] = self.epsilon()
         self.personal_model = model
         return out

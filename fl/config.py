@@ -50,6 +50,8 @@ AGGREGATIONS = ("plaintext", "masked", "secagg", "paillier")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedmedian", "trimmed_mean")
 ROBUST_STRATEGIES = ("fedmedian", "trimmed_mean")
 ACCOUNTANTS = ("rdp", "prv")
+LOSSES = ("cross_entropy", "mse")  # = dp.objective.LOSSES (a callable: federate(loss=...))
+OPTIMIZERS = ("sgd", "adam")  # = dp.objective.OPTIMIZERS (a factory: federate(optimizer=...))
 
 
 # --------------------------------------------------------------------------- collecting problems
@@ -179,6 +181,8 @@ class TrainingConfig:
     target_accuracy: float | None = None
     patience: int | None = None
     min_delta: float = 1e-3
+    loss: str = "cross_entropy"  # "mse": regression (metrics MSE/MAE, no accuracy)
+    optimizer: str = "sgd"
 
     def check(self, p: Problems) -> None:
         p.range("training.client_fraction", self.client_fraction, 1e-6, 1.0)
@@ -200,6 +204,11 @@ class TrainingConfig:
         p.range("training.server_lr", self.server_lr, 1e-9, 1e3)
         p.range("training.min_clients", self.min_clients, 1, 10**6)
         p.choice("training.strategy", self.strategy, STRATEGIES)
+        p.choice("training.loss", self.loss, LOSSES)
+        p.choice("training.optimizer", self.optimizer, OPTIMIZERS)
+        if self.loss != "cross_entropy" and self.target_accuracy is not None:
+            p.error("training.target_accuracy needs loss = \"cross_entropy\" (a regression has no accuracy); "
+                    "use training.patience to stop on a plateau")
 
 
 @dataclass(frozen=True)

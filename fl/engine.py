@@ -403,8 +403,9 @@ class RoundEngine:
                  extra: Sequence[str] = (), on_round: Callable[[dict[str, Any]], None] | None = None,
                  epsilon: Callable[[], dict[str, float | None]] | None = None,
                  before_round: Callable[[int, np.ndarray], None] | None = None,
-                 loss: Any = "cross_entropy") -> None:
+                 loss: Any = None) -> None:
         self.cfg, self.transport, self.mode, self.model = cfg, transport, mode, model
+        loss = cfg.training.loss if loss is None else loss
         self.hospitals, self.extra = list(hospitals), list(extra)
         self.test = test
         self.identity_keys = dict(identity_keys or {})

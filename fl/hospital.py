@@ -230,9 +230,10 @@ class Hospital:
     def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
                  noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
                  key_share: Any = None, trainer_options: Mapping[str, Any] | None = None,
-                 loss: Any = "cross_entropy", optimizer: Any = "sgd") -> None:
+                 loss: Any = None, optimizer: Any = None) -> None:
         self.data = data
-        self.loss, self.optimizer = loss, optimizer
+        self.loss = cfg.training.loss if loss is None else loss
+        self.optimizer = cfg.training.optimizer if optimizer is None else optimizer
         self.cfg = cfg
         self.model_factory = model_factory
         self.index = index

@@ -157,8 +157,8 @@ def federate(
     extra_updates: ExtraParticipants | None = None,
     history_path: str | Path | None = None,
     trainer_options: Callable[[str], Mapping[str, Any]] | None = None,
-    loss: Any = "cross_entropy",
-    optimizer: Any = "sgd",
+    loss: Any = None,
+    optimizer: Any = None,
     transcript: list | None = None,
     transport: Callable[..., Any] | None = None,
 ) -> FederationRun:
@@ -171,8 +171,10 @@ def federate(
         data: the hospitals' data (default: the data set ``cfg.data`` names), e.g.
             :meth:`fl.data.FederatedData.from_arrays` for your own tensors.
         loss: ``"cross_entropy"`` (classification), ``"mse"`` (regression) or a callable
-            ``loss(outputs, targets)`` returning the batch mean (see :mod:`dp.objective`).
-        optimizer: ``"sgd"``, ``"adam"`` or a factory (see :mod:`dp.objective`).
+            ``loss(outputs, targets)`` returning the batch mean (see :mod:`dp.objective`);
+            default ``training.loss``.
+        optimizer: ``"sgd"``, ``"adam"`` or a factory (see :mod:`dp.objective`); default
+            ``training.optimizer``.
         on_round: called with each history row as it is recorded (progress display).
         baseline: also train the pooled non-private baseline (simulation only).
         extra_participants: extra contributors in every round (e.g. audit canary clients);
@@ -204,6 +206,12 @@ def federate(
     make_model = model if model is not None else _model_factory(cfg, fd)
     torch.manual_seed(cfg.seed)
     global_model = make_model()
+    loss = cfg.training.loss if loss is None else loss
+    optimizer = cfg.training.optimizer if optimizer is None else optimizer
+    if cfg.privacy.enabled:  # e.g. BatchNorm refused with the fix before any hospital is charged
+        from fedvault.dp.objective import check_model
+
+        check_model(global_model)
 
     # Paillier: the study's keys (generated once; secrets stay with their owners).
     paillier_public, holder_key, shares = None, None, {}

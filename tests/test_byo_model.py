@@ -164,3 +164,102 @@ def test_federated_data_from_user_tensors():
         FederatedData.from_arrays({"a": a, "b": regression(5)})
     with pytest.raises(DataError, match="NaN"):
         FederatedData.from_arrays({"a": (np.array([[np.nan]]), np.array([0]))})
+
+
+# --------------------------------------------------------------------------- through the public API
+
+
+def _cfg(**training):
+    from fedvault.fl.config import from_dict
+
+    return from_dict({
+        "seed": 0,
+        "training": {"rounds": 2, "batch_size": 16, "min_clients": 2, **training},
+        "privacy": {"noise_multiplier": 1.0, "delta": 1e-4},
+        "aggregation": {"mode": "secagg", "update_clip": 5.0},
+    })
+
+
+def _ledgers_match_history(run):
+    h = run.history
+    for hs in run.hospitals:
+        led = h["privacy"][hs.name]
+        assert len(led["events"]) == len(h["rounds"]) and led["epsilon"] == pytest.approx(hs.ledger.epsilon())
+        assert 0 < led["epsilon"] < math.inf
+
+
+def test_embedding_model_federates_with_dp_and_secagg_through_the_public_api():
+    from fedvault.fl import federate
+
+    data = FederatedData.from_arrays({"a": tokens(48, 1), "b": tokens(40, 2)}, test=tokens(40, 3))
+    run = federate(_cfg(lr=0.05, optimizer="adam"), model=BagOfTokens, data=data, baseline=False)
+    h = run.history
+    assert [r["participants"] for r in h["rounds"]] == [["a", "b"], ["a", "b"]]
+    assert set(h["final"]["metrics"]) >= {"accuracy", "roc_auc", "loss"}
+    assert run.standardisation is None  # the user's integer inputs were used as given
+    assert run.hospitals[0].data.X.dtype == np.int64
+    _ledgers_match_history(run)
+
+
+def test_regression_model_federates_with_a_callable_loss_and_optimizer_factory():
+    from fedvault.fl import federate
+
+    data = FederatedData.from_arrays({"a": regression(48, seed=1), "b": regression(40, seed=2)},
+                                     test=regression(40, seed=3), holdout_fraction=0.25)
+    made = []
+
+    def factory(params):
+        made.append(1)
+        return torch.optim.SGD(params, lr=0.1)
+
+    def sq(out, t):
+        return ((out.squeeze(1) - t) ** 2).mean()
+
+    run = federate(_cfg(loss="mse"), model=lambda: nn.Linear(3, 1), data=data, baseline=False,
+                   loss=sq, optimizer=factory)
+    h = run.history
+    final = h["final"]["metrics"]
+    assert set(final) == {"mse", "mae", "loss"} and "accuracy" not in final  # no accuracy for a regression
+    assert "accuracy" not in h["rounds"][-1]["site_metrics"] and "loss" in h["rounds"][-1]["site_metrics"]
+    assert len(made) == 4  # a fresh optimiser per hospital and round
+    _ledgers_match_history(run)
+    # training.loss = "mse" by name (no kwargs): the same kind of metrics, MSE site metrics too
+    run2 = federate(_cfg(loss="mse", lr=0.1), model=lambda: nn.Linear(3, 1), data=data, baseline=False)
+    assert set(run2.history["final"]["metrics"]) == {"mse", "mae", "loss"}
+    assert {"mse", "mae"} <= set(run2.history["rounds"][-1]["site_metrics"])
+
+
+def test_batchnorm_model_is_refused_by_federate_before_any_round():
+    from fedvault.fl import federate
+
+    data = FederatedData.from_arrays({"a": regression(20), "b": regression(20, seed=1)})
+    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+        federate(_cfg(loss="mse"), model=lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),
+                 data=data, baseline=False)
+
+
+def test_loss_and_optimizer_config_keys_are_validated():
+    from fedvault.fl.config import from_dict
+    from fedvault.fl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.loss"):
+        from_dict({"training": {"loss": "mae"}})
+    with pytest.raises(ConfigError, match="training.optimizer"):
+        from_dict({"training": {"optimizer": "rmsprop"}})
+    with pytest.raises(ConfigError, match="target_accuracy"):
+        from_dict({"training": {"loss": "mse", "target_accuracy": 0.9}})
+    assert from_dict({"training": {"loss": "mse", "optimizer": "adam"}}).training.loss == "mse"
+
+
+def test_byo_example_runs_small():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "byo_model.py"
+    spec = importlib.util.spec_from_file_location("byo_model_example", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    for task, score in (("codes", "accuracy"), ("stay", "mse")):
+        out = ex.run(task, hospitals=2, records=40, rounds=1, baseline=False)
+        assert score in out["metrics"] and out["aggregation"] == "secagg"
+        assert all(0 < e <= 3.0 + 1e-6 for e in out["epsilon"].values())  # target ε = 3, in each ledger
