@@ -1,31 +1,31 @@
-"""How the server obtains the sum of the hospitals' vectors.
+"""Sum given vectors through one protocol session of the round engine (tests, benchmarks, statistics).
 
-Each aggregator takes every participant's vector and returns their sum and nothing
-else a caller could use to read an individual vector:
-
-* ``plaintext`` — the server adds the float vectors it receives (no protection; the
-  reference point for accuracy and cost).
-* ``masked`` / ``secagg`` — the SecAgg(+) protocol of :mod:`protocols.secagg`: vectors
-  are clipped, fixed-point encoded into Z_(2^b) and pairwise-masked; the server learns
-  only the sum of the survivors' vectors.
-* ``paillier`` — packed Paillier of :mod:`protocols.paillier` (see that module).
-
-The in-process simulation moves the protocol messages in memory; the message flow and
-the bytes are those a networked deployment would send.
+Not the federation's path — :mod:`fl.engine` runs studies. This helper answers "what does
+protocol X make of these exact contributions?": every input is contributed by a
+:class:`~fl.hospital.VectorParticipant`, so fixed-point encoding, client-level noise
+(``privacy.client_noise_multiplier``) and masking or encryption happen on the party's
+side exactly as for a hospital (:func:`fl.hospital.client_role`), and the server role
+sees only protocol messages. ``PlaintextAggregator()``, ``SecAggAggregator(cfg, names)``
+and ``PaillierAggregator(cfg, names)`` keep the names of the aggregators the engine
+replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fedvault.fl.config import Config
-from fedvault.fl.errors import ConfigError, FederationError
-from fedvault.secagg.errors import ParameterError
+from fedvault.fl.config import Config, from_dict
+from fedvault.fl.engine import make_mode, open_session
+from fedvault.fl.hospital import ClientNoise, KeyHolder, VectorParticipant
+from fedvault.fl.transports.memory import InMemoryTransport, simulated_stages
+from fedvault.protocols.errors import AbortError
+
+__all__ = ["AggregateResult", "SessionAggregator", "PlaintextAggregator", "SecAggAggregator", "PaillierAggregator"]
 
 
 @dataclass
@@ -37,165 +37,109 @@ class AggregateResult:
     upload_bytes: dict[str, int]
     dropped: dict[str, list[str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    noise: Any = None  # fl.distributed_dp.RoundNoise when client-level noise was added
+    noise: ClientNoise | None = None  # client-level noise parameters of the session, if any
+    guarantee: dict[str, Any] | None = None
 
 
-class Aggregator(Protocol):
-    name: str
+class SessionAggregator:
+    """One protocol session per :meth:`aggregate` call, between the named parties.
 
-    def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
-        purpose: str = "update",
-    ) -> AggregateResult:
-        """Sum ``inputs`` (each within ``[-clip, clip]`` per coordinate).
-
-        ``purpose`` ("stats", "update", "eval") separates protocol sessions, so the same
-        round number can carry several aggregations without replay confusion.
-        """
-        ...
-
-
-class PlaintextAggregator:
-    """The server sees every vector (float32 on the wire) and adds them."""
-
-    name = "plaintext"
-
-    def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
-        purpose: str = "update",
-    ) -> AggregateResult:
-        t0 = time.perf_counter()
-        names = sorted(inputs)
-        total = np.sum([np.clip(np.asarray(inputs[k], dtype=np.float64), -clip, clip) for k in names], axis=0)
-        return AggregateResult(
-            total=total,
-            contributors=names,
-            upload_bytes={k: int(np.asarray(inputs[k]).size * 4) for k in names},
-            seconds={"server": time.perf_counter() - t0},
-        )
-
-
-def session_id(seed: int, label: str) -> bytes:
-    """A per-study session id (derived from the seed so runs replay exactly)."""
-    return hashlib.sha256(f"fedvault/session/{label}/{seed}".encode()).digest()[:16]
-
-
-class SecAggAggregator:
-    """SecAgg / SecAgg+ (:mod:`protocols.secagg`), driven in memory.
-
-    Threat model: honest-but-curious server (the protocol's malicious-server checks
-    apply too: signed keys, consistency round). The server learns the sum of the
-    survivors' vectors and who survived; nothing about an individual vector.
+    ``all_clients``: every party of the study (ids are assigned in sorted order, as in the
+    engine); None: the inputs' names at each call. Paillier keys are set up once.
     """
 
-    name = "secagg"
-
-    def __init__(self, cfg: Config, all_clients: list[str]):
+    def __init__(self, cfg: Config, all_clients: Sequence[str] | None = None) -> None:
         self.cfg = cfg
-        self.ids = {name: i + 1 for i, name in enumerate(sorted(all_clients))}
-        self.seed = cfg.seed
-        self.rng = np.random.default_rng([cfg.seed, 0x5EC])  # only picks simulated dropouts
+        self.names = sorted(all_clients) if all_clients is not None else None
+        self._paillier: Any = None
+        self._drop_rng = np.random.default_rng([cfg.seed, 0x5EC])
 
-    def _threshold(self, n: int) -> int | None:
-        """The configured t (capped at the round's size), or None: the protocol's default,
-        a strict majority of the smallest neighbourhood of the masking graph."""
-        t = self.cfg.aggregation.threshold
-        return None if t is None else min(t, n)
-
-    def _drops(self, ids: list[int]) -> dict[str, list[int]]:
+    def _drops(self, ids: list[int], stages: Sequence[str]) -> dict[str, list[int]]:
+        """Simulated dropouts (``aggregation.dropout``) per stage; override to script them."""
         frac = self.cfg.aggregation.dropout
         if not frac:
             return {}
-        from fedvault.protocols.secagg import STAGES  # the protocol's stage names
-
-        alive = list(ids)
-        drops: dict[str, list[int]] = {}
-        for stage in STAGES:
-            if stage == "reveal":  # (a loss there stops the round by design; the short stage is not simulated)
-                continue
-            k = int(self.rng.binomial(len(alive), frac))
+        alive, drops = list(ids), {}
+        for stage in stages:
+            k = int(self._drop_rng.binomial(len(alive), frac))
             if k:
-                gone = sorted(int(x) for x in self.rng.choice(alive, size=k, replace=False))
+                gone = sorted(int(x) for x in self._drop_rng.choice(alive, size=k, replace=False))
                 drops[stage] = gone
                 alive = [a for a in alive if a not in gone]
         return drops
 
-    def aggregate(
-        self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
-        purpose: str = "update",
-    ) -> AggregateResult:
-        from fedvault.protocols.secagg import SecAggParams, simulate_round
+    def _keys(self, ids: Mapping[str, int]) -> Any:
+        if self._paillier is None:
+            from fedvault.protocols.paillier import PaillierParams, setup_keys
 
-        names = sorted(inputs)
-        if len(names) < 2:
-            raise FederationError(
-                "secure aggregation needs at least 2 hospitals in a round (a sum of one is that hospital's update); "
-                "lower the number refusing or raise their privacy budgets"
-            )
-        ids = [self.ids[n] for n in names]
-        back = {self.ids[n]: n for n in names}
-        session = session_id(self.seed, f"secagg/{purpose}")
-        z = self.cfg.privacy.client_noise_multiplier if purpose == "update" else None
-        frac_bits = None
-        plan = None
-        if z is not None:
-            from fedvault.fl import distributed_dp
+            a = self.cfg.aggregation
+            p0 = PaillierParams(session_id=b"fedvault/paillier/setup", round=0, clients=tuple(sorted(ids.values())),
+                                min_clients=min(max(2, self.cfg.training.min_clients), len(ids)), keys=a.keys,
+                                key_bits=a.key_bits, slot_bits=a.slot_bits, clip=1.0, threshold=a.threshold,
+                                short_exponent=a.short_exponent)
+            self._paillier = setup_keys(p0, rng=os.urandom, holder=0)
+        return self._paillier
 
-            bits_ = bits or self.cfg.aggregation.bits
-            probe = SecAggParams(session_id=session, round=round, clients=tuple(ids),
-                                 threshold=self._threshold(len(ids)), graph=self.cfg.aggregation.graph,
-                                 threat_model=self.cfg.threat_model.protocol(),
-                                 bits=bits_, clip=max(float(clip), 1.0))
-            dim = len(next(iter(inputs.values()))) - 1
-            plan = distributed_dp.plan_round(z, float(clip), bits_, len(ids), probe.t, dim)
-            frac_bits = plan.frac_bits
-            clip = max(float(clip), 1.0)
-        try:
-            params = SecAggParams(
-                session_id=session,
-                round=round,
-                clients=tuple(ids),
-                threshold=self._threshold(len(ids)),
-                graph=self.cfg.aggregation.graph,
-                threat_model=self.cfg.threat_model.protocol(),
-                bits=bits or self.cfg.aggregation.bits,
-                clip=float(clip),
-                frac_bits=frac_bits,
-            )
-        except ParameterError as e:
-            raise ConfigError(f"aggregation: {e}; adjust aggregation.threshold / graph / bits") from None
-        drops = self._drops(ids) if purpose == "update" else {}
-        seed = hashlib.sha256(session + round.to_bytes(8, "big")).digest()
-        vectors = {self.ids[n]: np.asarray(inputs[n], dtype=np.float64) for n in names}
-        if plan is not None:
-            from fedvault.fl import distributed_dp
+    def aggregate(self, round: int, inputs: Mapping[str, np.ndarray], *, clip: float, bits: int | None = None,
+                  purpose: str = "update") -> AggregateResult:
+        """Sum ``inputs`` (``{name: vector}``, each within ``[-clip, clip]`` per coordinate).
 
-            # Each hospital encodes and adds its own integer noise before masking.
-            vectors = {
-                i: distributed_dp.noised_encoding(v, params.encoder, plan, seed + i.to_bytes(4, "big"), len(v) - 1)
-                for i, v in vectors.items()
-            }
-        t0 = time.perf_counter()
-        res = simulate_round(params, vectors, drop=drops, seed=seed)
-        wall = time.perf_counter() - t0
-        return AggregateResult(
-            total=np.asarray(res.total, dtype=np.float64),
-            contributors=[back[i] for i in res.survivors],
-            upload_bytes={back[i]: int(b) for i, b in res.upload_bytes.items()},
-            dropped={stage: [back[i] for i in v] for stage, v in res.dropped.items()},
-            seconds={"server": float(res.server_seconds), "wall": wall},
-            noise=plan,
-        )
+        Raises ``AbortError`` when the protocol cannot complete (nothing revealed).
+        """
+        from fedvault.protocols.secagg import simulation_identities
+        from fedvault.secagg import keys as K
+
+        names = self.names if self.names is not None else sorted(inputs)
+        ids = {n: i + 1 for i, n in enumerate(names)}
+        seed = hashlib.sha256(b"fedvault/aggregation-identities/v1" + self.cfg.seed.to_bytes(8, "big")).digest()
+        identities = simulation_identities(seed, [0, *ids.values()])
+        keys = {i: K.public_bytes(k) for i, k in identities.items()}
+        vectors = {n: np.asarray(v, dtype=np.float64) for n, v in inputs.items()}
+        parties: dict[str, Any] = {}
+        ks = self._keys(ids) if self.cfg.aggregation.mode == "paillier" else None
+        for idx, n in enumerate(names):
+            vp = VectorParticipant(n, ids[n], lambda r, w, _n=n: vectors[_n], self.cfg, idx, identity=identities[ids[n]])
+            if ks is not None:
+                vp.key_share = ks.shares.get(ids[n])
+            parties[n] = vp
+        if ks is not None and ks.public.mode == "holder":
+            parties["key_holder"] = KeyHolder(0, ks.holder_key, identities[0])
+        mode = make_mode(self.cfg, ids, ks.public if ks is not None else None)
+        dim = len(next(iter(vectors.values())))
+        setup, server = open_session(self.cfg, mode, round, purpose, sorted(inputs), weights=np.zeros(dim - 1),
+                                     clip=clip, bits=bits, dim=dim, identity_keys=keys)
+        transport = InMemoryTransport(parties, roster=names)
+        if purpose == "update":
+            fixed = self._drops(sorted(setup.contributors), simulated_stages(server))
+            transport._drops = lambda _server, _ids: fixed  # type: ignore[method-assign]
+        out = transport.run_session(setup, server)
+        if out.aborted is not None:
+            raise AbortError(out.aborted)
+        return AggregateResult(total=out.total, contributors=out.contributors, upload_bytes=out.upload_bytes,
+                               dropped=out.dropped, seconds=out.seconds, noise=setup.client_noise,
+                               guarantee=out.guarantee or setup.guarantee)
 
 
-def make(cfg: Config, all_clients: list[str]) -> Aggregator:
-    mode = cfg.aggregation.mode
-    if mode == "plaintext":
-        return PlaintextAggregator()
-    if mode in ("masked", "secagg"):
-        return SecAggAggregator(cfg, all_clients)
-    if mode == "paillier":
-        from fedvault.fl.paillier_aggregation import PaillierAggregator
+class PlaintextAggregator(SessionAggregator):
+    """The server sees and adds every vector (no protection)."""
 
-        return PaillierAggregator(cfg, all_clients)
-    raise FederationError(f"unknown aggregation mode {mode!r}")
+    def __init__(self) -> None:
+        super().__init__(from_dict({"privacy": {"enabled": False}, "aggregation": {"mode": "plaintext"}}))
+
+
+class SecAggAggregator(SessionAggregator):
+    """SecAgg / SecAgg+ with ``cfg``'s parameters (threat model, graph, bits, client-level noise)."""
+
+    def __init__(self, cfg: Config, all_clients: Sequence[str]) -> None:
+        if cfg.aggregation.mode not in ("secagg", "masked"):
+            cfg = cfg.replace(aggregation={"mode": "secagg"})
+        super().__init__(cfg, all_clients)
+
+
+class PaillierAggregator(SessionAggregator):
+    """Packed Paillier with ``cfg``'s key mode (holder or threshold); keys set up once."""
+
+    def __init__(self, cfg: Config, all_clients: Sequence[str]) -> None:
+        if cfg.aggregation.mode != "paillier":
+            cfg = cfg.replace(aggregation={"mode": "paillier"})
+        super().__init__(cfg, all_clients)

@@ -63,7 +63,7 @@ from fedvault.fl.metrics import evaluate
 
 __all__ = [
     "SCHEMA_VERSION", "NOT_PRIVATE", "RoundSetup", "SessionOutcome", "RoundRecord", "Transport", "RoundEngine",
-    "EarlyStopping", "Coins", "AggregationMode", "make_mode",
+    "EarlyStopping", "Coins", "AggregationMode", "make_mode", "open_session", "write_history",
 ]
 
 SCHEMA_VERSION = 1
@@ -358,6 +358,35 @@ def make_mode(cfg: Config, ids: Mapping[str, int], paillier_public: Any = None) 
     raise FederationError(f"unknown aggregation mode {mode!r}")
 
 
+def open_session(cfg: Config, mode: AggregationMode, round: int, purpose: str, contributors: Sequence[str], *,
+                 weights: np.ndarray, clip: float, bits: int | None = None, dim: int | None = None,
+                 identity_keys: Mapping[int, bytes] | None = None) -> tuple[RoundSetup, Any]:
+    """One protocol session: the :class:`RoundSetup` every party receives and the server role.
+
+    ``contributors``: names whose vectors enter the sum; ``dim``: vector length (default
+    ``len(weights) + 1``, an update with its weight); ``clip``/``bits``: per-coordinate bound
+    and ring/slot width of the encoding. Client-level noise parameters are planned for
+    ``"update"`` sessions when ``privacy.client_noise_multiplier`` is set.
+    """
+    ids = mode.ids
+    cids = tuple(sorted(ids[n] for n in contributors))
+    dim = dim if dim is not None else len(weights) + 1
+    z = cfg.privacy.client_noise_multiplier if purpose == "update" else None
+    params, noise = mode.params(purpose, round, cids, clip, bits, dim, z)
+    parties = {n: ids[n] for n in contributors}
+    parties.update(mode.decryptors())
+    t = cfg.training
+    keys = dict(identity_keys or {})
+    setup = RoundSetup(
+        round=round, purpose=purpose, protocol=mode.name, params=params, parties=parties,
+        contributors=frozenset(cids), weights=np.array(weights, dtype=np.float64), model_sha256=model_digest(weights),
+        update_clip=cfg.aggregation.update_clip, round_seed=mode.round_seed(purpose, round),
+        identity_keys=keys, public=mode.public(), client_noise=noise,
+        prox_mu=t.prox_mu if t.strategy == "fedprox" else 0.0, guarantee=mode.guarantee(params),
+    )
+    return setup, mode.server(params, keys)
+
+
 def write_history(path: "os.PathLike[str] | str", history: dict[str, Any]) -> None:
     """Write history.json all at once (temp file + rename): never half-written."""
     import json
@@ -447,22 +476,8 @@ class RoundEngine:
     def setup(self, round: int, purpose: str, contributors: Sequence[str], *, clip: float, bits: int | None = None,
               dim: int | None = None) -> tuple[RoundSetup, Any]:
         """The round setup for ``contributors`` and the matching server role."""
-        ids = self.mode.ids
-        cids = tuple(sorted(ids[n] for n in contributors))
-        dim = dim if dim is not None else len(self.weights) + 1
-        z = self.cfg.privacy.client_noise_multiplier if purpose == "update" else None
-        params, noise = self.mode.params(purpose, round, cids, clip, bits, dim, z)
-        parties = {n: ids[n] for n in contributors}
-        parties.update(self.mode.decryptors())
-        t = self.cfg.training
-        setup = RoundSetup(
-            round=round, purpose=purpose, protocol=self.mode.name, params=params, parties=parties,
-            contributors=frozenset(cids), weights=self.weights.copy(), model_sha256=model_digest(self.weights),
-            update_clip=self.cfg.aggregation.update_clip, round_seed=self.mode.round_seed(purpose, round),
-            identity_keys=self.identity_keys, public=self.mode.public(), client_noise=noise,
-            prox_mu=t.prox_mu if t.strategy == "fedprox" else 0.0, guarantee=self.mode.guarantee(params),
-        )
-        return setup, self.mode.server(params, self.identity_keys)
+        return open_session(self.cfg, self.mode, round, purpose, contributors, weights=self.weights, clip=clip,
+                            bits=bits, dim=dim, identity_keys=self.identity_keys)
 
     def session(self, round: int, purpose: str, contributors: Sequence[str], **kw: Any) -> tuple[RoundSetup, SessionOutcome]:
         setup, server = self.setup(round, purpose, contributors, **kw)

@@ -17,7 +17,7 @@ class ScriptedDrops(SecAggAggregator):
         super().__init__(cfg, names)
         self.fixed = drops
 
-    def _drops(self, ids):
+    def _drops(self, ids, stages):
         return self.fixed
 
 

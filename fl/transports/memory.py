@@ -28,7 +28,7 @@ from fedvault.fl.engine import RoundSetup, SessionOutcome
 from fedvault.protocols.driver import DriverStats, run_in_memory
 from fedvault.protocols.errors import AbortError
 
-__all__ = ["Party", "InMemoryTransport"]
+__all__ = ["Party", "InMemoryTransport", "simulated_stages"]
 
 _TERMINAL = ("done", "aborted")
 
@@ -41,6 +41,45 @@ class Party(Protocol):
     def refusal(self, round: int) -> str | None: ...
 
     def join(self, setup: RoundSetup) -> Any: ...
+
+
+def simulated_stages(server: Any) -> list[str]:
+    """The server role's stages at which the simulation may drop parties, in order.
+
+    Terminal stages are left out, and SecAgg's short graph-reveal stage too: a loss there
+    stops the round by design, so it is not simulated.
+    """
+    return [s.value for s in type(server.stage) if s.value not in _TERMINAL + ("reveal",)]
+
+
+class _Timed:
+    """A client role with the seconds it spends starting (encode, noise, mask/encrypt) and answering."""
+
+    def __init__(self, role: Any, clock: Callable[[], float]) -> None:
+        self.role, self.clock = role, clock
+        self.start_seconds = self.receive_seconds = 0.0
+
+    @property
+    def stage(self):  # noqa: ANN201
+        return self.role.stage
+
+    @property
+    def done(self) -> bool:
+        return self.role.done
+
+    def start(self) -> list:
+        t = self.clock()
+        try:
+            return self.role.start()
+        finally:
+            self.start_seconds += self.clock() - t
+
+    def receive(self, data: Any) -> list:
+        t = self.clock()
+        try:
+            return self.role.receive(data)
+        finally:
+            self.receive_seconds += self.clock() - t
 
 
 class InMemoryTransport:
@@ -79,8 +118,7 @@ class InMemoryTransport:
             return {}
         alive = list(ids)
         drops: dict[str, list[int]] = {}
-        # (SecAgg's short graph-reveal stage is not simulated: a loss there stops the round by design.)
-        for stage in (s.value for s in type(server.stage) if s.value not in _TERMINAL + ("reveal",)):
+        for stage in simulated_stages(server):
             k = int(self._drop_rng.binomial(len(alive), self.dropout))
             if k:
                 gone = sorted(int(x) for x in self._drop_rng.choice(alive, size=k, replace=False))
@@ -97,7 +135,7 @@ class InMemoryTransport:
         for name, pid in setup.parties.items():
             t0 = self.clock()
             try:
-                roles[pid] = self.parties[name].join(setup)
+                roles[pid] = _Timed(self.parties[name].join(setup), self.clock)
             except BudgetExceeded as e:
                 refused[name] = str(e)
                 continue
@@ -132,13 +170,12 @@ class InMemoryTransport:
             refused.setdefault(back.get(i, str(i)), name_parties(why, back))
         upload = {back[i]: int(b) for i, b in stats.upload_bytes.items() if i in setup.contributors}
         download = {back[i]: int(b) for i, b in stats.download_bytes.items() if i in back}
-        csec = stats.party_seconds
         seconds = {"train": max(train.values(), default=0.0), "server": float(stats.server_seconds),
-                   "client": max((v for i, v in csec.items() if i in setup.contributors), default=0.0),
+                   # slowest contributor's first message: encoding, client-level noise, masks/encryption
+                   "client": max((r.start_seconds for i, r in roles.items() if i in setup.contributors), default=0.0),
                    "wall": wall, "session": self.clock() - t_wall}
-        helpers = [v for i, v in csec.items() if i not in setup.contributors]
-        if helpers:  # decryptors (Paillier key holder / key-share holders)
-            seconds["decrypt"] = max(helpers)
+        if setup.protocol == "paillier":  # slowest decryptor (key holder, or key-share holders)
+            seconds["decrypt"] = max((r.receive_seconds for r in roles.values()), default=0.0)
         return SessionOutcome(total=total, contributors=contributors, refused=refused, dropped=dropped,
                               upload_bytes=upload, download_bytes=download, seconds=seconds, aborted=aborted,
                               individual=individual, guarantee=guarantee)
