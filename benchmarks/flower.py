@@ -121,6 +121,7 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
     from flwr.serverapp import ServerApp
 
     from fedvault.fl.integrations.flower import FedVaultMod, Registry, SecAggConfig, secure_round
+    from fedvault.fl.integrations.flower.workflow import discover
 
     node = lambda ctx: root / f"node-{int(ctx.node_config['partition-id'])}"  # noqa: E731
     site = lambda ctx: _SyntheticSite(int(ctx.node_config["partition-id"]), dim, drops)  # noqa: E731
@@ -136,15 +137,17 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
         acc: dict = {}
         cfg = SecAggConfig(clip=1.0, graph="sparse", stage_timeout=600, min_clients=2, threads=2, threat_model=threat)
         weights = ArrayRecord({"w": Array(np.zeros(dim - 1, np.float32))})
+        registry = Registry.load(root / "registry.json")
+        members = discover(grid, registry)  # once per run, like Flower's own node discovery: not timed
         t = time.perf_counter()
-        res = secure_round(_TimedGrid(grid, acc), Registry.load(root / "registry.json"), cfg, round=1,
-                           weights=weights)
+        res = secure_round(_TimedGrid(grid, acc), registry, cfg, round=1, weights=weights, members=members)
         out["round_s"] = time.perf_counter() - t
         out["server_s"] = out["round_s"] - sum(res.stage_seconds.values())
         out["protocol_server_s"] = res.server_seconds
         expect = sum(_vector(k, dim) for k in range(n) if k not in drops)
         out["max_abs_error"] = float(np.max(np.abs(res.total - expect)))
         out["survivors"] = len(res.survivors)
+        out["stage_s"] = {k: round(v, 2) for k, v in res.stage_seconds.items()}
 
     return server, client
 
@@ -255,7 +258,8 @@ def main(argv: list[str]) -> int:
                "flower_round_s": fl_out.get("round_s"), "fedvault_round_s": fv_out.get("round_s"),
                "round_ratio": (fl_out["round_s"] / fv_out["round_s"]) if fl_out.get("round_s") and fv_out.get("round_s") else None,
                "fedvault_protocol_server_s": fv_out.get("protocol_server_s"),
-               "fedvault_max_abs_error": fv_out.get("max_abs_error"), "fedvault_survivors": fv_out.get("survivors")}
+               "fedvault_max_abs_error": fv_out.get("max_abs_error"), "fedvault_survivors": fv_out.get("survivors"),
+               "fedvault_stage_s": fv_out.get("stage_s"), "load_1min_after": round(os.getloadavg()[0], 1)}
         rows.append(row)
         print(row, flush=True)
     cols = ["n", "d", "dropped", "flower_server_s", "fedvault_server_s", "server_ratio", "flower_round_s",
