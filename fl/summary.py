@@ -146,6 +146,8 @@ def summary(history: Mapping[str, Any]) -> str:
     if skipped:
         parts.append(f"{len(skipped)} skipped (too few hospitals sampled)")
     out.append(f"  rounds: {planned} planned, {len(rounds) + len(skipped)} run: " + ", ".join(parts))
+    if rounds and not done:
+        out.append("  NO ROUND COMPLETED: the final model is the initial, untrained model")
     if "stopped" in history:
         out.append(f"  stopped early: {history['stopped'].get('reason')}")
     if aborted:
