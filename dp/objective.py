@@ -146,6 +146,7 @@ def make_optimizer(spec: OptimizerSpec, params: list[nn.Parameter], lr: float) -
 
 
 def check_optimizer_spec(spec: OptimizerSpec) -> None:
+    """Refuse an unknown optimiser name early (a factory is checked when it is called)."""
     if not callable(spec) and spec not in OPTIMIZERS:
         raise ObjectiveError(f"optimizer {spec!r} unknown: use one of {OPTIMIZERS} or a factory params -> Optimizer")
 
@@ -181,6 +182,7 @@ def check_model(model: nn.Module) -> None:
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimiser updates (``requires_grad``), in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

@@ -176,6 +176,20 @@ def test_reproducible_seed_replays_and_default_does_not_and_no_hooks_left():
     assert not torch.equal(outs[3], outs[4])  # the default never repeats
 
 
+def test_poisson_sampling_is_fresh_by_default_and_replayable_on_request():
+    """Noise negligible (σ = 1e-6), q = 1/6: runs differ only through which records each step samples."""
+    X, y = data(n=30)
+    runs = {}
+    for key, seed in (("os1", None), ("os2", None), ("rep1", 5), ("rep2", 5)):
+        m = linear()
+        PrivateTrainer(PrivacyLedger("h", 1e-5), 1e-6, 1.0, batch_size=5, lr=0.5, reproducible_seed=seed).train(
+            m, X, y, round=1
+        )
+        runs[key] = flat(m)
+    assert not torch.allclose(runs["os1"], runs["os2"], atol=1e-4)  # different batches
+    assert torch.allclose(runs["rep1"], runs["rep2"], atol=1e-4)
+
+
 def test_config_seed_is_not_a_trainer_parameter():
     """The public config seed can no longer fix the noise (only reproducible_seed= can)."""
     with pytest.raises(TypeError):
