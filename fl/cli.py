@@ -82,8 +82,20 @@ def _run(ready, output: Path | None, quiet: bool) -> dict[str, Any]:
 
     table = None if quiet else RoundTable(total_rounds=cfg.training.rounds)
     t0 = time.perf_counter()
+
+    def stamp() -> int | None:
+        return Path(output).stat().st_mtime_ns if output is not None and Path(output).exists() else None
+
+    before = stamp()
     try:
-        run = federate(cfg, data=ready.data, on_round=table, baseline=False)
+        # history_path: the engine writes history (with every ledger) whenever the study stops,
+        # also on an error or Ctrl-C; the completed history below replaces it.
+        run = federate(cfg, data=ready.data, on_round=table, baseline=False, history_path=output)
+    except BaseException:
+        if stamp() not in (None, before):
+            print(f"fedvault: history up to the interruption (ledgers included) written to {output}",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         if table is not None:
             table.close()
