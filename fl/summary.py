@@ -175,7 +175,8 @@ def summary(history: Mapping[str, Any]) -> str:
             for c in cs or ():
                 drops[c][stage] += 1
     if drops:
-        out.append("  dropped out (simulated) — hospital: protocol stage × rounds")
+        sim = " (simulated: aggregation.dropout)" if cfg.get("aggregation", {}).get("dropout") else ""
+        out.append(f"  dropped out{sim} — hospital: protocol stage × rounds")
         for c in sorted(drops):
             out.append(f"    {c}: " + ", ".join(f"{s} ×{k}" for s, k in drops[c].items()))
     privacy = history.get("privacy") or {}
