@@ -89,6 +89,11 @@ class InputError(RefusedError):
     """A vector has the wrong length or dtype, NaN/inf, or values outside the clipping range."""
 
 
+class BindingError(RefusedError):
+    """A client message is not bound to its claimed sender, session, round and stage (its
+    binding tag does not verify): forged sender, replay from another round, or tampering."""
+
+
 class InvalidKeyError(RefusedError):
     """A peer's public key is malformed or of low order (it would make a shared secret
     predictable); the peer that advertised it is named in the message."""

@@ -146,7 +146,7 @@ def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset()
         if victim not in nbrs[i]:
             continue
         if i in colluders:
-            s_share, b_share = h.clients[i]._received[victim]
+            s_share, b_share = h.clients[i]._received[victim][:2]
             b_shares[i + 1], s_shares[i + 1] = b_share, s_share
             continue
         if i not in sig_a and i not in sig_b:

@@ -10,16 +10,19 @@ from hypothesis import strategies as st
 from fedvault.protocols.errors import DecodeError, ProtocolError
 from fedvault.protocols.secagg.messages import HEADER_BYTES, MAGIC, MaskedInput, MessageType, decode
 from fedvault.protocols.secagg import SecAggParams, simulate_round
+from fedvault.protocols.secagg.messages import Complaint
+from fedvault.protocols.secagg.threat import ThreatModel
 
 from test_protocol_secagg_refusals import Round
 
 
 def _transcript() -> list[bytes]:
-    params = SecAggParams(b"fuzz", 2, (1, 2, 3, 4, 5), threshold=3, bits=24)
+    params = SecAggParams(b"fuzz", 2, (1, 2, 3, 4, 5), threshold=3, bits=24, threat_model=ThreatModel(colluders=0))
     t: list = []
     x = {i: np.linspace(-1, 1, 3) for i in params.clients}
     simulate_round(params, x, transcript=t, drop={"masked_input": [5]}, seed=b"f" * 32)
-    return [d for _, _, d in t]
+    complaint = Complaint(params.with_dim(3).session_tag, 2, 1, (2, 3), bytes(range(16)))
+    return [d for _, _, d in t] + [complaint.encode()]
 
 
 WIRE = _transcript()
@@ -57,7 +60,7 @@ def test_masked_input_words_must_fit_the_ring():
     m = next(decode(d) for d in WIRE if decode(d).TYPE == MessageType.MASKED_INPUT)
     assert m.bits == 24
     raw = bytearray(m.encode())
-    raw[-1] = 0xFF  # top byte of the last little-endian word: value >= 2^24
+    raw[-1 - 16] = 0xFF  # top byte of the last little-endian word (before the 16-byte tag): value >= 2^24
     with pytest.raises(DecodeError):
         decode(bytes(raw))
     with pytest.raises(DecodeError):
@@ -94,7 +97,10 @@ def test_mutated_messages_raise_only_decode_error(data, flips, resize):
 
 @settings(max_examples=150, deadline=None)
 @given(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["keys", "shares", "consistency", "unmask"]))
-def test_state_machines_raise_only_protocol_errors_on_mutated_input(pos, val, stage):
+def test_state_machines_accept_no_mutated_message(pos, val, stage):
+    """A mutated message must be refused: an honest party that accepts it (no error, and for a
+    client no complaint naming the sender) fails the test -- bytes that differ never decode
+    to the same message, since encodings are canonical."""
     rnd = Round()
     out = rnd.to_stage(stage)
     b = bytearray(out[0].encode())
@@ -102,11 +108,26 @@ def test_state_machines_raise_only_protocol_errors_on_mutated_input(pos, val, st
     if b[p] == val:
         return
     b[p] = val
+    assert decode_or_none(bytes(b)) != out[0]
     try:
-        rnd.clients[0].receive(bytes(b))
+        replies = rnd.clients[0].receive(bytes(b))
     except ProtocolError:
         pass
+    else:
+        assert replies and all(isinstance(r, Complaint) for r in replies), "a mutated server message was accepted"
+    # the same mutation on a client's reply to the server
+    reply = rnd.clients[1].receive(out[1].encode())[0]
+    c = bytearray(reply.encode())
+    q = pos % len(c)
+    if c[q] == val:
+        return
+    c[q] = val
+    with pytest.raises(ProtocolError):
+        rnd.server.receive(bytes(c))
+
+
+def decode_or_none(data: bytes):
     try:
-        rnd.server.receive(bytes(b))
-    except ProtocolError:
-        pass
+        return decode(data)
+    except DecodeError:
+        return None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedvault.protocols.errors import (
+    BindingError,
     DecodeError,
     DoubleRevealError,
     DuplicateClientError,
@@ -32,6 +33,8 @@ from fedvault.protocols.secagg.messages import (
     UnmaskShares,
 )
 from fedvault.protocols.secagg import Client, ClientStage, SecAggParams, Server, ServerStage, simulation_identities
+from fedvault.protocols.secagg.binding import seal
+from fedvault.protocols.secagg.messages import Complaint
 from fedvault.protocols.secagg.threat import ThreatModel
 from fedvault.secagg import keys as K
 from fedvault.secagg.prg import DeterministicRandom
@@ -125,9 +128,9 @@ def test_server_refuses_a_client_revealing_the_wrong_share():
     other = 1 - int(e.kind)
     from fedvault.protocols.secagg.messages import ShareKind
 
-    bad = replace(reply, entries=(UnmaskEntry(e.owner, ShareKind(other), e.share),) + reply.entries[1:])
+    bad = replace(reply, entries=(UnmaskEntry(e.owner, ShareKind(other), e.share, e.salt),) + reply.entries[1:])
     with pytest.raises(InconsistentError):
-        rnd.server.receive(bad.encode())
+        rnd.server.receive(seal(bad, rnd.clients[1]._bind).encode())
 
 
 # -- 2. survivor sets smaller than t -----------------------------------------------------
@@ -247,18 +250,27 @@ def test_server_refuses_duplicate_client():
 
 
 # -- 6. tampered ciphertexts --------------------------------------------------------------------
+def _complains_about(rnd: Round, msg, accused):
+    (reply,) = rnd.clients[VICTIM].receive(msg.encode())
+    assert isinstance(reply, Complaint) and set(reply.accused) == set(accused)
+    assert rnd.clients[VICTIM].stage is ClientStage.ABORTED
+    rnd.server.receive(reply.encode())  # bound to the victim: the server records the dispute
+    assert {(VICTIM, j) for j in accused} <= set(rnd.server.disputes)
+
+
 def test_refuses_tampered_or_misattributed_ciphertexts():
+    """A ciphertext that fails AES-GCM, or names another sender, is refused and its sender named."""
     rnd = Round()
     m = rnd.to_stage("shares")[VICTIM]
     e = m.entries[0]
-    flipped = ShareEntry(e.peer, bytes([e.ciphertext[0] ^ 1]) + e.ciphertext[1:])
-    _refused(rnd, replace(m, entries=(flipped,) + m.entries[1:]), TamperedError)
+    flipped = e._replace(ciphertext=bytes([e.ciphertext[0] ^ 1]) + e.ciphertext[1:])
+    _complains_about(rnd, replace(m, entries=(flipped,) + m.entries[1:]), {e.peer})
 
     rnd = Round()
     m = rnd.to_stage("shares")[VICTIM]
     a, b = m.entries[0], m.entries[1]
-    swapped = (ShareEntry(a.peer, b.ciphertext), ShareEntry(b.peer, a.ciphertext))
-    _refused(rnd, replace(m, entries=swapped + m.entries[2:]), TamperedError)
+    swapped = (a._replace(ciphertext=b.ciphertext), b._replace(ciphertext=a.ciphertext))
+    _complains_about(rnd, replace(m, entries=swapped + m.entries[2:]), {a.peer, b.peer})
 
 
 # -- 7. wrong length, NaN/inf, out of range ---------------------------------------------------------
@@ -275,8 +287,10 @@ def test_server_refuses_masked_vector_of_wrong_length():
     out = rnd.to_stage("shares")
     reply = rnd.clients[1].receive(out[1].encode())[0]
     assert isinstance(reply, MaskedInput)
-    with pytest.raises(InputError):
+    with pytest.raises(BindingError):  # altered after sealing
         rnd.server.receive(replace(reply, vector=np.zeros(5, np.uint32)).encode())
+    with pytest.raises(InputError):
+        rnd.server.receive(seal(replace(reply, vector=np.zeros(5, np.uint32)), rnd.clients[1]._bind).encode())
     with pytest.raises(DecodeError):
         rnd.server.receive(reply.encode()[:-1])
     rnd.server.receive(reply.encode())

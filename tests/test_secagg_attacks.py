@@ -136,3 +136,111 @@ def test_grinding_session_ids_does_not_steer_the_graph():
         recovered = recover_input(h, victim, b, s_sk)
     assert recovered is None, f"4 colluders on a ground graph recovered the victim's update {recovered}"
     assert len(held) < params.t
+
+
+# -- attack 9: client messages not bound to their sender / round --------------------------------
+def _to_masked_stage(h: Harness):
+    from fedvault.protocols.secagg.messages import ForwardedShares
+
+    return h.run_until(ForwardedShares)
+
+
+def test_a_hospital_cannot_submit_as_another():
+    from fedvault.protocols.errors import ProtocolError as PE
+
+    params = SecAggParams(b"attack-9", 1, tuple(range(6)))
+    h = Harness(params)
+    out = _to_masked_stage(h)
+    mine = h.clients[2].receive(out[2].encode())[0]  # hospital 2's own masked input
+    forged = replace(mine, sender=3)  # ... submitted as hospital 3 (before 3's real one)
+    with pytest.raises(PE):
+        h.server.receive(forged.encode())
+
+
+def test_an_old_rounds_masked_vector_with_a_rewritten_header_is_refused():
+    from fedvault.protocols.errors import ProtocolError as PE
+
+    old = Harness(SecAggParams(b"attack-9b", 1, tuple(range(6))))
+    out = _to_masked_stage(old)
+    stale = old.clients[1].receive(out[1].encode())[0]
+    new = Harness(SecAggParams(b"attack-9b", 2, tuple(range(6))), seed=b"n" * 32)
+    _to_masked_stage(new)
+    with pytest.raises(PE):
+        new.server.receive(replace(stale, round=2).encode())
+
+
+# -- attack 8: a forged self-mask-seed share at unmask -------------------------------------------
+def test_forged_self_mask_seed_share_is_detected_attributed_and_excluded():
+    from fedvault.protocols.errors import ProtocolError as PE
+    from fedvault.protocols.secagg.messages import UnmaskRequest, UnmaskShares
+
+    params = SecAggParams(b"attack-8", 1, tuple(range(7)))  # t = 5 of 6 neighbours: one spare holder each
+    h = Harness(params)
+    out = h.run_until(UnmaskRequest)
+    bad_holder = 0  # its shares sit at x = 1, the first ones any reconstruction uses
+    for i, m in out.items():
+        (reply,) = h.clients[i].receive(m.encode())
+        if i == bad_holder:  # the malicious hospital alters one self-mask-seed share, then tags it itself
+            e = reply.entries[0]
+            forged = e._replace(share=bytes([e.share[0] ^ 1]) + e.share[1:])
+            reply = replace(reply, entries=(forged,) + reply.entries[1:])
+            key = getattr(h.clients[i], "_bind", None)
+            if key is not None:
+                from fedvault.protocols.secagg.binding import seal
+
+                reply = seal(reply, key)
+            try:
+                h.server.receive(reply.encode())
+            except PE:
+                pass
+            continue
+        h.server.receive(reply.encode())
+    h.server.advance()
+    expect = sum(h.inputs[i] for i in h.server.survivors)
+    got = h.params.encoder.decode_sum(h.server.result, len(h.server.survivors))
+    np.testing.assert_allclose(got, expect, atol=h.params.encoder.error_bound(7) + 1e-9)
+    assert bad_holder in h.server.blame and "does not open its commitment" in h.server.blame[bad_holder][0]
+
+
+# -- one hospital vetoes every round with garbage share ciphertexts ------------------------------
+class _GarbageSharer:
+    """A malicious hospital whose share ciphertexts are garbage (but whose messages are its own)."""
+
+    def __init__(self, client: Client) -> None:
+        self.c = client
+
+    stage = property(lambda self: self.c.stage)
+    done = property(lambda self: self.c.done)
+
+    def start(self):
+        return self.c.start()
+
+    def receive(self, data):
+        out = self.c.receive(data)
+        from fedvault.protocols.secagg.binding import seal
+        from fedvault.protocols.secagg.messages import ShareKeys
+
+        if out and isinstance(out[0], ShareKeys):
+            m = out[0]
+            junk = tuple(e._replace(ciphertext=bytes(len(e.ciphertext))) for e in m.entries)
+            out = [seal(replace(m, entries=junk), self.c._bind)]
+        return out
+
+
+def test_garbage_share_ciphertexts_are_attributed_to_their_sender():
+    from fedvault.protocols.errors import AbortError
+
+    params = SecAggParams(b"veto", 1, tuple(range(8))).with_dim(3)
+    ids = simulation_identities(b"v" * 32, params.clients)
+    pub = {i: K.public_bytes(k) for i, k in ids.items()}
+    root = DeterministicRandom(b"w" * 32)
+    clients = {i: Client(params, i, ids[i], pub, root.child(b"%d" % i)) for i in params.clients}
+    for c in clients.values():
+        c.set_input(np.full(3, 0.125))
+    parties = dict(clients)
+    parties[7] = _GarbageSharer(clients[7])
+    server = Server(params, pub)
+    with pytest.raises(AbortError, match=r"-> 7"):
+        run_in_memory(server, parties)
+    accusers = {a for a, b in server.disputes if b == 7}
+    assert accusers == set(range(7)), server.disputes  # every honest neighbour named hospital 7

@@ -81,6 +81,9 @@ class RoundResult:
     download_bytes: dict[int, int]
     client_seconds: dict[int, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+    blame: dict[int, list[str]] = field(default_factory=dict)
+    disputes: list[tuple[int, int]] = field(default_factory=list)
+    guarantee: dict = field(default_factory=dict)
 
     @property
     def max_client_seconds(self) -> float:
@@ -146,7 +149,7 @@ def simulate_round(
 
     stats = DriverStats()
     t0 = clock()
-    server = Server(params, id_pub, threads=threads)
+    server = Server(params, id_pub, threads=threads, rng=root.child(b"server"))
     stats.server_seconds += clock() - t0
     clients: dict[int, _LazyInput] = {}
     for i in params.clients:
@@ -165,6 +168,9 @@ def simulate_round(
     survivors = server.survivors
     total = enc.decode_sum(server.result, len(survivors))
     return RoundResult(
+        blame=dict(server.blame),
+        disputes=list(server.disputes),
+        guarantee=params.guarantee().as_dict(),
         total=total,
         encoded_total=server.result,
         survivors=survivors,

@@ -61,8 +61,10 @@ from ..errors import (
 )
 from .messages import (
     SERVER_ID,
+    SALT_BYTES,
     AdvertiseKeys,
     Cohort,
+    Complaint,
     GraphReveal,
     ConsistencyRequest,
     ConsistencySignature,
@@ -78,7 +80,8 @@ from .messages import (
     UnmaskShares,
     decode,
 )
-from .params import SecAggParams
+from .binding import binding_key, seal
+from .params import SecAggParams, share_commitment
 
 _NONCE = bytes(12)  # each AES-GCM key encrypts exactly one message (directional, per round)
 
@@ -163,6 +166,7 @@ class Client:
         self._received: dict[int, tuple[bytes, bytes]] = {}  # sender -> (mask-key share, self-seed share)
         self._survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
+        self.abort_reason: str | None = None
 
     # -- public API -------------------------------------------------------------------
     def set_input(self, x: np.ndarray) -> None:
@@ -268,9 +272,14 @@ class Client:
         if len(ids) < self.params.min_members:
             raise ThresholdError(f"the round's list has {len(ids)} hospitals; the threat model needs at least "
                                  f"{self.params.min_members} (a smaller list concentrates colluders)")
+        try:
+            K.check_x25519_public(msg.server_pk)
+        except IntegrityError as err:
+            raise InvalidKeyError(f"the server's round key is unusable: {err}") from err
+        self._bind = binding_key(self._c_sk, msg.server_pk, self.params, self.id)
         self._commits = commits
         self.stage = ClientStage.AWAIT_KEYS
-        return [GraphReveal(self.params.session_tag, self.params.round, self.id, self._rho)]
+        return [seal(GraphReveal(self.params.session_tag, self.params.round, self.id, self._rho), self._bind)]
 
     def _on_keys(self, msg: KeyBroadcast) -> list[Message]:
         reveals = {e.client: e.value for e in msg.reveals}
@@ -327,16 +336,19 @@ class Client:
         entries = []
         self._inbound_keys: dict[int, bytes] = {}
         for j in sorted(peers):
-            pt = struct.pack(">II", self.id, j) + s_shares[j + 1] + b_shares[j + 1]
+            salt_s, salt_b = self._rng(SALT_BYTES), self._rng(SALT_BYTES)
+            pt = struct.pack(">II", self.id, j) + s_shares[j + 1] + b_shares[j + 1] + salt_s + salt_b
+            cs = share_commitment(self.params, self._seed, ShareKind.MASK_KEY, self.id, j, s_shares[j + 1], salt_s)
+            cb = share_commitment(self.params, self._seed, ShareKind.SELF_MASK_SEED, self.id, j, b_shares[j + 1], salt_b)
             out_key, in_key = K.agree_many(
                 self._c_sk, peers[j][0],
                 [share_key_context(self.params, self.id, j, self._seed), share_key_context(self.params, j, self.id, self._seed)],
             )
             self._inbound_keys[j] = in_key
             ct = AESGCM(out_key).encrypt(_NONCE, pt, self.params.share_context(self.id, j, self._seed))
-            entries.append(ShareEntry(j, ct))
+            entries.append(ShareEntry(j, ct, cs, cb))
         self.stage = ClientStage.AWAIT_SHARES
-        return [ShareKeys(self.params.session_tag, self.params.round, self.id, tuple(entries))]
+        return [seal(ShareKeys(self.params.session_tag, self.params.round, self.id, tuple(entries)), self._bind)]
 
     def _on_shares(self, msg: ForwardedShares) -> list[Message]:
         if self._input is None:
@@ -348,16 +360,32 @@ class Client:
         if stray:
             raise InconsistentError(f"shares forwarded from clients that did not advertise to us: {sorted(stray)[:5]}")
         received = {}
+        bad: dict[int, str] = {}
         for e in msg.entries:
             j = e.peer
             key = self._inbound_keys[j]
             try:
                 pt = AESGCM(key).decrypt(_NONCE, e.ciphertext, self.params.share_context(j, self.id, self._seed))
-            except InvalidTag as err:
-                raise TamperedError(f"the shares from client {j} fail authentication") from err
+            except InvalidTag:
+                bad[j] = "its shares fail authentication"
+                continue
             if struct.unpack(">II", pt[:8]) != (j, self.id):
-                raise TamperedError(f"the shares from client {j} name the wrong sender or recipient")
-            received[j] = (pt[8:40], pt[40:72])
+                bad[j] = "its shares name the wrong sender or recipient"
+                continue
+            s_share, b_share, salt_s, salt_b = pt[8:40], pt[40:72], pt[72:88], pt[88:104]
+            if (share_commitment(self.params, self._seed, ShareKind.MASK_KEY, j, self.id, s_share, salt_s) != e.commit_s
+                    or share_commitment(self.params, self._seed, ShareKind.SELF_MASK_SEED, j, self.id, b_share, salt_b)
+                    != e.commit_b):
+                bad[j] = "its shares do not open its commitments"
+                continue
+            received[j] = (s_share, b_share, salt_s, salt_b)
+        if bad:
+            # Garbage from a neighbour: leave the round, but say whom it came from, so the
+            # server can name it (attribution) and the next round can exclude it.
+            self._abort()
+            self.abort_reason = "; ".join(f"client {j}: {why}" for j, why in sorted(bad.items()))
+            return [seal(Complaint(self.params.session_tag, self.params.round, self.id, tuple(sorted(bad))),
+                         self._bind)]
         if len(received) < self._t:
             raise ThresholdError(f"only {len(received)} neighbours sent shares; threshold is {self._t}")
         self._received = received
@@ -367,7 +395,7 @@ class Client:
         y = mask_input(self._input, self.id, self._b, seeds, expander, in_place=True)  # the client owns _input
         self._input = None
         self.stage = ClientStage.AWAIT_CONSISTENCY
-        return [MaskedInput(self.params.session_tag, self.params.round, self.id, self.params.bits, y)]
+        return [seal(MaskedInput(self.params.session_tag, self.params.round, self.id, self.params.bits, y), self._bind)]
 
     def _on_consistency(self, msg: ConsistencyRequest) -> list[Message]:
         u3 = msg.survivors
@@ -389,7 +417,7 @@ class Client:
         self._survivors = tuple(u3)
         sig = K.sign(self._identity, self.params.consistency_message(self.id, u3, self._seed))
         self.stage = ClientStage.AWAIT_UNMASK
-        return [ConsistencySignature(self.params.session_tag, self.params.round, self.id, sig)]
+        return [seal(ConsistencySignature(self.params.session_tag, self.params.round, self.id, sig), self._bind)]
 
     def _on_unmask(self, msg: UnmaskRequest) -> list[Message]:
         assert self._survivors is not None
@@ -432,12 +460,12 @@ class Client:
         entries = []
         for j in sorted(alive | dropped):
             kind = ShareKind.SELF_MASK_SEED if j in alive else ShareKind.MASK_KEY
-            s_share, b_share = self._received[j]
-            entries.append(UnmaskEntry(j, kind, b_share if j in alive else s_share))
+            s_share, b_share, salt_s, salt_b = self._received[j]
+            entries.append(UnmaskEntry(j, kind, b_share, salt_b) if j in alive else UnmaskEntry(j, kind, s_share, salt_s))
             self._revealed[j] = kind
         self._received.clear()
         self.stage = ClientStage.DONE
-        return [UnmaskShares(self.params.session_tag, self.params.round, self.id, tuple(entries))]
+        return [seal(UnmaskShares(self.params.session_tag, self.params.round, self.id, tuple(entries)), self._bind)]
 
 
 __all__ = ["Client", "ClientStage", "share_key", "share_key_context"]

@@ -53,7 +53,7 @@ from ..errors import DecodeError, FieldError
 
 __all__ = [
     "MAGIC", "VERSION", "SERVER_ID", "HEADER_BYTES", "SESSION_TAG_BYTES", "MessageType", "ShareKind", "KeyEntry",
-    "ShareEntry", "SignatureEntry", "CommitEntry", "RevealEntry", "Cohort", "GraphReveal", "UnmaskEntry", "Message", "AdvertiseKeys", "KeyBroadcast", "ShareKeys",
+    "ShareEntry", "SignatureEntry", "CommitEntry", "RevealEntry", "Cohort", "GraphReveal", "Complaint", "TAG_BYTES", "SALT_BYTES", "UnmaskEntry", "Message", "AdvertiseKeys", "KeyBroadcast", "ShareKeys",
     "ForwardedShares", "MaskedInput", "ConsistencyRequest", "ConsistencySignature", "UnmaskRequest",
     "UnmaskShares", "decode", "word_dtype",
 ]
@@ -62,7 +62,10 @@ MAGIC = b"FVSA"
 KEY_BYTES = 32
 SIG_BYTES = 64
 SHARE_BYTES = 32
-SHARE_PLAINTEXT_BYTES = 4 + 4 + SHARE_BYTES + SHARE_BYTES
+SALT_BYTES = 16
+TAG_BYTES = 16  # sender-binding tag (AES-GMAC under the sender's key with the server) on every client message
+COMMIT_BYTES = 32
+SHARE_PLAINTEXT_BYTES = 4 + 4 + SHARE_BYTES + SHARE_BYTES + SALT_BYTES + SALT_BYTES
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # AES-GCM tag
 _U32 = struct.Struct(">I")
 
@@ -79,6 +82,7 @@ class MessageType(enum.IntEnum):
     UNMASK_SHARES = 9
     COHORT = 10
     GRAPH_REVEAL = 11
+    COMPLAINT = 12
 
 
 class ShareKind(enum.IntEnum):
@@ -107,6 +111,8 @@ class RevealEntry(NamedTuple):
 class ShareEntry(NamedTuple):
     peer: int  # recipient in SHARE_KEYS, sender in FORWARDED_SHARES
     ciphertext: bytes
+    commit_s: bytes  # commitment to the mask-key share inside (checked by the holder and at reconstruction)
+    commit_b: bytes  # commitment to the self-mask-seed share inside
 
 
 class SignatureEntry(NamedTuple):
@@ -118,6 +124,7 @@ class UnmaskEntry(NamedTuple):
     owner: int
     kind: ShareKind
     share: bytes
+    salt: bytes  # opens the owner's commitment to this share
 
 
 def _ids(ids: tuple[int, ...]) -> bytes:
@@ -204,21 +211,25 @@ class Cohort(Message):
     """Server -> client: the round's list L (every hospital whose advertisement it kept) with
     their graph commitments, and nothing else: fixed before any commitment is opened."""
 
+    server_pk: bytes  # the server's X25519 key of this round: every later client message is bound to it
     entries: tuple[CommitEntry, ...]
     TYPE: ClassVar[MessageType] = MessageType.COHORT
 
     def _validate(self) -> None:
+        _check_bytes("server_pk", self.server_pk, KEY_BYTES)
         for e in self.entries:
             _check_u32("client", e.client)
             _check_bytes("commit", e.commit, KEY_BYTES)
 
     def _payload(self) -> bytes:
-        return _U32.pack(len(self.entries)) + b"".join(_U32.pack(e.client) + bytes(e.commit) for e in self.entries)
+        return bytes(self.server_pk) + _U32.pack(len(self.entries)) + b"".join(
+            _U32.pack(e.client) + bytes(e.commit) for e in self.entries)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "Cohort":
+        pk = bytes(r.take(32))
         n = r.count(36)
-        return cls(*h, tuple(CommitEntry(r.u32(), bytes(r.take(32))) for _ in range(n)))
+        return cls(*h, pk, tuple(CommitEntry(r.u32(), bytes(r.take(32))) for _ in range(n)))
 
 
 @register
@@ -227,32 +238,38 @@ class GraphReveal(Message):
     """Client -> server: the random value ``rho`` opening the client's graph commitment."""
 
     value: bytes
+    tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.GRAPH_REVEAL
 
     def _validate(self) -> None:
         _check_bytes("reveal", self.value, KEY_BYTES)
+        _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
-        return bytes(self.value)
+        return bytes(self.value) + bytes(self.tag)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "GraphReveal":
-        return cls(*h, bytes(r.take(32)))
+        return cls(*h, bytes(r.take(32)), bytes(r.take(TAG_BYTES)))
 
 
 def _share_entries_payload(entries: tuple[ShareEntry, ...]) -> bytes:
-    return _U32.pack(len(entries)) + b"".join(_U32.pack(e.peer) + bytes(e.ciphertext) for e in entries)
+    return _U32.pack(len(entries)) + b"".join(
+        _U32.pack(e.peer) + bytes(e.ciphertext) + bytes(e.commit_s) + bytes(e.commit_b) for e in entries)
 
 
 def _parse_share_entries(r: Reader) -> tuple[ShareEntry, ...]:
-    n = r.count(4 + CIPHERTEXT_BYTES)
-    return tuple(ShareEntry(r.u32(), bytes(r.take(CIPHERTEXT_BYTES))) for _ in range(n))
+    n = r.count(4 + CIPHERTEXT_BYTES + 2 * COMMIT_BYTES)
+    return tuple(ShareEntry(r.u32(), bytes(r.take(CIPHERTEXT_BYTES)), bytes(r.take(COMMIT_BYTES)),
+                            bytes(r.take(COMMIT_BYTES))) for _ in range(n))
 
 
 def _validate_share_entries(entries: tuple[ShareEntry, ...]) -> None:
     for e in entries:
         _check_u32("peer", e.peer)
         _check_bytes("ciphertext", e.ciphertext, CIPHERTEXT_BYTES)
+        _check_bytes("commit_s", e.commit_s, COMMIT_BYTES)
+        _check_bytes("commit_b", e.commit_b, COMMIT_BYTES)
 
 
 @register
@@ -261,17 +278,19 @@ class ShareKeys(Message):
     """Client -> server: AES-GCM encrypted Shamir shares, one per neighbour (``peer`` = recipient)."""
 
     entries: tuple[ShareEntry, ...]
+    tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.SHARE_KEYS
 
     def _validate(self) -> None:
         _validate_share_entries(self.entries)
+        _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
-        return _share_entries_payload(self.entries)
+        return _share_entries_payload(self.entries) + bytes(self.tag)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "ShareKeys":
-        return cls(*h, _parse_share_entries(r))
+        return cls(*h, _parse_share_entries(r), bytes(r.take(TAG_BYTES)))
 
 
 @register
@@ -304,6 +323,7 @@ class MaskedInput(Message):
 
     bits: int
     vector: np.ndarray
+    tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.MASKED_INPUT
     CACHE_WIRE: ClassVar[bool] = False
 
@@ -316,10 +336,12 @@ class MaskedInput(Message):
         _check_u32("dim", v.shape[0])
         if v.size and self.bits not in (32, 64) and int(v.max()) >> self.bits:
             raise FieldError(f"vector has words >= 2^{self.bits}")
+        _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
         wd = word_dtype(self.bits)
-        return bytes([self.bits, 0, 0, 0]) + _U32.pack(self.vector.shape[0]) + self.vector.astype(wd, copy=False).tobytes()
+        return (bytes([self.bits, 0, 0, 0]) + _U32.pack(self.vector.shape[0])
+                + self.vector.astype(wd, copy=False).tobytes() + bytes(self.tag))
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "MaskedInput":
@@ -334,7 +356,7 @@ class MaskedInput(Message):
         vec = np.frombuffer(raw, dtype=wd)
         if wd.byteorder not in ("=", "|") and not np.little_endian:  # pragma: no cover - big-endian hosts
             vec = vec.astype(wd.newbyteorder("="))
-        return cls(*h, bits, vec)
+        return cls(*h, bits, vec, bytes(r.take(TAG_BYTES)))
 
 
 @register
@@ -362,17 +384,19 @@ class ConsistencySignature(Message):
     """Client -> server: Ed25519 signature of the survivor set it was shown."""
 
     signature: bytes
+    tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.CONSISTENCY_SIGNATURE
 
     def _validate(self) -> None:
         _check_bytes("signature", self.signature, SIG_BYTES)
+        _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
-        return bytes(self.signature)
+        return bytes(self.signature) + bytes(self.tag)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "ConsistencySignature":
-        return cls(*h, bytes(r.take(64)))
+        return cls(*h, bytes(r.take(64)), bytes(r.take(TAG_BYTES)))
 
 
 @register
@@ -412,6 +436,7 @@ class UnmaskShares(Message):
     """Client -> server: one share per neighbour: self-mask seed share if alive, mask-key share if dropped."""
 
     entries: tuple[UnmaskEntry, ...]
+    tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_SHARES
 
     def _validate(self) -> None:
@@ -420,22 +445,47 @@ class UnmaskShares(Message):
             if not isinstance(e.kind, ShareKind):
                 raise FieldError(f"share kind must be a ShareKind, got {e.kind!r}")
             _check_bytes("share", e.share, SHARE_BYTES)
+            _check_bytes("salt", e.salt, SALT_BYTES)
+        _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
         return _U32.pack(len(self.entries)) + b"".join(
-            _U32.pack(e.owner) + bytes([int(e.kind)]) + bytes(e.share) for e in self.entries
-        )
+            _U32.pack(e.owner) + bytes([int(e.kind)]) + bytes(e.share) + bytes(e.salt) for e in self.entries
+        ) + bytes(self.tag)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "UnmaskShares":
-        n = r.count(37)
+        n = r.count(37 + SALT_BYTES)
         out = []
         for _ in range(n):
             owner, k = r.u32(), r.u8()
             if k not in (0, 1):
                 raise FieldError(f"share kind must be 0 or 1, got {k}")
-            out.append(UnmaskEntry(owner, ShareKind(k), bytes(r.take(SHARE_BYTES))))
-        return cls(*h, tuple(out))
+            out.append(UnmaskEntry(owner, ShareKind(k), bytes(r.take(SHARE_BYTES)), bytes(r.take(SALT_BYTES))))
+        return cls(*h, tuple(out), bytes(r.take(TAG_BYTES)))
+
+
+@register
+@dataclass(frozen=True)
+class Complaint(Message):
+    """Client -> server, instead of its masked input: the neighbours whose shares it could not
+    accept (AEAD failure or a share that does not open its commitment).  The client leaves the
+    round; the server names the accused and the accuser (a dispute) in its result or abort."""
+
+    accused: tuple[int, ...]
+    tag: bytes = bytes(TAG_BYTES)
+    TYPE: ClassVar[MessageType] = MessageType.COMPLAINT
+
+    def _validate(self) -> None:
+        _check_ids("accused", self.accused)
+        _check_bytes("tag", self.tag, TAG_BYTES)
+
+    def _payload(self) -> bytes:
+        return _ids(self.accused) + bytes(self.tag)
+
+    @classmethod
+    def _parse(cls, h: tuple, r: Reader) -> "Complaint":
+        return cls(*h, _read_ids(r), bytes(r.take(TAG_BYTES)))
 
 
 decode = decoder(MAGIC)

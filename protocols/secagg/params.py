@@ -253,6 +253,15 @@ class SecAggParams:
         return self._prefix(b"mask")
 
 
+def share_commitment(params: "SecAggParams", graph_seed: bytes, kind: int, owner: int, holder: int, share: bytes,
+                     salt: bytes) -> bytes:
+    """``SHA-256(P("share-commit") || graph seed || u8 kind || u32 owner || u32 holder || share || salt)``:
+    the owner's commitment to the share it gives the holder (kind 0 self-mask seed, 1 mask key).
+    The holder checks it on receipt; the server checks a revealed share against it."""
+    return hashlib.sha256(params._prefix(b"share-commit") + graph_seed
+                          + struct.pack(">BII", int(kind), owner, holder) + share + salt).digest()
+
+
 @lru_cache(maxsize=16)
 def _ids_bytes(ids: tuple[int, ...]) -> bytes:
     """``u32 count || u32 ids`` (cached: every signature over U3 shares it)."""

@@ -35,10 +35,11 @@ from fedvault.secagg import shamir
 from fedvault.secagg.encoding import ring_reduce
 from fedvault.secagg.errors import IntegrityError, ParameterError
 from fedvault.secagg.masking import dropped_pair_removal_terms, pair_seed, self_mask_removal_terms
-from fedvault.secagg.prg import MaskExpander
+from fedvault.secagg.prg import MaskExpander, RandomSource, system_random
 
 from ..errors import (
     AbortError,
+    BindingError,
     DuplicateClientError,
     InconsistentError,
     InputError,
@@ -52,6 +53,7 @@ from .messages import (
     SERVER_ID,
     AdvertiseKeys,
     Cohort,
+    Complaint,
     CommitEntry,
     GraphReveal,
     RevealEntry,
@@ -70,7 +72,8 @@ from .messages import (
     UnmaskShares,
     decode,
 )
-from .params import SecAggParams
+from .binding import binding_key, verify
+from .params import SecAggParams, share_commitment
 
 
 class ServerStage(enum.Enum):
@@ -112,9 +115,18 @@ def _prune(alive: set[int], nbrs: Mapping[int, frozenset[int]], t: int) -> set[i
 class Server:
     """The aggregator's side of one round (honest-but-curious; robust to malicious clients)."""
 
-    def __init__(self, params: SecAggParams, identity_keys: Mapping[int, bytes], *, threads: int = 2) -> None:
-        """``threads``: worker threads for mask regeneration (results do not depend on it)."""
+    def __init__(self, params: SecAggParams, identity_keys: Mapping[int, bytes], *, threads: int = 2,
+                 rng: RandomSource = system_random) -> None:
+        """``threads``: worker threads for mask regeneration (results do not depend on it).
+        ``rng``: randomness of the server's per-round binding key (``os.urandom`` by default)."""
         self.params = params
+        self._sk = K.generate_x25519(rng)
+        self._bind: dict[int, bytes] = {}
+        self._share_commits: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        self.blame: dict[int, list[str]] = {}
+        """Misbehaviour proven against a client (its own authenticated messages): id -> reasons."""
+        self.disputes: list[tuple[int, int]] = []
+        """``(accuser, accused)``: a client refused a neighbour's shares (one of the two misbehaved)."""
         self.threads = threads
         self.dim = params.require_dim()
         missing = set(params.clients) - set(identity_keys)
@@ -127,6 +139,7 @@ class Server:
         self.graph = None
         self._seed = b""
         self._reveals: dict[int, bytes] = {}
+        self._complained: set[int] = set()
         self.stage = ServerStage.ADVERTISE
         self._keys: dict[int, AdvertiseKeys] = {}
         self._pk_seen: set[bytes] = set()
@@ -162,8 +175,18 @@ class Server:
         if i not in self._cohort:
             raise InconsistentError(f"sender {i} is not in the cohort")
         expected = _EXPECTED[self.stage]
-        if not isinstance(msg, expected):
+        if not isinstance(msg, expected) and not (self.stage is ServerStage.MASKED_INPUT and isinstance(msg, Complaint)):
             raise StageError(f"got {type(msg).__name__} in stage {self.stage.value} (expected {expected.__name__})")
+        if not isinstance(msg, AdvertiseKeys):
+            key = self._bind.get(i)
+            if key is None:
+                raise InconsistentError(f"client {i} is not in the round's list")
+            data = message if not isinstance(message, Message) else message.encode()
+            if not verify(data, msg.TYPE, key):
+                raise BindingError(f"a {type(msg).__name__} claiming to come from client {i} is not bound to its "
+                                   f"round key (forged sender, replayed from another round or stage, or altered)")
+        if isinstance(msg, Complaint):
+            return self._on_complaint(i, msg)
         {
             ServerStage.ADVERTISE: self._on_advertise,
             ServerStage.REVEAL: self._on_reveal,
@@ -185,11 +208,24 @@ class Server:
             try:
                 K.check_x25519_public(pk)
             except IntegrityError as e:
+                self._blame(i, f"advertised an unusable {name} key")
                 raise InvalidKeyError(f"client {i} advertised an unusable {name} key: {e}") from e
         if msg.channel_pk in self._pk_seen or msg.mask_pk in self._pk_seen or msg.channel_pk == msg.mask_pk:
             raise DuplicateClientError(f"client {i} reuses public keys already advertised")
         self._pk_seen.update((msg.channel_pk, msg.mask_pk))
         self._keys[i] = msg
+
+    def _blame(self, i: int, why: str) -> None:
+        self.blame.setdefault(i, []).append(why)
+
+    def _on_complaint(self, i: int, msg: Complaint) -> None:
+        if i not in self._u2set or i in self._masked or i in self._complained:
+            raise InconsistentError(f"client {i} cannot complain now")
+        stray = set(msg.accused) - (self._nbrs[i] & self._u2set)
+        if stray or not msg.accused:
+            raise InconsistentError(f"client {i} accuses non-neighbours {sorted(stray)[:5]}")
+        self._complained.add(i)
+        self.disputes.extend((i, j) for j in msg.accused)
 
     def _on_reveal(self, i: int, msg: GraphReveal) -> None:
         if i not in self._u1set:
@@ -197,6 +233,7 @@ class Server:
         if i in self._reveals:
             raise DuplicateClientError(f"client {i} already opened its graph commitment")
         if self.params.graph_commitment(i, msg.value) != self._keys[i].graph_commit:
+            self._blame(i, "its graph reveal does not open its commitment")
             raise TamperedError(f"client {i}'s graph reveal does not open its commitment")
         self._reveals[i] = msg.value
 
@@ -211,6 +248,8 @@ class Server:
         if set(recipients) != self._nbrs[i] & self._u1set:
             raise InconsistentError(f"client {i} must send exactly one ciphertext to each live neighbour")
         self._shares[i] = msg
+        for e in msg.entries:
+            self._share_commits[(i, e.peer)] = (e.commit_s, e.commit_b)
 
     def _on_masked(self, i: int, msg: MaskedInput) -> None:
         if i not in self._u2set:
@@ -245,6 +284,13 @@ class Server:
         want = {j: ShareKind.SELF_MASK_SEED for j in alive} | {j: ShareKind.MASK_KEY for j in dropped}
         if got != want:
             raise InconsistentError(f"client {i} revealed shares other than those requested")
+        for e in msg.entries:  # verifiable shares: each must open the owner's commitment to this holder
+            cs, cb = self._share_commits[(e.owner, i)]
+            want_c = cb if e.kind is ShareKind.SELF_MASK_SEED else cs
+            if share_commitment(self.params, self._seed, e.kind, e.owner, i, e.share, e.salt) != want_c:
+                why = f"revealed a {e.kind.name.lower().replace('_', '-')} share of client {e.owner} that does not open its commitment"
+                self._blame(i, why)
+                raise TamperedError(f"client {i} {why}; its shares are excluded")
         self._unmask[i] = msg
 
     # -- stage deadline ----------------------------------------------------------------
@@ -278,7 +324,12 @@ class Server:
 
     def _abort_if(self, cond: bool, why: str) -> None:
         if cond:
-            raise AbortError(f"round aborted, nothing was revealed: {why}")
+            extra = ""
+            if self.blame:
+                extra += "; misbehaved: " + "; ".join(f"client {i}: {', '.join(r)}" for i, r in sorted(self.blame.items()))
+            if self.disputes:
+                extra += "; disputes (accuser -> accused): " + ", ".join(f"{a} -> {b}" for a, b in self.disputes)
+            raise AbortError(f"round aborted, nothing was revealed: {why}{extra}")
 
     def _close_advertise(self) -> dict[int, Message]:
         # The list L is fixed here, before any graph randomness is open (commit-reveal).
@@ -288,7 +339,10 @@ class Server:
         self.u1 = tuple(sorted(u1))
         self._u1set = u1
         self.dropped["advertise"] = sorted(set(self.params.clients) - u1)
-        msg = Cohort(*self._hdr(), tuple(CommitEntry(j, self._keys[j].graph_commit) for j in self.u1))
+        server_pk = K.public_bytes(self._sk)
+        for j in self.u1:
+            self._bind[j] = binding_key(self._sk, self._keys[j].channel_pk, self.params, j)
+        msg = Cohort(*self._hdr(), server_pk, tuple(CommitEntry(j, self._keys[j].graph_commit) for j in self.u1))
         self.stage = ServerStage.REVEAL
         return {i: msg for i in self.u1}
 
@@ -325,7 +379,7 @@ class Server:
         for j in self.u2:
             for e in self._shares[j].entries:
                 if e.peer in u2:
-                    inbox[e.peer].append(ShareEntry(j, e.ciphertext))
+                    inbox[e.peer].append(ShareEntry(j, e.ciphertext, e.commit_s, e.commit_b))
         self.stage = ServerStage.MASKED_INPUT
         return {i: ForwardedShares(*self._hdr(), tuple(inbox[i])) for i in self.u2}
 
