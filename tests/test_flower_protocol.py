@@ -99,7 +99,10 @@ def test_hospitals_shown_different_models_refuse_each_others_keys(tmp_path):
     # The malicious server relays every advertisement to hospital 1 under hospital 1's session tag.
     from fedvault.protocols.secagg.messages import Cohort, CommitEntry, RevealEntry
 
-    clients[1].receive(Cohort(params[1].session_tag, 1, SERVER_ID,
+    from fedvault.secagg import keys as _K
+
+    server_pk = _K.public_bytes(_K.generate_x25519(DeterministicRandom(b"k" * 32)))
+    clients[1].receive(Cohort(params[1].session_tag, 1, SERVER_ID, server_pk,
                               tuple(CommitEntry(c, ads[c].graph_commit) for c in (1, 2, 3))).encode())
     bc = KeyBroadcast(params[1].session_tag, 1, SERVER_ID, tuple(
         KeyEntry(c, ads[c].channel_pk, ads[c].mask_pk, ads[c].graph_commit, ads[c].signature) for c in (1, 2, 3)),
