@@ -3,7 +3,8 @@
 Every message of every protocol is ``HEADER || PAYLOAD``.  The header is 32 bytes,
 ``struct`` format ``>4sBBH16sII``, all integers unsigned big-endian::
 
-    protocol 4  magic naming the protocol: b"FVSA" SecAgg/SecAgg+, b"FVPA" packed Paillier
+    protocol 4  magic naming the protocol: b"FVSA" SecAgg/SecAgg+, b"FVPA" packed Paillier,
+                b"FVPT" plaintext (no protection)
     version  1  1
     type     1  message type, unique within the protocol (it also fixes the stage:
                 every message type belongs to exactly one stage of its protocol)
@@ -62,6 +63,7 @@ MAX_BLOB_BYTES = MAX_MESSAGE_BYTES - HEADER_BYTES
 PROTOCOLS: dict[bytes, tuple[str, str]] = {
     b"FVSA": ("SecAgg", "fedvault.protocols.secagg.messages"),
     b"FVPA": ("Paillier", "fedvault.protocols.paillier.messages"),
+    b"FVPT": ("Plaintext", "fedvault.protocols.plaintext"),
 }
 """Protocol magic -> (name, module registering its messages).  A new protocol adds a row."""
 

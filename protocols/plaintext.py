@@ -2,41 +2,37 @@
 
 The reference point for accuracy and cost, and the only mode in which robust
 strategies (median, trimmed mean) can run, because they need every individual update.
-It has the same sans-IO role shape as SecAgg and Paillier, so the one round engine
-drives every mode the same way::
+It has the same sans-IO role shape as SecAgg and Paillier (:mod:`protocols.session`), so
+the one round engine drives every mode the same way::
 
-    client k --Upload(session, round, k, float64[d])--> server      (one message per round)
+    client k --Upload(float64[d])--> server      (one message per round; nothing comes back)
 
 What each party learns: the server learns **every contributor's vector exactly**;
 clients learn nothing. Use it only where the server is trusted with the updates.
 
-Wire format (big-endian, version 1)::
-
-    magic "FVPT" | version u8 | type u8 (1 = Upload) | session_id len u8 | session_id
-    | round u32 | sender u32 | d u32 | d × float64 (little-endian)
-
-Sizes are capped (``MAX_DIM``); anything else raises :class:`~protocols.errors.DecodeError`.
+Wire format: the common header of :mod:`protocols.codec` (magic ``b"FVPT"``, type 1,
+the session tag of :attr:`PlaintextParams.session_tag`, round, sender), then
+``d u32 || d × float64 (little-endian)``; ``d`` is capped by the codec's size limits.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedvault.protocols.errors import AbortError, DecodeError, InputError, ProtocolError, ReplayError, StageError
+from fedvault.protocols.codec import SESSION_TAG_BYTES, Message, Reader, Writer, check_u32, decoder, register
+from fedvault.protocols.errors import (AbortError, FieldError, InputError, ProtocolError, ReplayError, StageError)
 from fedvault.protocols.session import SessionResult
 
-__all__ = ["GUARANTEE", "PlaintextParams", "Upload", "PlaintextClient", "PlaintextServer", "PlaintextResult",
+__all__ = ["GUARANTEE", "MAGIC", "PlaintextParams", "Upload", "decode", "PlaintextClient", "PlaintextServer",
            "ClientStage", "ServerStage", "STAGES"]
 
 MAGIC = b"FVPT"
-VERSION = 1
-TYPE_UPLOAD = 1
-MAX_DIM = 1 << 28
 STAGES = ("upload",)
 GUARANTEE = "none: the server sees every hospital's vector in the clear (plaintext aggregation)"
 
@@ -48,7 +44,7 @@ class PlaintextParams:
     Args:
         session_id: 1..255 bytes, unique per study and purpose.
         round: round number (0..2^32-1).
-        clients: ids of the parties that may upload (distinct, 1..2^32-1).
+        clients: ids of the parties that may upload (distinct, 1..2^32-2).
         clip: the server clips every coordinate to ``[-clip, clip]`` before summing.
         min_clients: fewest uploads the server sums (fewer: :class:`AbortError`).
     """
@@ -65,56 +61,57 @@ class PlaintextParams:
             raise ProtocolError("session_id must be 1..255 bytes")
         if not 0 <= int(self.round) < 2**32:
             raise ProtocolError("round must be in 0..2^32-1")
-        if not self.clients or len(set(self.clients)) != len(self.clients) or any(not 0 < c < 2**32 for c in self.clients):
-            raise ProtocolError("clients must be a non-empty tuple of distinct ids in 1..2^32-1")
+        if not self.clients or len(set(self.clients)) != len(self.clients) or any(not 0 < c < 2**32 - 1 for c in self.clients):
+            raise ProtocolError("clients must be a non-empty tuple of distinct ids in 1..2^32-2")
         if not (self.clip > 0 and math.isfinite(self.clip)):
             raise ProtocolError(f"clip must be a positive finite number, got {self.clip!r}")
         if not 1 <= self.min_clients <= len(self.clients):
             raise ProtocolError(f"min_clients must be in 1..{len(self.clients)}")
 
     @property
+    def session_tag(self) -> bytes:
+        """16-byte tag in every message header: SHA-256 of the session id and every parameter."""
+        h = hashlib.sha256(b"fedvault/plaintext/session/v1\x00" + struct.pack(">B", len(self.session_id))
+                           + bytes(self.session_id))
+        h.update(struct.pack(">II", self.round, len(self.clients)) + b"".join(struct.pack(">I", c) for c in self.clients))
+        h.update(struct.pack(">dI", float(self.clip), self.min_clients))
+        return h.digest()[:SESSION_TAG_BYTES]
+
+    @property
     def guarantee(self) -> str:
         return GUARANTEE
 
 
+@register
 @dataclass(frozen=True, eq=False)
-class Upload:
-    """A client's vector, in the clear."""
+class Upload(Message):
+    """A client's vector, in the clear (``vector``: float64, 1-D)."""
 
-    session_id: bytes
-    round: int
-    sender: int
-    vector: np.ndarray
+    vector: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
-    def encode(self) -> bytes:
+    PROTOCOL = MAGIC
+    TYPE = 1
+    STAGE = "upload"
+    CACHE_WIRE = False
+
+    def _validate(self) -> None:
+        v = np.asarray(self.vector)
+        if v.ndim != 1 or v.dtype.kind != "f":
+            raise FieldError("vector must be a 1-D float array")
+        check_u32("dimension", int(v.size))
+
+    def _payload(self) -> bytes:
         v = np.ascontiguousarray(self.vector, dtype="<f8")
-        if v.ndim != 1 or v.size > MAX_DIM:
-            raise InputError(f"vector must be 1-D with at most {MAX_DIM} entries")
-        return (MAGIC + struct.pack(">BBB", VERSION, TYPE_UPLOAD, len(self.session_id)) + bytes(self.session_id)
-                + struct.pack(">III", self.round, self.sender, v.size) + v.tobytes())
+        return Writer().u32(v.size).raw(v.tobytes()).getvalue()
+
+    @classmethod
+    def _parse(cls, header: tuple[bytes, int, int], r: Reader) -> "Upload":
+        n = r.count(8)
+        vec = np.frombuffer(r.fixed(8 * n), dtype="<f8").astype(np.float64)
+        return cls(*header, vector=vec)
 
 
-def decode(data: bytes) -> Upload:
-    """Parse an :class:`Upload` (the only message of this protocol)."""
-    mv = memoryview(bytes(data))
-    if len(mv) < 7 or bytes(mv[:4]) != MAGIC:
-        raise DecodeError("not a fedvault plaintext message (bad magic)")
-    version, typ, slen = struct.unpack(">BBB", mv[4:7])
-    if version != VERSION:
-        raise DecodeError(f"plaintext message version {version}; this fedvault speaks {VERSION}")
-    if typ != TYPE_UPLOAD:
-        raise DecodeError(f"unknown plaintext message type {typ}")
-    off = 7 + slen
-    if slen == 0 or len(mv) < off + 12:
-        raise DecodeError("truncated plaintext message header")
-    session = bytes(mv[7:off])
-    rnd, sender, d = struct.unpack(">III", mv[off:off + 12])
-    if d > MAX_DIM:
-        raise DecodeError(f"vector of {d} entries exceeds the cap {MAX_DIM}")
-    body = mv[off + 12:]
-    if len(body) != 8 * d:
-        raise DecodeError(f"plaintext upload carries {len(body)} bytes for {d} float64 entries")
-    return Upload(session, rnd, sender, np.frombuffer(body, dtype="<f8").astype(np.float64))
+decode = decoder(MAGIC)
 
 
 class ClientStage(enum.Enum):
@@ -143,12 +140,12 @@ class PlaintextClient:
     def done(self) -> bool:
         return self.stage is ClientStage.DONE
 
-    def start(self) -> list[bytes]:
-        """The upload, as wire bytes."""
+    def start(self) -> list[Upload]:
+        """The upload (one message)."""
         if self.stage is not ClientStage.READY:
             raise StageError("the plaintext client uploads exactly once")
         self.stage = ClientStage.DONE
-        return [Upload(self.params.session_id, self.params.round, self.id, self._vector).encode()]
+        return [Upload(self.params.session_tag, self.params.round, self.id, self._vector)]
 
     def receive(self, data: bytes | Upload) -> list[Upload]:
         raise StageError("the plaintext protocol sends nothing to clients")
@@ -183,8 +180,10 @@ class PlaintextServer:
         if self.stage is not ServerStage.COLLECTING:
             raise StageError("uploads are closed for this round")
         msg = data if isinstance(data, Upload) else decode(data)
+        if not isinstance(msg, Upload):
+            raise ProtocolError(f"expected a plaintext upload, got {type(msg).__name__}")
         p = self.params
-        if (msg.session_id, msg.round) != (p.session_id, p.round):
+        if (msg.session, msg.round) != (p.session_tag, p.round):
             raise ReplayError(f"upload of client {msg.sender} is for another session or round")
         if msg.sender not in p.clients:
             raise ProtocolError(f"upload from {msg.sender}, who is not a client of this round")

@@ -292,3 +292,38 @@ def test_history_and_ledgers_are_written_when_an_error_stops_the_study(tmp_path,
     assert "error in round 2" in h["final"]["stop_reason"] and "disk full" in h["stopped"]["reason"]
     assert [r["round"] for r in h["rounds"]] == [1]
     assert all(ledger["events"] for ledger in h["privacy"].values())  # round 1 was charged and is kept
+
+
+# -- the plaintext protocol on the common codec ----------------------------------------------------
+def test_plaintext_upload_round_trips_and_refuses_replays():
+    from hypothesis import given, settings, strategies as st
+
+    from fedvault.protocols import codec
+    from fedvault.protocols.errors import DecodeError, ReplayError
+    from fedvault.protocols.plaintext import PlaintextClient, PlaintextParams, PlaintextServer, Upload
+
+    p = PlaintextParams(b"study", 3, (1, 2), clip=1.0)
+    (up,) = PlaintextClient(p, 1, np.array([0.5, -2.0, 0.25])).start()
+    data = up.encode()
+    back = codec.decode(data)
+    assert isinstance(back, Upload) and back.encode() == data and back.vector.tolist() == [0.5, -2.0, 0.25]
+    other = PlaintextServer(PlaintextParams(b"study", 4, (1, 2), clip=1.0))
+    with pytest.raises(ReplayError):
+        other.receive(data)
+    server = PlaintextServer(p)
+    server.receive(data)
+    (up2,) = PlaintextClient(p, 2, np.array([1.0, 1.0, 1.0])).start()
+    server.receive(up2.encode())
+    assert server.advance() == {} and server.done
+    assert server.result().total.tolist() == [1.5, 0.0, 1.25]  # clipped to [-1, 1] per coordinate
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=200))
+    def fuzz(body):
+        for raw in (body, codec.HEADER.pack(b"FVPT", 1, 1, 0, bytes(16), 0, 0) + body):
+            try:
+                codec.decode(raw)
+            except DecodeError:
+                pass
+
+    fuzz()
