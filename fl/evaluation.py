@@ -43,6 +43,11 @@ def gap_sentence(points: float, ci: list[float] | None, n_test: int, level: floa
             s += "; the two models classify every test patient the same way"
         elif lo <= 0 <= hi:
             s += "; the interval includes 0, so this test set cannot tell them apart"
+        elif hi < 0:
+            s += ("; the interval excludes 0: the federated model is measurably worse on these patients "
+                  "(the price of privacy and federation here)")
+        else:
+            s += "; the interval excludes 0: the federated model is measurably better on these patients"
     return s
 
 
