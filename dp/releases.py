@@ -78,8 +78,8 @@ def run_inventory(
 
     Args:
         private: record-level DP-SGD is on.
-        standardise: ``"dp"`` (noised sums, charged), ``"public"`` (declared ranges only)
-            or ``"none"``.
+        standardise: ``"dp"`` (noised sums, charged), ``"public"`` (declared ranges only),
+            ``"exact"`` (privacy disabled) or ``"none"``.
         site_metrics: ``"off"`` (not released) or ``"simulation"`` (exact, labelled).
         client_level: distributed discrete Gaussian noise is on.
         personalization: hospitals fine-tune and report held-out metrics.
@@ -103,6 +103,9 @@ def run_inventory(
     if standardise == "dp":
         inv.append(Release("feature_statistics", "aggregate Σz, Σz² per feature (round 0)", "dp", "feature_statistics",
                            "Gaussian noise on sums of range-clipped features, charged before training"))
+    elif standardise == "exact":
+        inv.append(Release("feature_statistics", "aggregate Σx, Σx² per feature (round 0)", "simulation_only", None,
+                           "exact sums (privacy disabled)"))
     elif standardise == "public":
         inv.append(Release("feature_statistics", "none", "public", None,
                            "min-max scaling from user-declared public ranges: no data used"))

@@ -181,11 +181,17 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if cl and isinstance(cl.get("epsilon"), (int, float)):
         from fedvault.fl.summary import MEANINGLESS_EPSILON
 
-        print(
-            f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} against model consumers "
-            f"(client sampling q = {cl.get('sample_rate', 1.0):g}), ε = {cl.get('epsilon_vs_server', math.nan):.3f} "
-            f"against the server, δ = {cl.get('delta', math.nan):g} (neighbouring: one hospital's whole update)"
-        )
+        if cl.get("relation") == "replace_one":
+            print(f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} (largest over "
+                  f"hospitals; per hospital: {cl.get('per_hospital')}), δ = {cl.get('delta', math.nan):g} (neighbouring: "
+                  "replace one hospital's whole update; no client-sampling credit)")
+        else:
+            print(
+                f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} against model "
+                f"consumers (client sampling q = {cl.get('sample_rate', 1.0):g}), ε = "
+                f"{cl.get('epsilon_vs_server', math.nan):.3f} against the server, δ = {cl.get('delta', math.nan):g} "
+                "(neighbouring: one hospital's whole update)"
+            )
         worst = max(v for v in (cl["epsilon"], cl.get("epsilon_vs_server", 0.0)) if isinstance(v, (int, float)))
         if worst > MEANINGLESS_EPSILON:
             print(f"WARNING: client-level ε = {worst:.0f} is too large to mean anything; it protects no hospital's "

@@ -223,6 +223,13 @@ class PrivacyConfig:
     accountant: str = "rdp"
     # opt-in, tests/papers only: DP noise and sampling replayable from `seed` (NOT private)
     reproducible: bool = False
+    # helper D (issue 13): the stated neighbouring relation and what else is released
+    relation: str = "replace_one"
+    standardise: str = "dp"
+    stats_noise_multiplier: float = 10.0
+    feature_low: tuple[float, ...] = ()
+    feature_high: tuple[float, ...] = ()
+    site_metrics: str = "off"
 
     @property
     def budget(self) -> float | None:
@@ -252,6 +259,17 @@ class PrivacyConfig:
         p.choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         if self.client_noise_multiplier is not None:
             p.range("privacy.client_noise_multiplier", self.client_noise_multiplier, 1e-3, 1e6)
+        p.choice("privacy.relation", self.relation, ("replace_one", "add_remove"))
+        if self.enabled and self.relation == "add_remove":
+            p.error("privacy.relation = \"add_remove\" does not hold for what fedvault releases: exact record "
+                    "counts (update weights n_k, q and steps per hospital) are released, so ε must be stated "
+                    "for replace-one; use relation = \"replace_one\" (the default)")
+        p.choice("privacy.standardise", self.standardise, ("dp", "public", "none"))
+        p.range("privacy.stats_noise_multiplier", self.stats_noise_multiplier, 1e-3, 1e6)
+        if len(self.feature_low) != len(self.feature_high):
+            p.error(f"privacy.feature_low has {len(self.feature_low)} values, feature_high {len(self.feature_high)}; "
+                    "give one public lower and upper bound per feature")
+        p.choice("privacy.site_metrics", self.site_metrics, ("off", "simulation"))
 
 
 @dataclass(frozen=True)
@@ -484,6 +502,10 @@ def _coerce(key: str, f: dataclasses.Field, value: Any) -> Any:
         if not isinstance(value, list):
             example = "32" if "int" in t else '"a.csv"'
             raise _Invalid(f"{key} must be a list, e.g. {f.name} = [{example}]")
+        if "float" in t:  # numbers (privacy.feature_low/high)
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                raise _Invalid(f"{key} must be a list of numbers; got {value!r}")
+            return tuple(float(v) for v in value)
         inner = int if "int" in t else str
         for v in value:
             if not isinstance(v, inner) or isinstance(v, bool):

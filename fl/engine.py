@@ -432,7 +432,8 @@ class RoundEngine:
                  extra: Sequence[str] = (), on_round: Callable[[dict[str, Any]], None] | None = None,
                  epsilon: Callable[[], dict[str, float | None]] | None = None,
                  before_round: Callable[[int, np.ndarray], None] | None = None,
-                 loss: Any = None) -> None:
+                 loss: Any = None,
+                 client_epsilon: Callable[[], dict[str, float | None]] | None = None) -> None:
         self.cfg, self.transport, self.mode, self.model = cfg, transport, mode, model
         loss = cfg.training.loss if loss is None else loss
         self.hospitals, self.extra = list(hospitals), list(extra)
@@ -440,6 +441,7 @@ class RoundEngine:
         self.identity_keys = dict(identity_keys or {})
         self.on_round = on_round
         self._epsilon = epsilon or (lambda: {})
+        self._client_epsilon = client_epsilon  # each hospital's client-level ε from its own ledger
         self.before_round = before_round
         self.loss = loss
         self.site_keys = site_metric_keys(loss)
@@ -453,8 +455,7 @@ class RoundEngine:
         # Per-coordinate bound of an update: [n_k delta_k, n_k], or [delta_k, 1] with client-level DP.
         self.clip = cfg.aggregation.update_clip if self.client_level else weight_cap * cfg.aggregation.update_clip
         self.eval_clip = eval_clip
-        self.ddg_model: list = []  # client-level events vs model consumers (with client sampling)
-        self.ddg_server: list = []  # vs the aggregation server (sees participation; replace-one)
+        self.ddg_model: list = []  # public client-level events of the rounds run (each hospital's ledger has its own)
         self.last_round = 0  # the last round started (hospitals may have trained in it)
         self.aggregates: dict[int, np.ndarray] = {}  # round -> the decoded update sum the server learned
         self.history: dict[str, Any] = {
@@ -489,6 +490,8 @@ class RoundEngine:
     # -- one round ---------------------------------------------------------------------------------
     def _emit(self, rec: RoundRecord) -> dict[str, Any]:
         row = rec.to_dict()
+        if self.cfg.privacy.enabled:
+            row["epsilon_relation"] = self.cfg.privacy.relation  # every ε names its relation (helper D)
         self.history["rounds"].append(row)
         if self.on_round is not None:
             self.on_round(row)
@@ -541,12 +544,16 @@ class RoundEngine:
         models.set_vector(self.model, self.weights)
         metrics = self.evaluate()
         # Site metrics: each hospital evaluates the new model on its held-out split; only the sum leaves.
-        _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=len(self.site_keys) + 1)
-        site = ev.total
-        site_metrics: dict[str, Any] = {}
-        if site is not None and site[-1] > 0:
-            site_metrics = {k: float(site[i] / site[-1]) for i, k in enumerate(self.site_keys)}
-            site_metrics["records"] = int(round(site[-1]))
+        # Exact sums, not DP: computed only with privacy.site_metrics = "simulation" (or without
+        # privacy), labelled simulation-only in the release inventory (helper D, issue 13).
+        site_metrics: dict[str, Any] | None = None
+        if cfg.privacy.site_metrics == "simulation" or not cfg.privacy.enabled:
+            _, ev = self.session(r, "eval", self.hospitals, clip=self.eval_clip, bits=64, dim=len(self.site_keys) + 1)
+            site = ev.total
+            site_metrics = {}
+            if site is not None and site[-1] > 0:
+                site_metrics = {k: float(site[i] / site[-1]) for i, k in enumerate(self.site_keys)}
+                site_metrics["records"] = int(round(site[-1]))
         client_level = None
         if setup.client_noise is not None:
             client_level = self._client_level_row(setup.client_noise, r)
@@ -559,7 +566,7 @@ class RoundEngine:
                      "total": time.perf_counter() - t_round}, **common))
         # 7. Early stop.
         key = "accuracy" if "accuracy" in self.site_keys else "loss"
-        watched = metrics.get(key, math.nan) if len(self.test[1]) else site_metrics.get(key, math.nan)
+        watched = metrics.get(key, math.nan) if len(self.test[1]) else (site_metrics or {}).get(key, math.nan)
         if key == "loss":  # no accuracy (regression, custom loss): watch the loss, lower is better
             watched = -watched
         why = self.stopper.update(r, watched)
@@ -568,29 +575,43 @@ class RoundEngine:
         return why
 
     def _client_level_row(self, noise: ClientNoise, r: int) -> dict[str, float]:
-        from fedvault.dp.noise import ddg_epsilon
-
+        """Client-level ε after round ``r``: the largest over hospitals, each from its own ledger
+        (replace one hospital, no client-sampling credit: participants are listed in history)."""
         dim = len(self.weights)
-        self.ddg_model.append(noise.event(r, self.clip, dim, self.cfg.training.client_fraction))
-        self.ddg_server.append(noise.event(r, self.clip, dim, 1.0, replace_one=True))
-        return {"client_epsilon": float(ddg_epsilon(self.ddg_model, self.cfg.privacy.delta)),
-                "client_epsilon_vs_server": float(ddg_epsilon(self.ddg_server, self.cfg.privacy.delta)),
-                "wraparound_probability": noise.wraparound_probability}
+        self.ddg_model.append(noise.event(r, self.clip, dim, 1.0))
+        eps = self.client_epsilons()
+        worst = max((v for v in eps.values() if v is not None), default=0.0)
+        return {"client_epsilon": float(worst), "client_epsilon_vs_server": float(worst),
+                "client_relation": "replace_one", "wraparound_probability": noise.wraparound_probability}
+
+    def client_epsilons(self) -> dict[str, float | None]:
+        if self._client_epsilon is not None:
+            return self._client_epsilon()
+        from fedvault.dp.accounting import client_epsilon  # no ledgers (e.g. privacy off): the public events
+
+        evs = [e for e in self.ddg_model]
+        return {"any hospital": client_epsilon(evs, self.cfg.privacy.delta, "replace_one") if evs else 0.0}
 
     def client_level_summary(self) -> dict[str, Any]:
-        from fedvault.dp.noise import ddg_epsilon
-
         cfg = self.cfg
+        eps = self.client_epsilons()
+        worst = float(max((v for v in eps.values() if v is not None), default=0.0))
+        events = [dict(e.to_dict(), relation="replace_one") for e in self.ddg_model]
         return {
             "mechanism": "distributed discrete Gaussian (Kairouz et al. 2021) under SecAgg",
             "noise_multiplier": cfg.privacy.client_noise_multiplier,
             "clip_norm": cfg.aggregation.update_clip,
             "delta": cfg.privacy.delta,
             "sample_rate": cfg.training.client_fraction,
-            "epsilon": float(ddg_epsilon(self.ddg_model, cfg.privacy.delta)) if self.ddg_model else 0.0,
-            "epsilon_vs_server": float(ddg_epsilon(self.ddg_server, cfg.privacy.delta)) if self.ddg_server else 0.0,
-            "events": [e.to_dict() for e in self.ddg_model],
-            "events_vs_server": [e.to_dict() for e in self.ddg_server],
+            "relation": "replace_one",
+            "amplification": ("none: participants are listed in history, so client sampling gives no credit "
+                              "(dp.events.client_sample_rate); skipped rounds release nothing and cost nothing"),
+            "skipped_rounds": list(self.history.get("skipped_rounds", [])),
+            "epsilon": worst,
+            "epsilon_vs_server": worst,
+            "per_hospital": eps,
+            "events": events,
+            "events_vs_server": events,
         }
 
     # -- the study --------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ class Hospital:
 
             p = cfg.privacy
             self.ledger = PrivacyLedger(client=data.name, delta=p.delta, accountant=p.accountant,
-                                        budget_epsilon=p.budget)
+                                        budget_epsilon=p.budget, relation=p.relation)
             self.trainer = self._trainer(cfg.training.local_epochs, cfg.training.lr, "train", **self._trainer_options)
 
     def _trainer(self, epochs: int, lr: float, purpose: str, **options: Any):
@@ -340,15 +340,53 @@ class Hospital:
                     if self.ledger is not None and not any(r.get("round") == setup.round for r in self.ledger.refused):
                         self.ledger.refuse(setup.round, str(e))
                     raise
+                if setup.client_noise is not None and self.ledger is not None:
+                    self.ledger.record(self.client_level_event(setup))  # the DDG noise it is about to add
             elif setup.purpose == "eval":
                 vector = self.evaluate(setup.weights)
             elif setup.purpose == "stats":
-                from fedvault.fl.stats import local_statistics
-
-                vector = local_statistics(self.data)
+                vector = self.statistics(setup.round)
             else:
                 raise SetupRejected(f"unknown round purpose {setup.purpose!r}")
         return client_role(setup, self.party, vector, self.random, self.identity, self.key_share, self.decrypt_log)
+
+    def statistics(self, round: int = 0) -> np.ndarray:
+        """This hospital's contribution to feature standardisation (helper D, issue 13).
+
+        ``privacy.standardise = "dp"`` with privacy on: ``[n_k, Σu + noise, Σu² + noise]`` of
+        its range-clipped features with its own secret noise, the release charged to its
+        ledger first (:mod:`fl.stats`). Without privacy: the exact ``[n_k, Σx, Σx²]``.
+
+        Raises:
+            dp.errors.BudgetExceeded: the release would exceed the budget (nothing released).
+        """
+        from fedvault.fl import stats
+
+        p = self.cfg.privacy
+        if not p.enabled or p.standardise != "dp":
+            return stats.local_statistics(self.data)
+        lo, hi = stats.public_ranges(self.cfg, self.data.X.shape[1])
+        self.ledger.record(stats.statistics_event(self.data.X.shape[1], p.stats_noise_multiplier, round))
+        rng = stats.stats_generator(p.reproducible, self.cfg.seed, self.index)
+        return stats.private_statistics(stats.to_unit(self.data.X, lo, hi), p.stats_noise_multiplier, rng)
+
+    def client_level_event(self, setup: Any) -> Any:
+        """The client-level event of the distributed discrete Gaussian noise this hospital adds.
+
+        No client-sampling credit: participants are listed in history, so participation is
+        not hidden (:func:`dp.events.client_sample_rate`)."""
+        from fedvault.dp.events import DistributedDiscreteGaussian, client_sample_rate
+
+        noise = setup.client_noise
+        q = client_sample_rate(self.cfg.training.client_fraction, coins_secret=not self.cfg.privacy.reproducible,
+                               participation_hidden=False)
+        return DistributedDiscreteGaussian(
+            round=setup.round, sigma_client=noise.sigma_client, threshold=noise.threshold,
+            clip_norm=setup.update_clip, scale=math.ldexp(1.0, noise.frac_bits), dimension=len(setup.weights),
+            sample_rate=q, coord_error=0.5)
+
+    def client_epsilon(self) -> float | None:
+        return None if self.ledger is None else self.ledger.client_epsilon()
 
     def fit(self, global_vec: np.ndarray, round: int, *, prox_mu: float | None = None) -> LocalResult:
         """Train from ``global_vec`` and return the clipped, weighted update (stays local).

@@ -147,7 +147,13 @@ def _privacy_plan(cfg: Config, fd: Any) -> Iterator[str]:
     if not p.enabled:
         return
     from fedvault.dp.checks import check_delta, check_plan
+    from fedvault.fl.stats import planned_releases, range_problems
 
+    bad_ranges = range_problems(cfg, fd.n_features)  # standardisation needs public ranges (helper D)
+    if bad_ranges:
+        yield from bad_ranges
+        return
+    extra = planned_releases(cfg, fd.n_features)  # DP feature statistics, charged before training
     records = {h.name: h.n for h in fd.hospitals if h.n >= 1}
     bad_delta = check_delta(p.delta, records)
     if bad_delta:
@@ -168,7 +174,7 @@ def _privacy_plan(cfg: Config, fd: Any) -> Iterator[str]:
             yield from check_plan({name: n}, delta=p.delta, batch_size=t.batch_size, epochs=epochs, rounds=rounds,
                                   relation=getattr(p, "relation", "add_remove"), accountant=p.accountant,
                                   target_epsilon=p.target_epsilon, noise_multiplier=p.noise_multiplier,
-                                  budget_epsilon=budget)
+                                  budget_epsilon=budget, extra_events=extra)
             bar.update(1)
 
 

@@ -53,14 +53,18 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
 
 
-def calibrated_noise(cfg: Config, n_records: int) -> float | None:
-    """Noise multiplier for one hospital: given, or calibrated so that the planned rounds land at target ε."""
+def calibrated_noise(cfg: Config, n_records: int, n_features: int | None = None) -> float | None:
+    """Noise multiplier for one hospital: given, or calibrated so that the planned rounds land at target ε.
+
+    Calibrated under the stated relation (``privacy.relation``) together with the releases
+    charged before training (``n_features`` given: the DP feature statistics)."""
     p = cfg.privacy
     if not p.enabled:
         return None
     if p.noise_multiplier is not None:
         return p.noise_multiplier
     from fedvault.dp.calibrate import noise_multiplier_for
+    from fedvault.fl.stats import planned_releases as _planned_releases
 
     k = _batches_per_epoch(n_records, cfg.training.batch_size)
     # Planned participation: with client sampling a hospital expects client_fraction of
@@ -69,7 +73,8 @@ def calibrated_noise(cfg: Config, n_records: int) -> float | None:
     if cfg.personalization.enabled:  # the fine-tuning is paid from the same budget
         epochs += cfg.personalization.epochs
     steps = epochs * k
-    return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant))
+    return float(noise_multiplier_for(p.target_epsilon, p.delta, 1.0 / k, steps, accountant=p.accountant,
+                                      relation=p.relation, extra_events=_planned_releases(cfg, n_features)))
 
 
 def pooled_baseline(cfg: Config, fd: data_mod.FederatedData, make_model: Callable[[], torch.nn.Module],
@@ -229,7 +234,7 @@ def federate(
         paillier_public, holder_key, shares = ks.public, ks.holder_key, dict(ks.shares)
 
     hospitals = [
-        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n), party=ids[h.name], identity=identities[ids[h.name]],
+        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n, fd.n_features if getattr(fd, "standardise", True) else None), party=ids[h.name], identity=identities[ids[h.name]],
                  key_share=shares.get(ids[h.name]),
                  trainer_options=trainer_options(h.name) if trainer_options is not None else None,
                  loss=loss, optimizer=optimizer)
@@ -265,6 +270,8 @@ def federate(
                          test=(fd.X_test, fd.y_test), weight_cap=weight_cap, eval_clip=eval_clip,
                          identity_keys=identity_keys, extra=list(extra.names) if extra is not None else [],
                          on_round=on_round, epsilon=epsilons,
+                         client_epsilon=(lambda: {hs.name: hs.client_epsilon() for hs in hospitals
+                                                  if hs.ledger is not None}) if cfg.privacy.enabled else None,
                          before_round=group.prepare if group is not None else None, loss=loss)
 
     faulty = sorted({hs.trainer.fault.not_private_reason() for hs in hospitals
@@ -272,21 +279,18 @@ def federate(
     if faulty:
         engine.history["not_private"] = engine.history.get("not_private", []) + faulty
 
-    # Federated standardisation: each hospital contributes its sums through the protocol (round 0).
-    from fedvault.fl.stats import STATS_BITS, STATS_CLIP, standardise_from_total
-
+    # The release inventory, the stated relation and where the randomness came from (helper D).
+    _record_privacy_facts(cfg, engine.history, client_level=cfg.privacy.client_noise_multiplier is not None,
+                          baseline=baseline, audit=trainer_options is not None)
+    # Feature standardisation (round 0) as privacy.standardise says (fl.stats; helper D).
     mean_std: list = []
 
     def standardise() -> None:
         if not getattr(fd, "standardise", True):  # the user's own tensors (from_arrays) are used as given
             return
-        _, st = engine.session(0, "stats", hospital_names, clip=STATS_CLIP, bits=STATS_BITS,
-                               dim=1 + 2 * fd.n_features)
-        if st.total is None:
-            from fedvault.fl.errors import FederationError
-
-            raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
-        mean_std.append(standardise_from_total(fd, st.total))
+        result = _standardise(cfg, fd, engine, hospital_names)
+        if result is not None:
+            mean_std.append(result)
         engine.test = (fd.X_test, fd.y_test)
 
     def finish(history: dict[str, Any]) -> None:
@@ -298,6 +302,10 @@ def federate(
                                                                      seed=cfg.seed).to_dict()
         elif baseline:
             history["final"]["baseline_pooled"] = {"metrics": pooled_baseline(cfg, fd, make_model, loss, optimizer)}
+        if baseline and "baseline_pooled" in history["final"]:
+            from fedvault.dp.releases import SIMULATION_ONLY
+
+            history["final"]["baseline_pooled"]["release"] = SIMULATION_ONLY
 
     write = None
     if history_path is not None:
@@ -311,3 +319,59 @@ def federate(
         prepare=standardise, finish=finish, write=write)
     return FederationRun(history, global_model, fd, hospitals, mean_std[0] if mean_std else None,
                          aggregates=dict(engine.aggregates))
+
+
+def _standardise(cfg: Config, fd: data_mod.FederatedData, engine: RoundEngine,
+                 hospital_names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Feature standardisation as ``privacy.standardise`` says (see :mod:`fl.stats`).
+
+    ``"dp"`` (with privacy on): a round-0 "stats" session in which every hospital contributes
+    its noised, charged sums (``Hospital.statistics``); ``"public"``: min-max from public
+    ranges, no session; ``"none"``: nothing. Without privacy: the exact federated sums.
+    """
+    from fedvault.fl import stats
+
+    p = cfg.privacy
+    if p.enabled and p.standardise == "none":
+        return None
+    if p.enabled:
+        lo, hi = stats.public_ranges(cfg, fd.n_features) or (None, None)
+        if lo is None:
+            from fedvault.fl.errors import ConfigError
+
+            raise ConfigError("; ".join(stats.range_problems(cfg, fd.n_features)))
+        if p.standardise == "public":
+            return stats.standardise_public(fd, lo, hi)
+    _, st = engine.session(0, "stats", hospital_names, clip=stats.STATS_CLIP, bits=stats.STATS_BITS,
+                           dim=1 + 2 * fd.n_features)
+    if st.total is None:
+        from fedvault.fl.errors import FederationError
+
+        raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
+    if not p.enabled:
+        return stats.standardise_from_total(fd, st.total)
+    mean, std = stats.standardisation_from_total(st.total, fd.n_features)
+    return stats.apply_standardisation(fd, lo, hi, mean, std)
+
+
+def _record_privacy_facts(cfg: Config, history: dict[str, Any], *, client_level: bool, baseline: bool,
+                          audit: bool) -> None:
+    """history ``releases`` (the inventory), ``privacy_relation`` and ``randomness``."""
+    from fedvault.dp.events import RELATION_TEXT
+    from fedvault.dp.releases import run_inventory
+
+    p = cfg.privacy
+    history["releases"] = [r.to_dict() for r in run_inventory(
+        private=p.enabled, standardise=p.standardise if p.enabled else "exact",
+        site_metrics="simulation" if (p.site_metrics == "simulation" or not p.enabled) else "off",
+        client_level=client_level, personalization=cfg.personalization.enabled, baseline=baseline, audit=audit)]
+    history["privacy_relation"] = {
+        "record": p.relation, "client": "replace_one" if client_level else None,
+        "text": f"every record-level ε: {RELATION_TEXT[p.relation]} (exact counts are released)"
+                + ("; client-level ε: replace one hospital, no client-sampling credit" if client_level else ""),
+    }
+    history["randomness"] = {
+        "reproducible": bool(p.reproducible),
+        "client_sampling": "config-seeded" if p.reproducible else "secret",
+        "dp_noise": "config-seeded (not private)" if p.reproducible else "OS CSPRNG",
+    }

@@ -209,9 +209,14 @@ def summary(history: Mapping[str, Any]) -> str:
     cl = history.get("client_level")
     if cl:
         e = cl.get("epsilon")
-        out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} against model "
-                   f"consumers, ε = {_fmt(cl.get('epsilon_vs_server'), '.3f')} against the server, δ = {_fmt(cl.get('delta'), 'g')} "
-                   "(neighbouring: add/remove one hospital's whole update)")
+        if cl.get("relation") == "replace_one":  # per hospital, from its ledger (helper D)
+            out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} (largest over "
+                       f"hospitals), δ = {_fmt(cl.get('delta'), 'g')} (neighbouring: replace one hospital's whole update; "
+                       "no client-sampling credit: participants are listed)")
+        else:
+            out.append(f"  client level ({cl.get('mechanism', 'distributed DP')}): ε = {_fmt(e, '.3f')} against model "
+                       f"consumers, ε = {_fmt(cl.get('epsilon_vs_server'), '.3f')} against the server, δ = {_fmt(cl.get('delta'), 'g')} "
+                       "(neighbouring: add/remove one hospital's whole update)")
         worst = max(x for x in (e, cl.get("epsilon_vs_server")) if isinstance(x, (int, float))) if isinstance(e, (int, float)) else None
         if worst is not None and worst > MEANINGLESS_EPSILON:
             out.append(f"  WARNING: client-level ε = {worst:.0f} is too large to mean anything (e^ε ≈ {math.exp(min(worst, 700)):.1e}: "
@@ -226,7 +231,9 @@ def summary(history: Mapping[str, Any]) -> str:
                f"ROC-AUC {_fmt(m.get('roc_auc'), '.3f')}{_ci_text(ci.get('roc_auc'))}"
                + (f"   on {ci['records']} test patients" if ci.get("records") else ""))
     if eps is not None:
-        out.append(f"    max ε over hospitals {eps:.3f} at δ = {_fmt(history.get('config', {}).get('privacy', {}).get('delta'), 'g')}")
+        rel = (history.get("privacy_relation") or {}).get("record")
+        out.append(f"    max ε over hospitals {eps:.3f} at δ = {_fmt(history.get('config', {}).get('privacy', {}).get('delta'), 'g')}"
+                   + (f" ({RELATION_WORDS.get(rel, rel)})" if rel else ""))
     b = final.get("baseline_pooled")
     if b:
         bm, bci = b.get("metrics", {}), b.get("metrics_ci") or {}

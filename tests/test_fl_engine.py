@@ -33,7 +33,11 @@ OLD = json.loads(FIXTURE.read_text())
 #    are unchanged.
 #  - aborted rounds now report who dropped where and the bytes sent (the old engine lost them);
 #  - a stage with nobody dropped may be listed with [] or left out.
-NEW_KEYS = {("reproducible",), ("not_private",), ("config", "privacy", "reproducible")}
+NEW_KEYS = {("reproducible",), ("not_private",), ("config", "privacy", "reproducible"),
+            # issue 13 (helper D): client-level ε is now per hospital, replace-one hospital, no
+            # client-sampling credit (checked against the old "vs server" value below)
+            ("client_level", "epsilon"), ("client_level", "epsilon_vs_server"), ("client_level", "events"),
+            ("client_level", "events_vs_server")}
 ROW_NEW = {"protocol", "model_sha256", "guarantee"}
 
 
@@ -81,7 +85,7 @@ def normalise(h: dict, *, bytes_too: bool, like: dict | None = None) -> dict:
             d = d.get(k, {})
         d.pop(path[-1], None)
     for row in h["rounds"]:
-        for k in ROW_NEW:
+        for k in ROW_NEW | {"client_epsilon", "client_epsilon_vs_server"}:
             row.pop(k, None)
         if bytes_too or "aborted" in row:
             row.pop("upload_bytes", None)
@@ -108,6 +112,8 @@ def test_same_history_as_the_old_engine_in_reproducible_mode(name):
     old = OLD[name]["history"]
     assert_same(normalise(new, bytes_too=bytes_differ, like=old), normalise(old, bytes_too=bytes_differ))
     assert new["reproducible"] is True and new["not_private"] == ["not private: noise reproducible from the config"]
+    if "client_level" in old:  # replace-one hospital without sampling credit = the old ε against the server
+        assert new["client_level"]["epsilon"] == pytest.approx(old["client_level"]["epsilon_vs_server"], rel=1e-6)
     for row in new["rounds"]:
         assert len(row["model_sha256"]) == 64 and row["protocol"] in ("plaintext", "secagg", "paillier")
 
@@ -120,9 +126,10 @@ def test_a_round_stopped_by_refusals_charges_nobody():
     assert new["stopped"]["round"] == old["stopped"]["round"]
     assert sorted(new["stopped"]["refused"]) == sorted(old["stopped"]["refused"])
     assert [r["round"] for r in new["rounds"]] == [1]
-    assert strip(new["rounds"][0])["epsilon"] == strip(old["rounds"][0])["epsilon"]
+    # issue 13 (helper D): ε is now stated for replace-one and includes the DP feature statistics
+    # (round 0), so compare the DP-SGD events, not the ε numbers
     h0_old = old["privacy"]["hospital_0"]["events"]
-    h0_new = new["privacy"]["hospital_0"]["events"]
+    h0_new = [e for e in new["privacy"]["hospital_0"]["events"] if e["kind"] == "poisson_sampled_gaussian"]
     assert [e["round"] for e in h0_old] == [1, 2] and [e["round"] for e in h0_new] == [1]
 
 

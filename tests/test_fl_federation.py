@@ -85,18 +85,29 @@ def test_same_seed_same_history_only_with_reproducible_noise():
     assert not np.array_equal(w1, w2)
 
 
-def test_epsilon_matches_opacus_and_grows_with_participation():
-    from opacus.accountants import RDPAccountant
+def test_epsilon_matches_dp_accounting_and_grows_with_participation():
+    """ε is stated for replace-one (exact counts are released): dp_accounting's PLD over every
+    event of the hospital — the DP feature statistics and one DP-SGD event per round."""
+    import dp_accounting as dpa
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import PLDAccountant
 
     run = federate(cfg_with(training={"rounds": 3}, aggregation={"mode": "plaintext"}), baseline=False)
     h = run.history
+    assert h["privacy_relation"]["record"] == "replace_one"
     for client, led in h["privacy"].items():
-        acc = RDPAccountant()
-        acc.history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in led["events"]]
-        assert len(led["events"]) == 3
-        eps = acc.get_epsilon(led["delta"])
-        assert led["epsilon"] == pytest.approx(eps, rel=1e-9)
-        assert h["rounds"][-1]["epsilon"][client] == pytest.approx(eps, rel=1e-9)
+        assert led["relation"] == "replace_one" and [e["kind"] for e in led["events"]] == (
+            ["gaussian_release"] + ["poisson_sampled_gaussian"] * 3)
+        stats_ev, *sgd = led["events"]
+        parts = [dpa.GaussianDpEvent(2 * stats_ev["std"] / stats_ev["sensitivity_replace_one"])]
+        parts += [dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(e["sample_rate"],
+                                                                    dpa.GaussianDpEvent(e["noise_multiplier"])),
+                                          e["steps"]) for e in sgd]
+        acc = PLDAccountant(NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-3)
+        eps = acc.compose(dpa.ComposedDpEvent(parts)).get_epsilon(led["delta"])
+        led = dict(led, events=sgd)
+        assert led["epsilon"] == pytest.approx(eps, rel=1e-3)
+        assert h["rounds"][-1]["epsilon"][client] == pytest.approx(eps, rel=1e-3)
         per_round = [r["epsilon"][client] for r in h["rounds"]]
         assert all(b > a for a, b in zip(per_round, per_round[1:]))
         # steps recorded are the steps taken: ceil(n/B) per epoch with q = 1/ceil(n/B)
