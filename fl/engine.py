@@ -112,6 +112,7 @@ class SessionOutcome:
     aborted: str | None = None
     individual: dict[str, np.ndarray] | None = None  # plaintext only: the server saw every vector
     guarantee: dict[str, Any] | None = None
+    blamed: dict[str, list[str]] = field(default_factory=dict)  # refused messages / misbehaviour, by sender
 
 
 class Transport(Protocol):
@@ -148,6 +149,7 @@ class RoundRecord:
     aborted: str | None = None
     client_level: dict[str, float] | None = None  # client_epsilon, client_epsilon_vs_server, wraparound_probability
     guarantee: dict[str, Any] | None = None
+    blamed: dict[str, list[str]] | None = None  # messages the server refused, attributed to their sender
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"round": self.round, "participants": self.participants, "selected": self.selected}
@@ -167,6 +169,8 @@ class RoundRecord:
         row["model_sha256"] = self.model_sha256
         if self.guarantee is not None:
             row["guarantee"] = self.guarantee
+        if self.blamed:
+            row["blamed"] = self.blamed
         return row
 
 
@@ -522,7 +526,7 @@ class RoundEngine:
         refused = {**refused, **out.refused}
         common = dict(round=r, selected=sorted(selected), delta=cfg.privacy.delta if cfg.privacy.enabled else None,
                       upload_bytes=out.upload_bytes, refused=refused, protocol=setup.protocol,
-                      model_sha256=setup.model_sha256, guarantee=out.guarantee)
+                      model_sha256=setup.model_sha256, guarantee=out.guarantee, blamed=out.blamed or None)
         if out.aborted is not None:
             # Too many hospitals vanished for the protocol to finish: it revealed nothing and the
             # model stays as it was. The ε of hospitals that trained stays charged (conservative).

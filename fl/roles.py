@@ -69,7 +69,15 @@ class SecAggServerRole:
         return SessionResult(
             total=np.asarray(self.params.encoder.decode_sum(res, len(surv)), dtype=np.float64), encoded_total=res,
             contributors=surv, dropped={s: list(self._s.dropped.get(s, [])) for s in STAGES},
-            guarantee=secagg_guarantee(self.params))
+            refused=self.blame, guarantee=secagg_guarantee(self.params))
+
+    @property
+    def blame(self) -> dict[int, list[str]]:
+        """Misbehaviour the server attributed to a party (refused messages, bad shares, disputes)."""
+        out = {int(i): list(v) for i, v in getattr(self._s, "blame", {}).items()}
+        for a, b in getattr(self._s, "disputes", []):
+            out.setdefault(int(a), []).append(f"dispute with party {b} (complaint about its share)")
+        return out
 
 
 def secagg_client(params: Any, party: int, identity: Any, identity_keys: Mapping[int, bytes],

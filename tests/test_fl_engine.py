@@ -334,3 +334,34 @@ def test_plaintext_upload_round_trips_and_refuses_replays():
                 pass
 
     fuzz()
+
+
+def test_a_message_the_server_refuses_is_attributed_in_history(monkeypatch):
+    """A hospital that sends garbage next to its real upload: the round completes and history names it."""
+    from fedvault.fl.hospital import Hospital
+    from fedvault.fl.simulation import federate
+
+    join = Hospital.join
+
+    class Noisy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        stage = property(lambda self: self.inner.stage)
+        done = property(lambda self: self.inner.done)
+
+        def start(self):
+            return [b"FVSA" + bytes(40)] + list(self.inner.start())
+
+        def receive(self, data):
+            return self.inner.receive(data)
+
+    def joined(self, setup):
+        role = join(self, setup)
+        return Noisy(role) if self.name == "hospital_0" and setup.purpose == "update" else role
+
+    monkeypatch.setattr(Hospital, "join", joined)
+    run = federate(small(aggregation={"mode": "secagg"}), baseline=False)
+    row = run.history["rounds"][0]
+    assert "aborted" not in row and "hospital_0" in row["participants"]
+    assert list(row["blamed"]) == ["hospital_0"] and "Error" in row["blamed"]["hospital_0"][0]

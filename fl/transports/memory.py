@@ -164,6 +164,15 @@ class InMemoryTransport:
         vecs = getattr(server, "individual_vectors", None) if aborted is None else None
         individual = {back[i]: np.asarray(v) for i, v in vecs().items()} if vecs is not None else None
         dropped = {s: [back[i] for i in v if i in back] for s, v in dropped_ids.items()}
+        blamed: dict[str, list[str]] = {}
+        attributed = [stats.refused, getattr(server, "blame", {}) or {}]
+        if aborted is None:
+            attributed.append(res.refused)
+        for src in attributed:  # messages the server refused / misbehaviour, by sender
+            for i, reasons in src.items():
+                for why in reasons:
+                    if why not in blamed.setdefault(back.get(i, str(i)), []):
+                        blamed[back.get(i, str(i))].append(why)
         for i, why in stats.aborted.items():  # an honest party refused a server message and left
             from fedvault.fl.summary import name_parties
 
@@ -178,7 +187,7 @@ class InMemoryTransport:
             seconds["decrypt"] = max((r.receive_seconds for r in roles.values()), default=0.0)
         return SessionOutcome(total=total, contributors=contributors, refused=refused, dropped=dropped,
                               upload_bytes=upload, download_bytes=download, seconds=seconds, aborted=aborted,
-                              individual=individual, guarantee=guarantee)
+                              individual=individual, guarantee=guarantee, blamed=blamed)
 
     def personalise(self, weights: np.ndarray, round: int) -> dict[str, dict[str, Any]]:
         return {n: self.parties[n].personalize(weights, round) for n in self._roster
