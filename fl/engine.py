@@ -60,6 +60,7 @@ from fedvault.fl.config import Config, to_dict
 from fedvault.fl.errors import ConfigError, FederationError
 from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise, site_metric_keys
 from fedvault.fl.metrics import evaluate
+from fedvault.protocols.session import ServerRole
 
 __all__ = [
     "SCHEMA_VERSION", "NOT_PRIVATE", "RoundSetup", "SessionOutcome", "RoundRecord", "Transport", "RoundEngine",
@@ -122,7 +123,7 @@ class Transport(Protocol):
 
     def ask(self, round: int, names: Sequence[str]) -> dict[str, str]: ...
 
-    def run_session(self, setup: RoundSetup, server: Any) -> SessionOutcome: ...
+    def run_session(self, setup: RoundSetup, server: ServerRole) -> SessionOutcome: ...
 
     def personalise(self, weights: np.ndarray, round: int) -> dict[str, dict[str, Any]]: ...
 
@@ -258,7 +259,7 @@ class AggregationMode:
         """Parties other than the contributors that every session needs (key holders)."""
         return {}
 
-    def server(self, params: Any, identity_keys: Mapping[int, bytes]) -> Any:
+    def server(self, params: Any, identity_keys: Mapping[int, bytes]) -> ServerRole:
         from fedvault.protocols.plaintext import PlaintextServer
 
         return PlaintextServer(params)
@@ -364,7 +365,7 @@ def make_mode(cfg: Config, ids: Mapping[str, int], paillier_public: Any = None) 
 
 def open_session(cfg: Config, mode: AggregationMode, round: int, purpose: str, contributors: Sequence[str], *,
                  weights: np.ndarray, clip: float, bits: int | None = None, dim: int | None = None,
-                 identity_keys: Mapping[int, bytes] | None = None) -> tuple[RoundSetup, Any]:
+                 identity_keys: Mapping[int, bytes] | None = None) -> tuple[RoundSetup, ServerRole]:
     """One protocol session: the :class:`RoundSetup` every party receives and the server role.
 
     ``contributors``: names whose vectors enter the sum; ``dim``: vector length (default
@@ -479,7 +480,7 @@ class RoundEngine:
 
     # -- one session -------------------------------------------------------------------------------
     def setup(self, round: int, purpose: str, contributors: Sequence[str], *, clip: float, bits: int | None = None,
-              dim: int | None = None) -> tuple[RoundSetup, Any]:
+              dim: int | None = None) -> tuple[RoundSetup, ServerRole]:
         """The round setup for ``contributors`` and the matching server role."""
         return open_session(self.cfg, self.mode, round, purpose, contributors, weights=self.weights, clip=clip,
                             bits=bits, dim=dim, identity_keys=self.identity_keys)

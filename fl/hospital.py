@@ -32,7 +32,7 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from torch import nn
@@ -43,6 +43,10 @@ from fedvault.fl.data import HospitalData
 from fedvault.fl.errors import FederationError
 from fedvault.fl.metrics import evaluate as evaluate_model
 from fedvault.fl.models import get_vector, set_vector
+
+if TYPE_CHECKING:  # the engine imports this module; the types only
+    from fedvault.fl.engine import RoundSetup
+    from fedvault.protocols.session import ClientRole
 
 __all__ = [
     "Hospital", "KeyHolder", "VectorParticipant", "LocalResult", "SecretRandomness", "SetupRejected",
@@ -183,8 +187,8 @@ class LocalResult:
 
 
 # -- protocol client roles (hospital side) -----------------------------------------------------
-def client_role(setup: Any, party: int, vector: np.ndarray | None, rand: SecretRandomness | None,
-                identity: Any = None, key_share: Any = None, log: Any = None) -> Any:
+def client_role(setup: "RoundSetup", party: int, vector: np.ndarray | None, rand: SecretRandomness | None,
+                identity: Any = None, key_share: Any = None, log: Any = None) -> "ClientRole":
     """The protocol client role holding this party's contribution (``vector``; None = no upload).
 
     Encoding, client-level noise, masking and encryption all happen here, on the party's side.
@@ -282,7 +286,7 @@ class Hospital:
             self.ledger.refuse(round, reason)
         return reason
 
-    def check_setup(self, setup: Any) -> None:
+    def check_setup(self, setup: "RoundSetup") -> None:
         """Refuse a setup that does not match what this hospital was told to run.
 
         Raises:
@@ -314,7 +318,7 @@ class Hospital:
                                         f"but client_noise_multiplier = {z:g} needs {want}")
 
     # -- the round ----------------------------------------------------------------------
-    def join(self, setup: Any) -> Any:
+    def join(self, setup: "RoundSetup") -> "ClientRole":
         """Check the setup, compute this hospital's contribution, return the protocol client role.
 
         ``setup.purpose``: ``"update"`` (train and contribute the update), ``"eval"`` (site
@@ -486,7 +490,7 @@ class KeyHolder:
     def refusal(self, round: int) -> str | None:
         return None
 
-    def join(self, setup: Any) -> Any:
+    def join(self, setup: "RoundSetup") -> "ClientRole":
         from fedvault.fl import roles
 
         if model_digest(setup.weights) != setup.model_sha256:
@@ -513,6 +517,6 @@ class VectorParticipant:
     def refusal(self, round: int) -> str | None:
         return None
 
-    def join(self, setup: Any) -> Any:
+    def join(self, setup: "RoundSetup") -> "ClientRole":
         vector = self._make(setup.round, setup.weights) if self.party in setup.contributors else None
         return client_role(setup, self.party, vector, self.random, self.identity, self.key_share, self.decrypt_log)

@@ -27,6 +27,7 @@ from fedvault.dp.errors import BudgetExceeded
 from fedvault.fl.engine import RoundSetup, SessionOutcome
 from fedvault.protocols.driver import DriverStats, run_in_memory
 from fedvault.protocols.errors import AbortError
+from fedvault.protocols.session import ServerRole
 
 __all__ = ["Party", "InMemoryTransport", "simulated_stages"]
 
@@ -126,7 +127,7 @@ class InMemoryTransport:
                 alive = [a for a in alive if a not in gone]
         return drops
 
-    def run_session(self, setup: RoundSetup, server: Any) -> SessionOutcome:
+    def run_session(self, setup: RoundSetup, server: ServerRole) -> SessionOutcome:
         back = {pid: n for n, pid in setup.parties.items()}
         roles: dict[int, Any] = {}
         refused: dict[str, str] = {}
