@@ -78,3 +78,27 @@ def test_public_ranges_for_builtin_data_and_refusal_without_them():
     ok = csv_cfg.replace(privacy={"feature_low": [0.0] * 8, "feature_high": [1.0] * 8})
     assert stats.range_problems(ok, 8) == []
     assert stats.range_problems(csv_cfg.replace(privacy={"standardise": "none"}), 8) == []
+
+
+def test_a_run_states_one_relation_and_verify_certifies_it():
+    """End to end: every ε names replace-one, the statistics release is in every ledger, the
+    inventory is in history, and verify certifies the run (and refuses the reproducible one)."""
+    from fedvault.dp.verify import REPRODUCIBLE_REFUSAL, verify
+    from fedvault.fl.config import from_dict
+    from fedvault.fl.simulation import run_federation
+
+    raw = {"seed": 5, "data": {"hospitals": 3}, "training": {"rounds": 2, "batch_size": 16},
+           "privacy": {"target_epsilon": 3.0}, "aggregation": {"mode": "secagg"}}
+    h = run_federation(from_dict(raw), baseline=False)
+    assert h["privacy_relation"]["record"] == "replace_one"
+    assert all(r["epsilon_relation"] == "replace_one" for r in h["rounds"])
+    assert "site_metrics" not in h["rounds"][-1]  # not released by default
+    assert {r["value"]: r["protection"] for r in h["releases"]}["feature_statistics"] == "dp"
+    for led in h["privacy"].values():
+        assert led["relation"] == "replace_one" and led["epsilon"] <= 3.0
+        assert led["events"][0]["purpose"] == "feature_statistics" and led["events"][0]["round"] == 0
+    rep = verify(h)
+    assert rep.ok, rep.problems
+    raw["privacy"]["reproducible"] = True
+    rep = verify(run_federation(from_dict(raw), baseline=False))
+    assert not rep.ok and rep.refusal is not None and "reproducible" in rep.refusal
