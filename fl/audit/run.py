@@ -36,7 +36,7 @@ from fedvault.fl.audit.canaries import (
     insert_canaries,
     logits,
 )
-from fedvault.fl.audit.report import SIMULATION_ONLY, AuditReport  # noqa: F401 (re-exported)
+from fedvault.fl.audit.report import AuditReport
 from fedvault.fl.audit.settings import AuditSettings
 from fedvault.fl.config import Config
 
