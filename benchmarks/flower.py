@@ -58,14 +58,15 @@ def _vector(partition: int, dim: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- Flower's SecAgg+
-def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, threshold: int):  # noqa: ANN201
+def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, threshold: int,  # noqa: ANN201
+                graph: str = "sparse"):
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
     from flwr.common import ndarrays_to_parameters
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow, SecAggWorkflow
     from flwr.serverapp import ServerApp
 
     class Vec(NumPyClient):
@@ -86,7 +87,10 @@ def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, thres
         strategy = FedAvg(fraction_fit=1.0, min_fit_clients=n, min_available_clients=n, fraction_evaluate=0.0,
                           initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
         ctx = LegacyContext(context, config=ServerConfig(num_rounds=1), strategy=strategy)
-        wf = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=min(threshold, shares), timeout=600)
+        if graph == "complete":  # Flower's SecAgg: every client shares with all others
+            wf = SecAggWorkflow(reconstruction_threshold=threshold, timeout=600)
+        else:
+            wf = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=min(threshold, shares), timeout=600)
 
         def fit(g, c) -> None:  # noqa: ANN001
             acc: dict = {}
@@ -115,7 +119,8 @@ class _SyntheticSite:
         return _vector(self.partition, self.dim)
 
 
-def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any = None):  # noqa: ANN201
+def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any = None,  # noqa: ANN201
+                  graph: str = "sparse"):
     from flwr.app import Array, ArrayRecord
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
@@ -135,7 +140,7 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
         while len(list(grid.get_node_ids())) < n:
             time.sleep(0.2)
         acc: dict = {}
-        cfg = SecAggConfig(clip=1.0, graph="sparse", stage_timeout=600, min_clients=2, threads=2, threat_model=threat)
+        cfg = SecAggConfig(clip=1.0, graph=graph, stage_timeout=600, min_clients=2, threads=2, threat_model=threat)
         weights = ArrayRecord({"w": Array(np.zeros(dim - 1, np.float32))})
         registry = Registry.load(root / "registry.json")
         members = discover(grid, registry)  # once per run, like Flower's own node discovery: not timed
@@ -222,6 +227,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--dim", type=int, default=1_000_000)
     ap.add_argument("--drops", type=int, nargs="+", default=[0, 3])
+    ap.add_argument("--graph", default="sparse", choices=["sparse", "complete"],
+                    help="sparse: Flower's SecAgg+ vs fedvault's SecAgg+; complete: Flower's SecAgg vs fedvault's SecAgg")
     a = ap.parse_args(argv)
     if a.parity:
         return parity(a.rounds, a.key_bits)
@@ -238,21 +245,21 @@ def main(argv: list[str]) -> int:
     from fedvault.protocols.secagg.threat import ThreatModel
 
     threat = ThreatModel(dropouts=max(a.drops))  # the adversary fedvault's parameters are derived from
-    probe = SecAggParams(b"x", 0, tuple(range(1, a.n + 1)), graph="sparse", threat_model=threat)
-    degree, threshold = probe.effective_degree, probe.t
+    probe = SecAggParams(b"x", 0, tuple(range(1, a.n + 1)), graph=a.graph, threat_model=threat)
+    degree, threshold = (probe.effective_degree if a.graph == "sparse" else a.n - 1), probe.t
     shares = degree + 1  # Flower counts the node itself among its num_shares; it wants an odd number
     shares = min(a.n, shares + 1 if shares % 2 == 0 else shares)
     rows = []
     for k in a.drops:
         drops = set(range(a.n - k, a.n))
         fl_out: dict = {}
-        _simulate(*flower_apps(a.n, a.dim, drops, shares, fl_out, threshold), a.n)
+        _simulate(*flower_apps(a.n, a.dim, drops, shares, fl_out, threshold, a.graph), a.n)
         with tempfile.TemporaryDirectory(prefix="fv-bench-") as tmp:
             root = Path(tmp)
             provision(root, [f"hospital_{i}" for i in range(a.n)], dirs=[f"node-{i}" for i in range(a.n)])
             fv_out: dict = {}
-            _simulate(*fedvault_apps(a.n, a.dim, drops, root, fv_out, threat), a.n)
-        row = {"n": a.n, "d": a.dim, "dropped": k,
+            _simulate(*fedvault_apps(a.n, a.dim, drops, root, fv_out, threat, a.graph), a.n)
+        row = {"graph": a.graph, "n": a.n, "d": a.dim, "dropped": k,
                "flower_server_s": fl_out.get("server_s"), "fedvault_server_s": fv_out.get("server_s"),
                "server_ratio": (fl_out["server_s"] / fv_out["server_s"]) if fl_out.get("server_s") and fv_out.get("server_s") else None,
                "flower_round_s": fl_out.get("round_s"), "fedvault_round_s": fv_out.get("round_s"),
@@ -262,14 +269,16 @@ def main(argv: list[str]) -> int:
                "fedvault_stage_s": fv_out.get("stage_s"), "load_1min_after": round(os.getloadavg()[0], 1)}
         rows.append(row)
         print(row, flush=True)
-    cols = ["n", "d", "dropped", "flower_server_s", "fedvault_server_s", "server_ratio", "flower_round_s",
+    cols = ["graph", "n", "d", "dropped", "flower_server_s", "fedvault_server_s", "server_ratio", "flower_round_s",
             "fedvault_round_s", "round_ratio", "fedvault_protocol_server_s", "fedvault_max_abs_error"]
-    md = ("# Flower SecAgg+ vs fedvault's Flower plug-in (simulation engine, one round)\n\n"
-          f"Sparse graphs: fedvault degree {degree}, threshold {threshold} (threat model: {threat}); Flower "
-          f"num_shares {shares}, reconstruction threshold {min(threshold, shares)}. "
+    md = (f"# Flower {'SecAgg+' if a.graph == 'sparse' else 'SecAgg'} vs fedvault's Flower plug-in "
+          "(Flower's simulation engine, one round)\n\n"
+          f"{a.graph} graph: fedvault degree {degree}, threshold {threshold} (threat model: {threat}); Flower "
+          f"num_shares {shares if a.graph == 'sparse' else a.n}, reconstruction threshold "
+          f"{min(threshold, shares) if a.graph == 'sparse' else threshold}. "
           "server_s = round time minus time inside Flower grid calls.\n\n" + _report.markdown_table(rows, cols) + "\n")
     if not a.quick:
-        _report.write("flower", {"machine": _report.machine(), "rows": rows, "fedvault_degree": degree,
+        _report.write("flower" if a.graph == "sparse" else "flower_complete", {"machine": _report.machine(), "rows": rows, "fedvault_degree": degree,
                                  "fedvault_threshold": threshold,
                                  "flower_num_shares": shares}, md)
     print(md)
