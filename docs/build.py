@@ -31,10 +31,17 @@ def render(path: Path, out_dir: Path) -> tuple[Path, float]:
 
     nb = nbformat.read(path, as_version=4)
     t0 = time.perf_counter()
+    from jupyter_client.manager import KernelManager
+
     with tempfile.TemporaryDirectory(prefix="fedvault-docs-") as scratch:
         os.environ["FEDVAULT_NOTEBOOK_OUT"] = scratch
-        NotebookClient(nb, timeout=900, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        # IPC sockets in the scratch folder: a local kernel, and no "running over TCP" warning.
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(scratch, "kernel"))
+        try:
+            NotebookClient(nb, km=km, timeout=900, resources={"metadata": {"path": str(path.parent)}}).execute()
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=False)
     body, _ = HTMLExporter().from_notebook_node(nb)
     target = out_dir / f"{path.stem}.html"
     target.write_text(body, encoding="utf-8")
