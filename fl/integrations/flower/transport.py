@@ -423,7 +423,7 @@ class FlowerTransport:
             aborted = str(e)
         finally:  # every node forgets the session's role
             self._exchange({node: self._msg(node, {"stage": "end", "session": token}) for node in alive}, self.timeout)
-        total, contributors, guarantee, individual = None, [], None, None
+        total, contributors, guarantee, individual, res = None, [], None, None, None
         if aborted is None:
             res = server.result()
             total = np.asarray(res.total, dtype=np.float64)
@@ -436,14 +436,22 @@ class FlowerTransport:
             vecs = getattr(server, "individual_vectors", None)
             if vecs is not None:
                 individual = {back[i]: np.asarray(v) for i, v in vecs().items()}
-        for n, why in server_refused.items():
-            refused.setdefault(n, "; ".join(why))
+        blamed: dict[str, list[str]] = {}  # messages the server refused / misbehaviour, by sender
+        attributed = [{back[i]: list(v) for i, v in (getattr(server, "blame", {}) or {}).items() if i in back}]
+        if aborted is None:
+            attributed.append({back[i]: list(v) for i, v in (res.refused or {}).items() if i in back})
+        attributed.append(server_refused)
+        for src in attributed:
+            for n, reasons in src.items():
+                for why in reasons:
+                    if why not in blamed.setdefault(n, []):
+                        blamed[n].append(why)
         wall = time.perf_counter() - t_wall
         seconds = {"train": train_s, "server": server_s, "wall": wall, "session": wall}
         return SessionOutcome(total=total, contributors=contributors, refused=refused, dropped=dropped,
                               upload_bytes={n: b for n, b in up_b.items() if setup.parties[n] in setup.contributors},
                               download_bytes=down_b, seconds=seconds, aborted=aborted, individual=individual,
-                              guarantee=guarantee)
+                              guarantee=guarantee, blamed={n: v for n, v in blamed.items() if v})
 
     def personalise(self, weights: np.ndarray, round: int) -> dict[str, dict[str, Any]]:
         rd = RecordDict({MODEL: ArrayRecord({"w": Array(np.asarray(weights, dtype=np.float64))})})
