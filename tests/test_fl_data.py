@@ -149,7 +149,8 @@ def test_a_tiny_hospital_is_warned_about_with_its_dp_consequence(tmp_path):
     b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(1, 2))
     t = _csv(tmp_path / "t.csv", ["age", "m", "y"], _rows(15, 3))
     cfg = from_dict({"data": {"dataset": "csv", "csv": [a, b], "label": "y", "test_csv": t},
-                     "privacy": {"noise_multiplier": 1.0}, "aggregation": {"mode": "plaintext"}}, base_dir=tmp_path)
+                     "privacy": {"noise_multiplier": 1.0, "standardise": "none"}, "aggregation": {"mode": "plaintext"}},
+                    base_dir=tmp_path)
     ready = prepare(cfg)
     w = [m for m in ready.warnings if "'b'" in m]
     assert w and "only 1 training record" in w[0] and "ε grows fastest" in w[0]
