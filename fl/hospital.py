@@ -302,6 +302,7 @@ class Hospital:
         if setup.protocol != mine:
             raise SetupRejected(f"{self.name}: the server runs {setup.protocol!r} aggregation but this hospital is "
                                 f"configured for {mine!r}; use the consortium's config file")
+        self._check_protocol_policy(setup)
         if setup.purpose == "update":
             if setup.update_clip != a.update_clip:
                 raise SetupRejected(f"{self.name}: the server asks for update_clip = {setup.update_clip:g}, this "
@@ -316,6 +317,49 @@ class Hospital:
                 if want != setup.client_noise:
                     raise SetupRejected(f"{self.name}: the server announced client-level noise {setup.client_noise} "
                                         f"but client_noise_multiplier = {z:g} needs {want}")
+
+    def _check_protocol_policy(self, setup: "RoundSetup") -> None:
+        """Judge the protocol parameters against this hospital's own config (redteam fix).
+
+        Over Flower the parameters are rebuilt from the server's record, so the threat model,
+        threshold, graph and cohort in them are the *server's* claim: recompute what this
+        hospital's ``[threat_model]`` / ``aggregation`` / ``training.min_clients`` demand for
+        the proposed cohort and refuse anything weaker (a lower threshold re-opens the split
+        view with colluders; a cohort of two with a colluder opens one update).
+        """
+        params = setup.params
+        clients = tuple(getattr(params, "clients", ()) or ())
+        if setup.protocol not in ("secagg", "paillier") or not clients:
+            return
+        least = max(2, int(self.cfg.training.min_clients))
+        if len(clients) < least:
+            raise SetupRejected(f"{self.name}: the server proposes a cohort of {len(clients)} hospitals but this "
+                                f"hospital's config needs at least {least} (training.min_clients); a sum over too "
+                                "few hospitals says too much about each")
+        a = self.cfg.aggregation
+        if setup.protocol == "secagg":
+            from fedvault.protocols.secagg import SecAggParams
+            from fedvault.secagg.errors import ParameterError
+
+            t = None if a.threshold is None else min(a.threshold, len(clients))
+            try:
+                own = SecAggParams(session_id=params.session_id, round=params.round, clients=clients, threshold=t,
+                                   graph=a.graph, bits=params.bits, clip=params.clip,
+                                   threat_model=self.cfg.threat_model.protocol())
+            except ParameterError as e:
+                raise SetupRejected(f"{self.name}: a cohort of {len(clients)} cannot meet this hospital's threat "
+                                    f"model: {e}") from None
+            if (params.graph, params.effective_degree) != (own.graph, own.effective_degree) or params.t < own.t:
+                raise SetupRejected(
+                    f"{self.name}: the server proposes SecAgg ({params.graph} graph, degree {params.effective_degree}, "
+                    f"t = {params.t}) but this hospital's threat model needs ({own.graph} graph, degree "
+                    f"{own.effective_degree}, t >= {own.t}); use the consortium's config file")
+        else:
+            want = min(least, len(clients))
+            if int(params.min_clients) < want or params.keys != a.keys:
+                raise SetupRejected(f"{self.name}: the server proposes Paillier with keys = {params.keys!r}, "
+                                    f"min_clients = {params.min_clients} but this hospital's config needs "
+                                    f"keys = {a.keys!r}, min_clients >= {want}")
 
     # -- the round ----------------------------------------------------------------------
     def join(self, setup: "RoundSetup") -> "ClientRole":

@@ -1,0 +1,78 @@
+"""Red team: a malicious server proposes protocol parameters weaker than the hospital's own config.
+
+Over Flower (``fl.integrations.flower.transport.setup_from``) a hospital rebuilds the
+round's protocol parameters from the *server's* record: the threat model, threshold and
+cohort in it are the server's claim.  Before the fix ``Hospital.join`` checked the model
+hash, protocol, clip and client noise only, and trained and masked its update for
+
+* SecAgg with a threshold derived from "0 colluders" while the hospital's config declares
+  one (complete graph, n = 6: t = 3 instead of 4, so 2t <= d + C and the split view works
+  with that one colluder), and
+* a cohort of two (the victim and a colluder: the "sum" is the victim's update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fedvault.fl import data as data_mod, models
+from fedvault.fl.config import from_dict
+from fedvault.fl.engine import make_mode, open_session
+from fedvault.fl.hospital import Hospital, SetupRejected
+from fedvault.protocols.secagg import SecAggParams, simulation_identities
+from fedvault.protocols.secagg.threat import ThreatModel
+from fedvault.secagg import keys as K
+
+
+def _study(mode: str = "secagg"):
+    agg = {"mode": mode, **({"key_bits": 512} if mode == "paillier" else {})}
+    cfg = from_dict({"seed": 11, "data": {"hospitals": 6, "min_records": 20}, "training": {"rounds": 1},
+                     "privacy": {"noise_multiplier": 1.0}, "aggregation": agg, "threat_model": {"colluders": 1}})
+    fd = data_mod.load(cfg)
+    make = lambda: models.build(cfg.model, fd.n_features, fd.n_classes)  # noqa: E731
+    names = [h.name for h in fd.hospitals]
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    idents = simulation_identities(b"redteam-identities".ljust(32, b"\0"), ids.values())
+    ikeys = {i: K.public_bytes(k) for i, k in idents.items()}
+    hospital = Hospital(fd.hospitals[0], cfg, make, 0, 1.0, party=1, identity=idents[1])
+    return cfg, make, names, ids, ikeys, hospital
+
+
+def test_secagg_threshold_weaker_than_the_hospitals_threat_model_is_refused():
+    cfg, make, names, ids, ikeys, h = _study()
+    mode = make_mode(cfg, ids)
+    honest, _ = open_session(cfg, mode, 1, "update", names, weights=models.get_vector(make()), clip=1000.0,
+                             identity_keys=ikeys)
+    assert honest.params.t == 4  # C = 1, d = 5: 2t >= d + C + 1
+    p = honest.params
+    weak = SecAggParams(session_id=p.session_id, round=p.round, clients=p.clients, graph="complete", bits=p.bits,
+                        clip=p.clip, threat_model=ThreatModel(colluders=0)).with_dim(p.dim)
+    assert weak.t == 3 and 2 * weak.t <= weak.effective_degree + 1  # split view with one colluder
+    with pytest.raises(SetupRejected, match="threat model"):
+        h.join(dataclasses.replace(honest, params=weak))
+    assert h.ledger.events == ()  # refused before training: nothing spent
+
+
+def test_secagg_cohort_of_two_is_refused():
+    cfg, make, names, ids, ikeys, h = _study()
+    mode = make_mode(cfg, ids)
+    honest, _ = open_session(cfg, mode, 1, "update", names, weights=models.get_vector(make()), clip=1000.0,
+                             identity_keys=ikeys)
+    p = honest.params
+    pair = SecAggParams(session_id=p.session_id, round=p.round, clients=(1, 2), graph="complete", bits=p.bits,
+                        clip=p.clip).with_dim(p.dim)
+    bad = dataclasses.replace(honest, params=pair, parties={names[0]: 1, names[1]: 2}, contributors=frozenset({1, 2}))
+    with pytest.raises(SetupRejected):
+        h.join(bad)
+    assert h.ledger.events == ()
+
+
+def test_the_honest_setup_is_still_accepted():
+    cfg, make, names, ids, ikeys, h = _study()
+    mode = make_mode(cfg, ids)
+    honest, _ = open_session(cfg, mode, 1, "update", names, weights=models.get_vector(make()), clip=1000.0,
+                             identity_keys=ikeys)
+    role = h.join(honest)
+    assert role.start()  # advertises its keys
