@@ -226,7 +226,8 @@ def epsilon_figure(source: Any, *, title: str | None = None) -> Any:
         notes.append("red ×: refused")
     if pers is not None:
         notes.append("P: personalisation")
-    fig.suptitle((title or f"Record-level privacy loss per hospital ({rel.replace('_', '/')} one record)")
+    words = {"add_remove": "add/remove one record", "replace_one": "replace one record"}.get(rel, rel)
+    fig.suptitle((title or f"Record-level privacy loss per hospital ({words})")
                  + "\n" + "; ".join(notes), fontsize=9)
     if cl_x:
         ax = fig.add_subplot(grid[nrows, :])

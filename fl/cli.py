@@ -182,8 +182,10 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         from fedvault.fl.summary import MEANINGLESS_EPSILON
 
         if cl.get("relation") == "replace_one":
+            per = cl.get("per_hospital") or {}
+            per_text = ", ".join(f"{k} {v:.1f}" for k, v in per.items() if isinstance(v, (int, float)))
             print(f"\nclient level ({cl.get('mechanism', 'distributed DP')}): ε = {cl['epsilon']:.3f} (largest over "
-                  f"hospitals; per hospital: {cl.get('per_hospital')}), δ = {cl.get('delta', math.nan):g} (neighbouring: "
+                  f"hospitals; per hospital: {per_text or '-'}), δ = {cl.get('delta', math.nan):g} (neighbouring: "
                   "replace one hospital's whole update; no client-sampling credit)")
         else:
             print(
