@@ -216,6 +216,9 @@ class VerificationReport:
                 f"{c.client:<14} {c.relation:<11} {c.events:>3} {claimed:>10} {c.rdp_epsilon:>10.4f} "
                 f"{c.pld_epsilon:>10.4f} {c.replace_one_epsilon:>11.4f} {cl:>9}  {'OK' if c.ok else 'MISMATCH'}"
             )
+        if any(not math.isfinite(c.rdp_epsilon) for c in self.clients):
+            lines.append("add/remove ε = inf: an exact count rides along a release (e.g. n_k with the feature "
+                         "statistics), which no noise covers when a record is added or removed")
         if self.facts.exact_counts:
             lines.append(f"exact counts released ({self.facts.source}): {', '.join(self.facts.exact_counts)} "
                          "-> only replace-one ε is valid")
