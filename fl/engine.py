@@ -378,18 +378,32 @@ def open_session(cfg: Config, mode: AggregationMode, round: int, purpose: str, c
     dim = dim if dim is not None else len(weights) + 1
     z = cfg.privacy.client_noise_multiplier if purpose == "update" else None
     params, noise = mode.params(purpose, round, cids, clip, bits, dim, z)
+    digest = model_digest(weights)
+    if getattr(params, "session_id", None) is not None:  # bind the model into every protocol message (redteam)
+        import dataclasses
+
+        params = dataclasses.replace(params, session_id=bound_session_id(params.session_id, digest))
     parties = {n: ids[n] for n in contributors}
     parties.update(mode.decryptors())
     t = cfg.training
     keys = dict(identity_keys or {})
     setup = RoundSetup(
         round=round, purpose=purpose, protocol=mode.name, params=params, parties=parties,
-        contributors=frozenset(cids), weights=np.array(weights, dtype=np.float64), model_sha256=model_digest(weights),
+        contributors=frozenset(cids), weights=np.array(weights, dtype=np.float64), model_sha256=digest,
         update_clip=cfg.aggregation.update_clip, round_seed=mode.round_seed(purpose, round),
         identity_keys=keys, public=mode.public(), client_noise=noise,
         prox_mu=t.prox_mu if t.strategy == "fedprox" else 0.0, guarantee=mode.guarantee(params),
     )
     return setup, mode.server(params, keys)
+
+
+def bound_session_id(session: bytes, model_sha256: str) -> bytes:
+    """The protocol session id of a round: the study's session id followed by the SHA-256 of the
+    global model sent for it. Every protocol binds its session id into the session tag (hence into
+    every signature, AEAD and proof), so hospitals shown different models cannot complete a round
+    together; each hospital checks the suffix against the model it received
+    (:meth:`fl.hospital.Hospital.check_setup`)."""
+    return bytes(session) + bytes.fromhex(model_sha256)
 
 
 def write_history(path: "os.PathLike[str] | str", history: dict[str, Any]) -> None:

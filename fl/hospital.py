@@ -58,6 +58,18 @@ class SetupRejected(FederationError):
     """A hospital refuses a round setup (wrong model hash, protocol, clip or noise)."""
 
 
+def check_model_bound(setup: "RoundSetup", who: str) -> None:
+    """Refuse a setup whose protocol session id does not end with the model's SHA-256
+    (:func:`fl.engine.bound_session_id`): without it a server could show each hospital a
+    different model in one round (redteam, issue 12 item 7 over the engine path)."""
+    sid = getattr(setup.params, "session_id", None)
+    if setup.params is None or sid is None:
+        return
+    if not bytes(sid).endswith(bytes.fromhex(setup.model_sha256)):
+        raise SetupRejected(f"{who}: the round's protocol session is not bound to the model it received "
+                            f"(round {setup.round}); hospitals may have been shown different models")
+
+
 def model_digest(weights: np.ndarray) -> str:
     """SHA-256 (hex) of the global model as sent: its float64 little-endian parameter bytes."""
     return hashlib.sha256(np.ascontiguousarray(weights, dtype="<f8").tobytes()).hexdigest()
@@ -297,6 +309,7 @@ class Hospital:
         if model_digest(setup.weights) != setup.model_sha256:
             raise SetupRejected(f"{self.name}: the model received in round {setup.round} does not match its "
                                 "announced SHA-256; the round setup was altered in transit")
+        check_model_bound(setup, self.name)
         a = self.cfg.aggregation
         mine = "secagg" if a.mode in ("masked", "secagg") else a.mode
         if setup.protocol != mine:
@@ -539,6 +552,7 @@ class KeyHolder:
 
         if model_digest(setup.weights) != setup.model_sha256:
             raise SetupRejected("key holder: the round setup's model does not match its SHA-256")
+        check_model_bound(setup, "key holder")
         return roles.paillier_holder(setup.params, setup.public, self._key, self.identity, setup.identity_keys,
                                      self.decrypt_log)
 

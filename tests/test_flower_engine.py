@@ -160,6 +160,11 @@ def _session(mode_name: str, tmp_path, fresh: bool):  # noqa: ANN001, ANN202
     if public is not None and public.mode == "holder":
         parties.append(KeyHolder(0, holder_key, idents[0]))
     w = np.zeros(dim - 1)
+    import dataclasses
+
+    from fedvault.fl.engine import bound_session_id
+
+    params = dataclasses.replace(params, session_id=bound_session_id(params.session_id, model_digest(w)))
     all_parties = {**ids, **mode.decryptors()}
     setup = RoundSetup(round=1, purpose="update", protocol=mode.name, params=params, parties=all_parties,
                        contributors=frozenset(ids.values()), weights=w, model_sha256=model_digest(w), update_clip=1.0,
