@@ -175,7 +175,8 @@ def _cfg(**training):
     return from_dict({
         "seed": 0,
         "training": {"rounds": 2, "batch_size": 16, "min_clients": 2, **training},
-        "privacy": {"noise_multiplier": 1.0, "delta": 1e-4},
+        # site_metrics = "simulation": the regression site metrics are checked below (off by default: not DP)
+        "privacy": {"noise_multiplier": 1.0, "delta": 1e-4, "site_metrics": "simulation"},
         "aggregation": {"mode": "secagg", "update_clip": 5.0},
     })
 
