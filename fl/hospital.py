@@ -404,8 +404,17 @@ class Hospital:
                 if setup.client_noise is not None and self.ledger is not None:
                     self.ledger.record(self.client_level_event(setup))  # the DDG noise it is about to add
             elif setup.purpose == "eval":
+                p = self.cfg.privacy  # exact, uncharged: only when this hospital's own config releases them
+                if p.enabled and p.site_metrics != "simulation":
+                    raise SetupRejected(f"{self.name}: the server asks for site metrics but this hospital's config "
+                                        f"says privacy.site_metrics = {p.site_metrics!r} (exact held-out metrics are "
+                                        "not DP; they are not released)")
                 vector = self.evaluate(setup.weights)
             elif setup.purpose == "stats":
+                p = self.cfg.privacy  # the exact sums are released only without privacy
+                if p.enabled and p.standardise != "dp":
+                    raise SetupRejected(f"{self.name}: the server asks for feature statistics but this hospital's "
+                                        f"config says privacy.standardise = {p.standardise!r} (nothing released)")
                 vector = self.statistics(setup.round)
             else:
                 raise SetupRejected(f"unknown round purpose {setup.purpose!r}")
@@ -496,6 +505,10 @@ class Hospital:
         fine-tuning that would exceed the budget is declined (the model stays the global one).
         """
         pc = self.cfg.personalization
+        if self.ledger is not None and (not pc.enabled or self.personal_model is not None):
+            # its held-out metrics are exact (not DP): answered once per study, and only when configured
+            raise SetupRejected(f"{self.name}: personalisation is {'already done' if pc.enabled else 'off'} in this "
+                                "hospital's config; a server asking (again) gets no held-out metrics")
         h = self.data
         model = self.model_factory()
         set_vector(model, global_vec)
