@@ -202,10 +202,11 @@ def parity(rounds: int | None, key_bits: int | None) -> int:
             eps = h["final"].get("max_epsilon")
             row[f"{name}_max_eps"] = None if eps is None else round(float(eps), 3)
             row[f"{name}_wall_s"] = round(time.perf_counter() - t, 1)
+        row["load_1min"] = round(os.getloadavg()[0], 1)
         rows.append(row)
         print(row, flush=True)
     cols = ["mode", "simulation_accuracy", "flower_accuracy", "simulation_max_eps", "flower_max_eps",
-            "simulation_wall_s", "flower_wall_s"]
+            "simulation_wall_s", "flower_wall_s", "load_1min"]
     md = ("# The demo study, simulation vs Flower, every aggregation mode\n\n"
           f"fl/configs/demo.toml ({base['training']['rounds'] if not rounds else rounds} rounds, "
           f"{base['data']['hospitals']} hospitals); the Flower column runs the same engine with every party "
