@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # the engine imports this module; the types only
 
 __all__ = [
     "Hospital", "KeyHolder", "VectorParticipant", "LocalResult", "SecretRandomness", "SetupRejected",
-    "ClientNoise", "plan_client_noise", "clip_l2", "model_digest", "site_metric_keys",
+    "ClientNoise", "plan_client_noise", "clip_l2", "model_digest", "site_metric_keys", "StreamGenerator",
 ]
 
 
@@ -134,7 +134,7 @@ def plan_client_noise(z: float, clip: float, bits: int, n: int, threshold: int, 
 
 
 def add_client_noise(vector: np.ndarray, encoder: Any, noise: ClientNoise, noised: int,
-                     rng: np.random.Generator) -> np.ndarray:
+                     rng: Any) -> np.ndarray:
     """Encode ``vector`` and add ``N_Z(0, sigma_c^2)`` to its first ``noised`` coordinates in Z_(2^b)."""
     from fedvault.dp import noise as ddg
 
@@ -148,6 +148,26 @@ def _memory_log() -> Any:
     from fedvault.protocols.paillier import MemoryDecryptLog
 
     return MemoryDecryptLog()
+
+
+class StreamGenerator:
+    """The two draws :func:`dp.noise.discrete_gaussian` needs (``random``, ``geometric``), taken from
+    an AES-256-CTR :class:`~dp.randomness.RandomStream` keyed by ``os.urandom`` — the same CSPRNG as
+    DP-SGD's noise, instead of a PCG64 generator merely seeded from the OS.
+
+    ``geometric(p, m)``: inverse transform ``floor(log(1 - U) / log(1 - p)) + 1`` of 53-bit
+    uniforms, i.e. ``P(k) = (1 - p)^(k-1) p`` on ``k >= 1`` (numpy's convention).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._s = stream
+
+    def random(self, m: int) -> np.ndarray:
+        return self._s.uniform(int(m))
+
+    def geometric(self, p: float, m: int) -> np.ndarray:
+        u = self._s.uniform(int(m))
+        return np.floor(np.log1p(-u) / math.log1p(-p)).astype(np.int64) + 1
 
 
 # -- secret randomness ----------------------------------------------------------------------
@@ -167,12 +187,16 @@ class SecretRandomness:
         """``reproducible_seed`` of DP-SGD (``dp.training``); ``None`` = sampling and noise from the OS CSPRNG."""
         return self.seed if self.reproducible else None
 
-    def ddg_generator(self, round_seed: bytes, party: int) -> np.random.Generator:
-        """Generator of this hospital's client-level noise in one round."""
+    def ddg_generator(self, round_seed: bytes, party: int) -> Any:
+        """Generator of this hospital's client-level noise in one round: AES-256-CTR keyed from
+        ``os.urandom`` (:class:`StreamGenerator`); reproducible mode: the seeded numpy generator
+        of fedvault <= b8a9b93 (replayable from the config, as labelled)."""
+        if not self.reproducible:
+            from fedvault.dp.randomness import RandomStream
+
+            return StreamGenerator(RandomStream.from_os())
         from fedvault.dp.noise import secure_generator
 
-        if not self.reproducible:
-            return secure_generator()  # 256 bits from os.urandom
         return secure_generator(hashlib.sha256(round_seed + party.to_bytes(4, "big")).digest())
 
     def protocol_random(self, round_seed: bytes, label: bytes, party: int) -> Callable[[int], bytes]:
@@ -215,7 +239,12 @@ def client_role(setup: "RoundSetup", party: int, vector: np.ndarray | None, rand
     round_seed = setup.round_seed
     if proto == "secagg":
         if setup.client_noise is not None and vector is not None:
-            gen = rand.ddg_generator(round_seed, party) if rand is not None else None
+            if rand is not None:
+                gen = rand.ddg_generator(round_seed, party)
+            else:
+                from fedvault.dp.randomness import RandomStream
+
+                gen = StreamGenerator(RandomStream.from_os())
             vector = add_client_noise(vector, setup.params.encoder, setup.client_noise, len(vector) - 1, gen)
         rng = rand.protocol_random(round_seed, b"secagg", party) if rand is not None else secrets.token_bytes
         return roles.secagg_client(setup.params, party, identity, setup.identity_keys, rng, vector)

@@ -365,3 +365,18 @@ def test_a_message_the_server_refuses_is_attributed_in_history(monkeypatch):
     row = run.history["rounds"][0]
     assert "aborted" not in row and "hospital_0" in row["participants"]
     assert list(row["blamed"]) == ["hospital_0"] and "Error" in row["blamed"]["hospital_0"][0]
+
+
+def test_client_level_noise_from_the_csprng_stream_is_the_discrete_gaussian():
+    """The hospital's DDG noise (AES-CTR stream from os.urandom): mean 0, variance σ² (exact for N_Z)."""
+    from fedvault.dp.noise import discrete_gaussian, discrete_gaussian_variance
+    from fedvault.dp.randomness import RandomStream
+    from fedvault.fl.hospital import StreamGenerator
+
+    for sigma in (0.7, 3.0, 40.0):
+        z = discrete_gaussian(60_000, sigma, StreamGenerator(RandomStream.from_os()))
+        var = discrete_gaussian_variance(sigma)
+        assert abs(z.mean()) < 5 * np.sqrt(var / z.size)
+        assert z.var() == pytest.approx(var, rel=5 * np.sqrt(2 / z.size))
+    g = StreamGenerator(RandomStream.from_os()).geometric(0.25, 100_000)
+    assert g.min() >= 1 and g.mean() == pytest.approx(4.0, rel=0.03)  # E[k] = 1/p
