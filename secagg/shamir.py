@@ -79,15 +79,21 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     if len(set(xs)) != len(xs) or any(not (0 < x < PRIME) for x in xs):
         raise ParameterError("share x-coordinates must be distinct integers in [1, p)")
     mx = [gmpy2.mpz(x) for x in xs]
-    nums, dens = [], []
+    k = len(mx)
+    # numerators prod_{j != i} x_j from prefix and suffix products (O(k)); denominators O(k^2)
+    pre = [gmpy2.mpz(1)] * (k + 1)
+    suf = [gmpy2.mpz(1)] * (k + 1)
+    for i in range(k):
+        pre[i + 1] = pre[i] * mx[i] % _P
+        suf[k - 1 - i] = suf[k - i] * mx[k - 1 - i] % _P
+    nums = [pre[i] * suf[i + 1] % _P for i in range(k)]
+    dens = []
     for i, xi in enumerate(mx):
-        num, den = gmpy2.mpz(1), gmpy2.mpz(1)
+        den = gmpy2.mpz(1)
         for j, xj in enumerate(mx):
             if i != j:
-                num = num * xj % _P
-                den = den * (xj - xi) % _P
-        nums.append(num)
-        dens.append(den)
+                den = den * (xj - xi)
+        dens.append(den % _P)
     # One inversion for all denominators (Montgomery's trick).
     prefix = [gmpy2.mpz(1)]
     for d in dens:

@@ -104,6 +104,6 @@ def test_traffic_formulas_in_spec():
     res = simulate_round(params, {i: np.zeros(1000) for i in params.clients})
     deg, dim, w, n, tag = 9, 1000, 4, 10, 16
     assert res.upload_bytes[0] == (6 * 32 + 160 + (32 + tag) + (4 + 188 * deg + tag) + (8 + dim * w + tag)
-                                   + (64 + tag) + (4 + 53 * deg + tag))
+                                   + (64 + tag) + (4 + 53 * deg + 8 + tag))
     assert res.download_bytes[0] == (5 * 32 + (32 + 4 + 36 * n) + (4 + 164 * (deg + 1) + 4 + 36 * n) + (4 + 188 * deg)
                                      + (4 + 4 * n) + (12 + 4 * deg + 68 * (deg + 1)))

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fedvault.secagg import keys as K
 from fedvault.secagg import shamir
 from fedvault.secagg.errors import EncodingError, IntegrityError
-from fedvault.secagg.masking import mask_input, pair_seed
+from fedvault.secagg.masking import mask_input, pair_domain, pair_seed, pairwise_sign
 from fedvault.secagg.prg import MaskExpander, RandomSource, system_random
 
 from ..errors import (
@@ -464,8 +464,22 @@ class Client:
             entries.append(UnmaskEntry(j, kind, b_share, salt_b) if j in alive else UnmaskEntry(j, kind, s_share, salt_s))
             self._revealed[j] = kind
         self._received.clear()
+        # Dropout correction: the pairwise masks this client added for its dropped neighbours.
+        # The server could compute each of them from the dropped neighbour's mask key (which the
+        # shares above let it reconstruct), so this reveals nothing new; it spares the server
+        # regenerating deg x dropped masks.
+        corr = None
+        if dropped:
+            ctx = self.params.mask_context()
+            terms = [(pair_seed(self._s_sk, self._peer_keys[j][1], ctx, self.id, j), pair_domain(self.id, j),
+                      pairwise_sign(self.id, j)) for j in sorted(dropped)]
+            ex = MaskExpander(self.dim, self.params.bits, self.threads)
+            corr = np.zeros(self.dim, dtype=ex.dtype)
+            ex.add_many(corr, terms)
+            corr = ex.finish(corr)
         self.stage = ClientStage.DONE
-        return [seal(UnmaskShares(self.params.session_tag, self.params.round, self.id, tuple(entries)), self._bind)]
+        return [seal(UnmaskShares(self.params.session_tag, self.params.round, self.id, tuple(entries), corr,
+                                  self.params.bits), self._bind)]
 
 
 __all__ = ["Client", "ClientStage", "share_key", "share_key_context"]

@@ -27,7 +27,8 @@ Payloads (``u32`` = 4-byte count or id; ``[X]*n`` = n repetitions)::
     6 CONSISTENCY_REQUEST n u32 | [client u32]*n
     7 CONSISTENCY_SIG     signature 64
     8 UNMASK_REQUEST      na u32 | [alive u32]*na | nd u32 | [dropped u32]*nd | ns u32 | [client u32 | signature 64]*ns
-    9 UNMASK_SHARES       n u32 | [owner u32 | kind u8 | share 32]*n     (kind 0: self-mask seed, 1: mask key)
+    9 UNMASK_SHARES       n u32 | [owner u32 | kind u8 | share 32 | salt 16]*n   (kind 0: self-mask seed, 1: mask key)
+                          | flag u8 | bits u8 | pad 2 | dim u32 | [word]*dim if flag   (dropout correction)
 
 Decoding checks the exact length, magic, version, type, reserved bits, and each
 field's range; anything else raises :class:`~protocols.errors.DecodeError` and
@@ -127,6 +128,46 @@ class UnmaskEntry(NamedTuple):
     salt: bytes  # opens the owner's commitment to this share
 
 
+class _SharedParts:
+    """Validation and encoding of a large immutable entry tuple that the server puts into
+    many messages (every hospital's reveals, the survivors' signatures) are done once per
+    tuple object: the cache holds the tuple itself, so its id cannot be reused meanwhile."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._items: list[tuple[tuple, bytes | None]] = []
+        self._size = size
+
+    def _find(self, t: tuple):
+        for k, (obj, blob) in enumerate(self._items):
+            if obj is t:
+                return k
+        return None
+
+    def validated(self, t: tuple, check) -> None:
+        if len(t) < 64:
+            check(t)
+            return
+        if self._find(t) is None:
+            check(t)
+            self._items = (self._items + [(t, None)])[-self._size:]
+
+    def payload(self, t: tuple, encode) -> bytes:
+        if len(t) < 64:
+            return encode(t)
+        k = self._find(t)
+        if k is not None and self._items[k][1] is not None:
+            return self._items[k][1]
+        blob = encode(t)
+        if k is None:
+            self._items = (self._items + [(t, blob)])[-self._size:]
+        else:
+            self._items[k] = (t, blob)
+        return blob
+
+
+_SHARED = _SharedParts()
+
+
 def _ids(ids: tuple[int, ...]) -> bytes:
     return _U32.pack(len(ids)) + b"".join(_U32.pack(i) for i in ids)
 
@@ -185,15 +226,13 @@ class KeyBroadcast(Message):
             _check_bytes("mask_pk", e.mask_pk, KEY_BYTES)
             _check_bytes("graph_commit", e.graph_commit, KEY_BYTES)
             _check_bytes("signature", e.signature, SIG_BYTES)
-        for e in self.reveals:
-            _check_u32("client", e.client)
-            _check_bytes("reveal", e.value, KEY_BYTES)
+        _SHARED.validated(self.reveals, _check_reveals)
 
     def _payload(self) -> bytes:
         return (_U32.pack(len(self.entries)) + b"".join(
             _U32.pack(e.client) + bytes(e.channel_pk) + bytes(e.mask_pk) + bytes(e.graph_commit) + bytes(e.signature)
             for e in self.entries
-        ) + _U32.pack(len(self.reveals)) + b"".join(_U32.pack(e.client) + bytes(e.value) for e in self.reveals))
+        ) + _SHARED.payload(self.reveals, _encode_reveals))
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "KeyBroadcast":
@@ -203,6 +242,26 @@ class KeyBroadcast(Message):
         m = r.count(36)
         rs = tuple(RevealEntry(r.u32(), bytes(r.take(32))) for _ in range(m))
         return cls(*h, es, rs)
+
+
+def _check_reveals(reveals: tuple) -> None:
+    for e in reveals:
+        _check_u32("client", e.client)
+        _check_bytes("reveal", e.value, KEY_BYTES)
+
+
+def _encode_reveals(reveals: tuple) -> bytes:
+    return _U32.pack(len(reveals)) + b"".join(_U32.pack(e.client) + bytes(e.value) for e in reveals)
+
+
+def _check_sigs(sigs: tuple) -> None:
+    for e in sigs:
+        _check_u32("client", e.client)
+        _check_bytes("signature", e.signature, SIG_BYTES)
+
+
+def _encode_sigs(sigs: tuple) -> bytes:
+    return _U32.pack(len(sigs)) + b"".join(_U32.pack(e.client) + bytes(e.signature) for e in sigs)
 
 
 @register
@@ -258,18 +317,29 @@ def _share_entries_payload(entries: tuple[ShareEntry, ...]) -> bytes:
         _U32.pack(e.peer) + bytes(e.ciphertext) + bytes(e.commit_s) + bytes(e.commit_b) for e in entries)
 
 
+_SHARE_ENTRY = 4 + CIPHERTEXT_BYTES + 2 * COMMIT_BYTES
+
+
 def _parse_share_entries(r: Reader) -> tuple[ShareEntry, ...]:
-    n = r.count(4 + CIPHERTEXT_BYTES + 2 * COMMIT_BYTES)
-    return tuple(ShareEntry(r.u32(), bytes(r.take(CIPHERTEXT_BYTES)), bytes(r.take(COMMIT_BYTES)),
-                            bytes(r.take(COMMIT_BYTES))) for _ in range(n))
+    n = r.count(_SHARE_ENTRY)
+    block = bytes(r.take(n * _SHARE_ENTRY))  # one read, then slices (hundreds of entries per message)
+    c1, c2 = 4 + CIPHERTEXT_BYTES, 4 + CIPHERTEXT_BYTES + COMMIT_BYTES
+    out = []
+    for o in range(0, len(block), _SHARE_ENTRY):
+        e = block[o:o + _SHARE_ENTRY]
+        out.append(ShareEntry(int.from_bytes(e[:4], "big"), e[4:c1], e[c1:c2], e[c2:]))
+    return tuple(out)
 
 
 def _validate_share_entries(entries: tuple[ShareEntry, ...]) -> None:
     for e in entries:
-        _check_u32("peer", e.peer)
-        _check_bytes("ciphertext", e.ciphertext, CIPHERTEXT_BYTES)
-        _check_bytes("commit_s", e.commit_s, COMMIT_BYTES)
-        _check_bytes("commit_b", e.commit_b, COMMIT_BYTES)
+        if not (type(e.peer) is int and 0 <= e.peer <= 0xFFFFFFFF and type(e.ciphertext) is bytes
+                and len(e.ciphertext) == CIPHERTEXT_BYTES and type(e.commit_s) is bytes
+                and len(e.commit_s) == COMMIT_BYTES and type(e.commit_b) is bytes and len(e.commit_b) == COMMIT_BYTES):
+            _check_u32("peer", e.peer)  # the precise error
+            _check_bytes("ciphertext", e.ciphertext, CIPHERTEXT_BYTES)
+            _check_bytes("commit_s", e.commit_s, COMMIT_BYTES)
+            _check_bytes("commit_b", e.commit_b, COMMIT_BYTES)
 
 
 @register
@@ -413,13 +483,10 @@ class UnmaskRequest(Message):
     def _validate(self) -> None:
         _check_ids("alive", self.alive)
         _check_ids("dropped", self.dropped)
-        for e in self.signatures:
-            _check_u32("client", e.client)
-            _check_bytes("signature", e.signature, SIG_BYTES)
+        _SHARED.validated(self.signatures, _check_sigs)
 
     def _payload(self) -> bytes:
-        sigs = _U32.pack(len(self.signatures)) + b"".join(_U32.pack(e.client) + bytes(e.signature) for e in self.signatures)
-        return _ids(self.alive) + _ids(self.dropped) + sigs
+        return _ids(self.alive) + _ids(self.dropped) + _SHARED.payload(self.signatures, _encode_sigs)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "UnmaskRequest":
@@ -436,10 +503,23 @@ class UnmaskShares(Message):
     """Client -> server: one share per neighbour: self-mask seed share if alive, mask-key share if dropped."""
 
     entries: tuple[UnmaskEntry, ...]
+    correction: np.ndarray | None = None  # sum of the sender's pairwise masks with its dropped neighbours
+    bits: int = 32
     tag: bytes = bytes(TAG_BYTES)
     TYPE: ClassVar[MessageType] = MessageType.UNMASK_SHARES
+    CACHE_WIRE: ClassVar[bool] = False
 
     def _validate(self) -> None:
+        if not isinstance(self.bits, int) or not (16 <= self.bits <= 64):
+            raise FieldError(f"bits must be in [16, 64], got {self.bits!r}")
+        v = self.correction
+        if v is not None:
+            if (not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind != "u"
+                    or v.dtype.itemsize != word_dtype(self.bits).itemsize):
+                raise FieldError(f"correction must be a 1-d array of {word_dtype(self.bits)} words")
+            _check_u32("dim", v.shape[0])
+            if v.size and self.bits not in (32, 64) and int(v.max()) >> self.bits:
+                raise FieldError(f"correction has words >= 2^{self.bits}")
         for e in self.entries:
             _check_u32("owner", e.owner)
             if not isinstance(e.kind, ShareKind):
@@ -449,9 +529,16 @@ class UnmaskShares(Message):
         _check_bytes("tag", self.tag, TAG_BYTES)
 
     def _payload(self) -> bytes:
-        return _U32.pack(len(self.entries)) + b"".join(
+        head = _U32.pack(len(self.entries)) + b"".join(
             _U32.pack(e.owner) + bytes([int(e.kind)]) + bytes(e.share) + bytes(e.salt) for e in self.entries
-        ) + bytes(self.tag)
+        )
+        if self.correction is None:
+            corr = bytes([0, self.bits, 0, 0]) + _U32.pack(0)
+        else:
+            wd = word_dtype(self.bits)
+            corr = (bytes([1, self.bits, 0, 0]) + _U32.pack(self.correction.shape[0])
+                    + self.correction.astype(wd, copy=False).tobytes())
+        return head + corr + bytes(self.tag)
 
     @classmethod
     def _parse(cls, h: tuple, r: Reader) -> "UnmaskShares":
@@ -462,7 +549,19 @@ class UnmaskShares(Message):
             if k not in (0, 1):
                 raise FieldError(f"share kind must be 0 or 1, got {k}")
             out.append(UnmaskEntry(owner, ShareKind(k), bytes(r.take(SHARE_BYTES)), bytes(r.take(SALT_BYTES))))
-        return cls(*h, tuple(out), bytes(r.take(TAG_BYTES)))
+        flag, bits = r.u8(), r.u8()
+        if flag not in (0, 1) or not (16 <= bits <= 64):
+            raise FieldError(f"correction flag must be 0 or 1 and bits in [16, 64], got {flag}, {bits}")
+        if bytes(r.take(2)) != b"\0\0":
+            raise FieldError("padding bytes of UNMASK_SHARES must be zero")
+        dim = r.u32()
+        corr = None
+        if flag:
+            wd = word_dtype(bits)
+            corr = np.frombuffer(r.take(dim * wd.itemsize), dtype=wd)
+        elif dim:
+            raise FieldError("a message without correction must have dim 0")
+        return cls(*h, tuple(out), corr, bits, bytes(r.take(TAG_BYTES)))
 
 
 @register

@@ -291,6 +291,14 @@ class Server:
                 why = f"revealed a {e.kind.name.lower().replace('_', '-')} share of client {e.owner} that does not open its commitment"
                 self._blame(i, why)
                 raise TamperedError(f"client {i} {why}; its shares are excluded")
+        c = msg.correction
+        if dropped and (c is None or msg.bits != self.params.bits or c.shape != (self.dim,)):
+            raise InputError(f"client {i} must send the correction for its dropped neighbours: {self.dim} words of "
+                             f"{self.params.bits} bits")
+        if not dropped and c is not None:
+            raise InconsistentError(f"client {i} sent a correction but none of its neighbours dropped")
+        if c is not None:
+            np.subtract(self._acc, c, out=self._acc)  # its pairwise masks with dropped neighbours
         self._unmask[i] = msg
 
     # -- stage deadline ----------------------------------------------------------------
@@ -411,13 +419,17 @@ class Server:
         self._u4set = u4
         self.dropped["consistency"] = sorted(set(self.u3) - u4)
         out: dict[int, Message] = {}
+        entries = {j: SignatureEntry(j, self._sigs[j]) for j in sorted(u4)}
+        everyone = tuple(entries.values())  # one shared tuple (validated and encoded once)
         for i in self.u4:
             alive, dropped = self._expected_reveal(i)
-            # the signatures of every neighbour of every client i reveals about (two hops)
+            # the signatures of every neighbour of every client i reveals about (two hops);
+            # when that is most of U4, everyone's (the same object for all, encoded once)
             backers = set(self._nbrs[i])
             for j in alive + dropped:
                 backers |= self._nbrs[j]
-            sigs = tuple(SignatureEntry(j, self._sigs[j]) for j in sorted(backers & u4))
+            backers &= u4
+            sigs = everyone if 2 * len(backers) > len(u4) else tuple(entries[j] for j in sorted(backers))
             out[i] = UnmaskRequest(*self._hdr(), tuple(alive), tuple(dropped), sigs)
         self.stage = ServerStage.UNMASK
         return out
@@ -439,7 +451,13 @@ class Server:
             self._abort_if(len(got) < t, f"only {len(got)} shares of client {j}'s self mask arrived; threshold is {t}")
             self_seeds[j] = shamir.combine(got, t)
         dropped_keys: dict[int, bytes] = {}
+        # Survivors that answered already removed their masks with dropped neighbours
+        # (corrections); only pairs with survivors that vanished since need the mask key.
+        missing: dict[int, list[int]] = {}
         for j in sorted(set(self.u2) - u3):
+            missing[j] = sorted((self._nbrs[j] & u3) - u5)
+            if not missing[j]:
+                continue
             got = shares.get((j, ShareKind.MASK_KEY), {})
             self._abort_if(len(got) < t, f"only {len(got)} shares of dropped client {j}'s mask key arrived; threshold is {t}")
             sk = shamir.combine(got, t)
@@ -455,7 +473,7 @@ class Server:
         ctx = self.params.mask_context()
         for j, sk in dropped_keys.items():
             key = K.x25519_from_private_bytes(sk)
-            seeds = {k: pair_seed(key, self._keys[k].mask_pk, ctx, j, k) for k in sorted(self._nbrs[j] & u3)}
+            seeds = {k: pair_seed(key, self._keys[k].mask_pk, ctx, j, k) for k in missing[j]}
             terms += dropped_pair_removal_terms(j, seeds)
         expander.add_many(acc, terms)
         self.result = ring_reduce(acc, self.params.bits)
