@@ -83,7 +83,21 @@ def _threshold_for(params_cls, base: dict, dropped: set[int]) -> int:
     return max(1, min(p.t, worst))
 
 
-def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int) -> dict[str, Any]:
+def old_params(n: int, graph: str, dropped: set[int], d: int):
+    """The pre-issue-12 parameters (degree 2*ceil(log2 n), majority threshold lowered to what
+    the dropouts leave), rebuilt with ``insecure_test_only``: the cost baseline, NOT secure."""
+    from fedvault.protocols.secagg import SecAggParams
+
+    k = n - 1 if graph == "complete" else min(n - 1, 2 * math.ceil(math.log2(n)))
+    k -= k % 2 if graph == "sparse" else 0
+    rate = len(dropped) / n
+    worst = min(len(dropped), math.ceil(k * rate + 4 * math.sqrt(k * rate * (1 - rate)) + 1)) if dropped else 0
+    t = max(1, min(k // 2 + 1, k - worst))
+    return SecAggParams(session_id=b"bench", round=0, clients=tuple(range(n)), graph=graph, bits=32, clip=1.0,
+                        threshold=t, degree=k if graph == "sparse" else None, insecure_test_only=True, dim=d)
+
+
+def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int, kind: str = "secure") -> dict[str, Any]:
     from fedvault.protocols.secagg import SecAggParams, simulate_round
 
     ids = tuple(range(n))
@@ -95,8 +109,26 @@ def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int)
     # Secure parameters: degree and threshold derived from the threat model (default colluders:
     # complete floor((n-1)/3), sparse 5%; the dropouts this case makes, at least 10% for sparse).
     tm = ThreatModel(dropouts=max(len(dropped), n // 10) if graph == "sparse" else len(dropped))
-    params = SecAggParams(session_id=b"bench", round=0, clients=ids, graph=graph, bits=32, clip=1.0,
-                          threat_model=tm, dim=d)
+    if kind == "secure":
+        from fedvault.secagg.errors import ParameterError
+
+        try:
+            params = SecAggParams(session_id=b"bench", round=0, clients=ids, graph=graph, bits=32, clip=1.0,
+                                  threat_model=tm, dim=d)
+        except ParameterError:  # the default colluders do not fit these dropouts: the most that do
+            c = tm.max_colluders(n, graph)
+            while True:
+                c -= 1
+                try:
+                    params = SecAggParams(session_id=b"bench", round=0, clients=ids, graph=graph, bits=32,
+                                          clip=1.0, threat_model=ThreatModel(colluders=c, dropouts=tm.dropouts),
+                                          dim=d)
+                    break
+                except ParameterError:
+                    if c <= 0:
+                        raise
+    else:
+        params = old_params(n, graph, dropped, d)
     t = params.t
     rng = np.random.default_rng(d)
     pool = [rng.uniform(-1, 1, d) for _ in range(4)]
@@ -119,7 +151,7 @@ def run_case(n: int, d: int, rate: float, graph: str, repeat: int, threads: int)
     s = statistics.median(server)
     surv = results.survivors[0]
     return {
-        "n": n, "d": d, "dropout": rate, "graph": graph, "threshold": t,
+        "params": kind, "n": n, "d": d, "dropout": rate, "graph": graph, "threshold": t,
         "degree": params.effective_degree, "guarantee": params.guarantee().line(),
         "dropped": len(dropped),
         "server_s": s, "plain_f32_sum_s": plain, "ratio_to_plain": s / plain,
@@ -166,6 +198,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="n in {10, 20}, d = 1e4, one repeat")
+    ap.add_argument("--old", action="store_true",
+                    help="also time the pre-issue-12 (insecure) parameters in the same run, as a cost baseline")
     ap.add_argument("--flower", action="store_true", help="also run Flower's SecAgg+ (n=20, d=1e6, 0 and 3 dropped)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     args = ap.parse_args(argv)
@@ -177,13 +211,15 @@ def main(argv: list[str]) -> int:
     for d in args.dims:
         for n in args.ns:
             for rate in args.dropouts:
-                for graph in args.graphs:
+                for graph, kind in [(g, k) for g in args.graphs for k in (("secure", "old") if args.old else ("secure",))]:
                     if graph == "complete" and n > 100:
                         continue
+                    if kind == "old" and n >= 1000 and rate == 0:
+                        continue  # (the baseline's most expensive row is the one with dropouts)
                     reps = 1 if n >= 1000 else args.repeat
-                    row = run_case(n, d, rate, graph, reps, args.threads)
+                    row = run_case(n, d, rate, graph, reps, args.threads, kind)
                     rows.append(row)
-                    print(f"n={n:5d} d={d:8d} drop={rate:.0%} {graph:8s} t={row['threshold']:3d} "
+                    print(f"{kind:6s} n={n:5d} d={d:8d} drop={rate:.0%} {graph:8s} k={row['degree']} t={row['threshold']:3d} "
                           f"server={row['server_s']:.3f}s ({row['ratio_to_plain']:.1f}x plain) "
                           f"client={row['client_median_s'] * 1e3:.1f}ms up={row['upload_bytes_per_client']}",
                           flush=True)
@@ -199,7 +235,7 @@ def main(argv: list[str]) -> int:
                            "flower_version": f.get("flwr")})
             print(f"flower n=20 d={fd} dropped={k}: flower {f['server_s']:.3f}s vs fedvault {ours['server_s']:.3f}s", flush=True)
 
-    cols = ["n", "d", "dropout", "graph", "degree", "threshold", "server_s", "plain_f32_sum_s", "ratio_to_plain",
+    cols = ["params", "n", "d", "dropout", "graph", "degree", "threshold", "server_s", "plain_f32_sum_s", "ratio_to_plain",
             "distance_to_4x_floor", "ratio_to_measured_floor", "client_median_s", "client_max_s",
             "upload_bytes_per_client", "download_bytes_per_client"]
     md = ["# SecAgg / SecAgg+ benchmark", "",
@@ -209,6 +245,15 @@ def main(argv: list[str]) -> int:
           "`ratio_to_measured_floor` = server / (uint32 sum + one AES-CTR mask per survivor). "
           f"Threads per party: {args.threads}.", "",
           markdown_table(rows, cols)]
+    md += ["", "## Guarantees of the secure rows (`SecAggParams.guarantee().line()`)", ""]
+    seen = set()
+    for r in rows:
+        if r["params"] == "secure" and r["guarantee"] not in seen:
+            seen.add(r["guarantee"])
+            md.append(f"- n = {r['n']}, {r['graph']}, dropout {r['dropout']:.0%}: {r['guarantee']}")
+    if any(r["params"] == "old" for r in rows):
+        md += ["", "`old` rows: the pre-issue-12 parameters (degree about 2 log2 n, majority threshold) rebuilt "
+               "with `insecure_test_only=True` on today's protocol, as a cost baseline only — they are not secure."]
     if flower:
         md += ["", "## Flower SecAgg+ (server seconds, same run)", "",
                markdown_table(flower, ["n", "d", "dropped", "flower_server_s", "fedvault_server_s", "speedup", "flower_version"])]

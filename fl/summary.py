@@ -148,6 +148,14 @@ def summary(history: Mapping[str, Any]) -> str:
     out.append(f"  rounds: {planned} planned, {len(rounds) + len(skipped)} run: " + ", ".join(parts))
     if rounds and not done:
         out.append("  NO ROUND COMPLETED: the final model is the initial, untrained model")
+    lines = []  # the protocol's guarantee, as recorded in every round (helper B's Guarantee.line)
+    for r in rounds:
+        g = r.get("guarantee")
+        line = g.get("line") if isinstance(g, Mapping) else None
+        if line and line not in lines:
+            lines.append(line)
+    for line in lines[:3]:
+        out.append(f"  guarantee: {line}")
     if "stopped" in history:
         out.append(f"  stopped early: {history['stopped'].get('reason')}")
     if aborted:

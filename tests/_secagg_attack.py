@@ -113,7 +113,7 @@ def find_split(params: SecAggParams, victim: int, colluders: set[int], rng: rand
     return best or fallback
 
 
-def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset(), seed: int = 0):
+def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset(), seed: int = 0, partition=None):
     """The malicious server of issue 12 attacks 1/2: shows region A a survivor set with the
     victim and region B one without it, so that A reveals the victim's self-mask-seed share
     and B its mask-key share; colluders sign both and hand over both shares.
@@ -125,7 +125,8 @@ def split_view_attack(h: Harness, victim: int, colluders: set[int] = frozenset()
     u3 = next(iter(out.values())).survivors
     assert victim in u3
     nbrs = graph_of(h)
-    A, B = find_split(params, victim, set(colluders), random.Random(seed), nbrs)
+    A, B = partition if partition is not None else find_split(params, victim, set(colluders), random.Random(seed), nbrs)
+    A = set(A) | {victim}
     gseed = getattr(h.server, "_seed", b"")
     u3_without = tuple(i for i in u3 if i != victim)
     hdr = (params.session_tag, params.round, SERVER)
