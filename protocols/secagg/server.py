@@ -284,13 +284,14 @@ class Server:
         want = {j: ShareKind.SELF_MASK_SEED for j in alive} | {j: ShareKind.MASK_KEY for j in dropped}
         if got != want:
             raise InconsistentError(f"client {i} revealed shares other than those requested")
+        good, bad = [], []
         for e in msg.entries:  # verifiable shares: each must open the owner's commitment to this holder
             cs, cb = self._share_commits[(e.owner, i)]
             want_c = cb if e.kind is ShareKind.SELF_MASK_SEED else cs
             if share_commitment(self.params, self._seed, e.kind, e.owner, i, e.share, e.salt) != want_c:
-                why = f"revealed a {e.kind.name.lower().replace('_', '-')} share of client {e.owner} that does not open its commitment"
-                self._blame(i, why)
-                raise TamperedError(f"client {i} {why}; its shares are excluded")
+                bad.append(f"revealed a {e.kind.name.lower().replace('_', '-')} share of client {e.owner} that does not open its commitment")
+            else:
+                good.append(e)
         c = msg.correction
         if dropped and (c is None or msg.bits != self.params.bits or c.shape != (self.dim,)):
             raise InputError(f"client {i} must send the correction for its dropped neighbours: {self.dim} words of "
@@ -299,7 +300,20 @@ class Server:
             raise InconsistentError(f"client {i} sent a correction but none of its neighbours dropped")
         if c is not None:
             np.subtract(self._acc, c, out=self._acc)  # its pairwise masks with dropped neighbours
-        self._unmask[i] = msg
+        if not bad:
+            self._unmask[i] = msg
+            return
+        # Each share is checked against its own (binding) commitment, so those that open are
+        # correct: keep them (and the correction) and exclude only the bad ones (redteam:
+        # refusing the whole message let one forged share veto a round in which some client
+        # had exactly t surviving holders).
+        import dataclasses
+
+        self._unmask[i] = dataclasses.replace(msg, entries=tuple(good))
+        for why in bad:
+            self._blame(i, why)
+        raise TamperedError(f"client {i} {bad[0]}; its {len(bad)} bad share(s) are excluded, its {len(good)} "
+                            "valid share(s) kept")
 
     # -- stage deadline ----------------------------------------------------------------
     def advance(self) -> dict[int, Message]:
