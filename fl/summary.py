@@ -159,7 +159,7 @@ def summary(history: Mapping[str, Any]) -> str:
     if "stopped" in history:
         out.append(f"  stopped early: {history['stopped'].get('reason')}")
     if aborted:
-        reasons = Counter(str(r["aborted"]) for r in aborted)
+        reasons = Counter(str(r["aborted"]).removeprefix("round aborted, nothing was revealed: ") for r in aborted)
         why, k = reasons.most_common(1)[0]
         label = f"most common reason ({k}x)" if k > 1 else "for example"
         out.append(f"  aborted rounds ({', '.join(str(r['round']) for r in aborted[:12])}{' ...' if len(aborted) > 12 else ''}): "
@@ -169,7 +169,8 @@ def summary(history: Mapping[str, Any]) -> str:
         drop = cfg.get("aggregation", {}).get("dropout")
         if drop:
             out.append(f"    aggregation.dropout = {drop:g} drops that fraction of the remaining hospitals at each "
-                       "protocol stage; lower it (or the Shamir threshold) to abort fewer rounds")
+                       "protocol stage; lower it, or declare the dropouts to tolerate ([threat_model] dropouts) so the "
+                       "protocol is sized for them")
     refused: dict[str, list[int]] = defaultdict(list)
     for r in rounds:
         for c in (r.get("refused") or {}):
