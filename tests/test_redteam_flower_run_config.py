@@ -26,3 +26,41 @@ def test_a_deployed_hospital_ignores_dp_settings_from_the_servers_run_config():
     assert not task.is_demo(server_rc, node_config)
     assert task.dp_seed(server_rc, 0) is None, "the server chose the hospital's DP-SGD seed"
     assert task.config(server_rc).privacy.target_epsilon <= 10, "the server chose the hospital's ε target"
+
+
+@pytest.mark.xfail(strict=True, reason="residual: the example ClientApp's @app.evaluate() answers exact held-out "
+                                      "metrics of any server-chosen model on a deployed node (only the server's "
+                                      "fraction-evaluate keeps it off)")
+def test_a_deployed_node_does_not_answer_federated_evaluation_with_exact_held_out_metrics(tmp_path):
+    """The engine-path oracle fixed in tests/test_redteam_uncharged_purposes.py, on the Mod path:
+    Flower's evaluate message carries any model the server picks; the node answers its exact
+    held-out loss/accuracy and example count (not DP, uncharged), as often as it is asked."""
+    import numpy as np
+    from flwr.app import ArrayRecord, Context, Message, RecordDict
+    from flwr.app import Array
+
+    from fedvault.fl import models
+    from fedvault.fl.integrations.flower.node import provision
+
+    task = app_task()
+    from fedvault_flower_app import client_app
+
+    provision(tmp_path, ["hospital_0", "hospital_1", "hospital_2"])
+    rc = {"num-hospitals": 3}
+    cfg = task.config(rc)
+    w = models.get_vector(task.make_model(cfg)) + 0.5  # a model of the server's choosing
+    ctx = Context(run_id=1, node_id=1, node_config={"fedvault-dir": str(tmp_path / "hospital_0")},
+                  state=RecordDict(), run_config=rc)
+    arrays = ArrayRecord({"w": Array(np.asarray(w, dtype=np.float32))})
+    import time
+
+    from flwr.app import Metadata
+
+    msg = Message(content=RecordDict({"arrays": arrays}),
+                  metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+                                    group_id="", created_at=time.time(), ttl=600.0, message_type="evaluate"))
+    try:
+        reply = client_app.evaluate(msg, ctx)
+    except Exception:  # noqa: BLE001 - Flower turns it into an error reply: refused, as a deployed node should
+        return
+    assert reply.has_error(), f"exact held-out metrics released: {dict(reply.content['metrics'])}"
