@@ -58,7 +58,7 @@ import numpy as np
 from fedvault.fl import models, strategies
 from fedvault.fl.config import Config, to_dict
 from fedvault.fl.errors import ConfigError, FederationError
-from fedvault.fl.hospital import ClientNoise, model_digest, plan_client_noise, site_metric_keys
+from fedvault.fl.hospital import ClientNoise, model_digest, noise_threshold, plan_client_noise, site_metric_keys
 from fedvault.fl.metrics import evaluate
 from fedvault.protocols.session import ServerRole
 
@@ -294,7 +294,7 @@ class SecAggMode(AggregationMode):
             if z is not None:
                 probe = SecAggParams(session_id=self.session(purpose), round=round, clients=ids, threshold=t,
                                      graph=a.graph, bits=bits, clip=max(float(clip), 1.0), threat_model=tm)
-                noise = plan_client_noise(z, float(clip), bits, len(ids), probe.t, dim - 1)
+                noise = plan_client_noise(z, float(clip), bits, len(ids), noise_threshold(probe), dim - 1)
                 frac_bits, clip = noise.frac_bits, max(float(clip), 1.0)
             p = SecAggParams(session_id=self.session(purpose), round=round, clients=ids, threshold=t, graph=a.graph,
                              bits=bits, clip=float(clip), frac_bits=frac_bits, threat_model=tm)
