@@ -28,9 +28,6 @@ def test_a_deployed_hospital_ignores_dp_settings_from_the_servers_run_config():
     assert task.config(server_rc).privacy.target_epsilon <= 10, "the server chose the hospital's ε target"
 
 
-@pytest.mark.xfail(strict=True, reason="residual: the example ClientApp's @app.evaluate() answers exact held-out "
-                                      "metrics of any server-chosen model on a deployed node (only the server's "
-                                      "fraction-evaluate keeps it off)")
 def test_a_deployed_node_does_not_answer_federated_evaluation_with_exact_held_out_metrics(tmp_path):
     """The engine-path oracle fixed in tests/test_redteam_uncharged_purposes.py, on the Mod path:
     Flower's evaluate message carries any model the server picks; the node answers its exact

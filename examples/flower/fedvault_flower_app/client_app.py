@@ -48,10 +48,21 @@ FedVaultMod(load_site, task.node_dir, min_cohort=task.min_cohort).register(app)
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Federated evaluation on the hospital's validation split (Flower's plain path).
+    """Federated evaluation on the hospital's validation split (Flower's plain path): demo only.
 
-    Not DP: the metrics and the example count leave the hospital as they are, so the
-    strategy only asks for them when ``fraction-evaluate`` > 0 (demo data only)."""
+    Not DP: exact held-out metrics and the example count of any model the server sends, as
+    often as it asks.  A deployed hospital refuses; only simulated nodes answer (the throwaway
+    demo consortium, or a node whose own node config says ``fedvault-simulation``), and only
+    when the server asks (``fraction-evaluate`` > 0).  A
+    deployment evaluates per site through the engine's secure aggregation instead."""
+    simulated = task.is_demo(context.run_config, context.node_config) or context.node_config.get("fedvault-simulation")
+    if not simulated:
+        from flwr.app import Error
+
+        from fedvault.fl.integrations.flower.mod import REFUSED
+
+        return Message(Error(REFUSED, "fedvault/refused: exact per-site evaluation is for the simulation demo "
+                                      "only; a deployed hospital releases no un-noised metrics"), reply_to=msg)
     import torch
 
     from fedvault.fl import models

@@ -53,7 +53,9 @@ def simulate(hospitals: int = 4, rounds: int = 2, root: str | Path | None = None
         rc = run_config(**{"num-hospitals": hospitals, "num-server-rounds": rounds, "fedvault-root": str(root),
                            "result-file": str(result)})
         rc.update({k.replace("_", "-"): v for k, v in overrides.items()})
-        grid = InProcessGrid.simulation(client_app, hospitals, run_config=rc, on_push=on_push)
+        nodes = {10 + k: {"partition-id": k, "num-partitions": hospitals, "fedvault-simulation": True}
+                 for k in range(hospitals)}  # the nodes' own config: simulated hospitals (demo data)
+        grid = InProcessGrid(client_app, nodes, run_config=rc, on_push=on_push)
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
         return json.loads(result.read_text(encoding="utf-8"))
     finally:
