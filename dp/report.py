@@ -56,7 +56,8 @@ def _eps(d: Mapping[str, Any], events: list[Any]) -> float:
 
 
 def ledger_table(source: Any) -> str:
-    """Plain-text table: hospital, accountant, δ, rounds taken part, refused, ε, budget, remaining."""
+    """Plain-text table: hospital, accountant of the stated ε (``pld``: dp_accounting under
+    replace-one), δ, rounds taken part, refused, ε, budget, remaining, relation."""
     dicts, refused_hist = _ledger_dicts(source)
     head = (f"{'hospital':<14} {'acct':<4} {'delta':>8} {'rounds':>6} {'refused':>7} {'epsilon':>9} "
             f"{'budget':>8} {'remaining':>9}  relation")
@@ -72,7 +73,7 @@ def ledger_table(source: Any) -> str:
         refused = {int(r["round"]) for r in d.get("refused", []) or []} | refused_hist.get(client, set())
         remaining = "-" if budget is None else f"{float(budget) - eps:.3f}"
         lines.append(
-            f"{client:<14} {d.get('accountant', 'rdp'):<4} "
+            f"{client:<14} {'pld' if d.get('relation') == 'replace_one' else d.get('accountant', 'rdp'):<4} "
             f"{float(d['delta']):>8.0e} {len({e.round for e in events if e.kind == 'poisson_sampled_gaussian'}):>6} "
             f"{len(refused):>7} {eps:>9.3f} {'-' if budget is None else f'{float(budget):.3f}':>8} {remaining:>9}  {d.get('relation', 'add_remove')}"
         )
