@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
@@ -156,10 +158,70 @@ def add_client_noise(vector: np.ndarray, encoder: Any, noise: ClientNoise, noise
     return (enc & mask).astype(encoder.dtype)
 
 
-def _memory_log() -> Any:
-    from fedvault.protocols.paillier import MemoryDecryptLog
+def state_dir() -> Path:
+    """fedvault's per-user state directory: ``$FEDVAULT_STATE_DIR``, else ``$XDG_STATE_HOME/fedvault``,
+    else ``~/.local/state/fedvault``."""
+    explicit = os.environ.get("FEDVAULT_STATE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state") / "fedvault"
 
-    return MemoryDecryptLog()
+
+def key_fingerprint(key: Any) -> str:
+    """Hex SHA-256 naming a Paillier decryption key: the modulus (holder key), or the threshold
+    public key and the share's index (key share). Public values only; keys are fresh per study."""
+    h = hashlib.sha256()
+    if hasattr(key, "index") and hasattr(key, "public"):  # ThresholdKeyShare
+        h.update(b"fedvault/decrypt-log/share/v1\0" + key.public.fingerprint() + int(key.index).to_bytes(4, "big"))
+    else:  # phe PaillierPrivateKey
+        n = int(key.public_key.n)
+        h.update(b"fedvault/decrypt-log/holder/v1\0" + n.to_bytes((n.bit_length() + 7) // 8, "big"))
+    return h.hexdigest()
+
+
+def key_decrypt_log(key: Any, state: "str | os.PathLike[str] | None" = None) -> Any:
+    """The durable decrypt-once log bound to a decryption ``key`` (not to the process): a
+    :class:`~protocols.paillier.DirectoryDecryptLog` in ``<state>/decrypt-log/<key fingerprint>/``
+    (mode 0700; ``state`` defaults to :func:`state_dir`). A restarted decryptor holding the same key
+    finds its earlier answers there and refuses a second contributor set for a round."""
+    from fedvault.protocols.paillier import DirectoryDecryptLog
+
+    base = Path(state).expanduser() if state is not None else state_dir()
+    d = base / "decrypt-log" / key_fingerprint(key)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    except OSError as e:
+        raise FederationError(f"cannot create the decrypt-once log directory {d} ({e}); set FEDVAULT_STATE_DIR "
+                              "(or pass state_dir=/decrypt_log=) to a writable private directory") from e
+    return DirectoryDecryptLog(d)
+
+
+class _DecryptLogOwner:
+    """``decrypt_log``: the explicit log if one was given, else the durable log of the key held now."""
+
+    key_share: Any = None
+    _decrypt_log: Any = None
+    _state_dir: Any = None
+
+    def _decryption_key(self) -> Any:
+        return self.key_share
+
+    @property
+    def decrypt_log(self) -> Any:
+        if self._decrypt_log is not None:
+            return self._decrypt_log
+        key = self._decryption_key()
+        if key is None:  # decrypts nothing (no Paillier key share): nothing to record
+            from fedvault.protocols.paillier import MemoryDecryptLog
+
+            return MemoryDecryptLog()
+        return key_decrypt_log(key, self._state_dir)
+
+    @decrypt_log.setter
+    def decrypt_log(self, log: Any) -> None:
+        self._decrypt_log = log
 
 
 class StreamGenerator:
@@ -267,7 +329,7 @@ def client_role(setup: "RoundSetup", party: int, vector: np.ndarray | None, rand
     raise SetupRejected(f"unknown aggregation protocol {proto!r}")
 
 
-class Hospital:
+class Hospital(_DecryptLogOwner):
     """One federation participant. Create once per study; it lives on the hospital's side.
 
     Args:
@@ -280,6 +342,8 @@ class Hospital:
         party: the hospital's protocol id (default ``index + 1``).
         identity: the hospital's long-term Ed25519 identity key (simulated: derived from the seed).
         key_share: threshold Paillier only: the hospital's share of the study key.
+        decrypt_log, state_dir: threshold Paillier: where the share's decrypt-once record lives; default
+            a durable log under the per-user state directory keyed by the share (:func:`key_decrypt_log`).
         trainer_options: AUDIT ONLY — extra ``PrivateTrainer`` arguments (``dp.faults``).
         loss, optimizer: the training objective and optimiser (``dp.objective``: names or callables).
     """
@@ -287,7 +351,8 @@ class Hospital:
     def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
                  noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
                  key_share: Any = None, trainer_options: Mapping[str, Any] | None = None,
-                 loss: Any = None, optimizer: Any = None) -> None:
+                 loss: Any = None, optimizer: Any = None, decrypt_log: Any = None,
+                 state_dir: "str | os.PathLike[str] | None" = None) -> None:
         self.data = data
         self.loss = cfg.training.loss if loss is None else loss
         self.optimizer = cfg.training.optimizer if optimizer is None else optimizer
@@ -297,7 +362,8 @@ class Hospital:
         self.party = party if party is not None else index + 1
         self.identity = identity
         self.key_share = key_share  # threshold Paillier: this hospital's share of the study key
-        self.decrypt_log = _memory_log()  # Paillier: what it decrypted (once per session and round)
+        # Paillier: what its key share decrypted (once per session and round), durable per key
+        self._decrypt_log, self._state_dir = decrypt_log, state_dir
         self.random = SecretRandomness(cfg.seed, index, reproducible=cfg.privacy.reproducible)
         self.ledger = None
         self.trainer = None
@@ -587,16 +653,20 @@ class Hospital:
         return None if self.ledger is None else float(self.ledger.epsilon())
 
 
-class KeyHolder:
+class KeyHolder(_DecryptLogOwner):
     """Paillier ``keys = "holder"``: the party outside the hospitals (e.g. a privacy officer)
     holding the study's decryption key. It decrypts only verified aggregates, once per round
     (see :mod:`protocols.paillier`), and never contributes."""
 
     name = "key_holder"
 
-    def __init__(self, party: int, private_key: Any, identity: Any) -> None:
+    def __init__(self, party: int, private_key: Any, identity: Any, *, decrypt_log: Any = None,
+                 state_dir: "str | os.PathLike[str] | None" = None) -> None:
         self.party, self._key, self.identity = party, private_key, identity
-        self.decrypt_log = _memory_log()
+        self._decrypt_log, self._state_dir = decrypt_log, state_dir  # default: durable, per key
+
+    def _decryption_key(self) -> Any:
+        return self._key
 
     def refusal(self, round: int) -> str | None:
         return None
@@ -611,7 +681,7 @@ class KeyHolder:
                                      self.decrypt_log)
 
 
-class VectorParticipant:
+class VectorParticipant(_DecryptLogOwner):
     """An extra participant contributing a given vector each round (e.g. an audit's canary client).
 
     ``make(round, weights) -> vector`` returns the weighted update (``[n delta, n]``, or
@@ -624,7 +694,7 @@ class VectorParticipant:
         self.name, self.party, self._make, self.identity = name, party, make, identity
         self.random = SecretRandomness(cfg.seed, index, reproducible=cfg.privacy.reproducible)
         self.key_share = None
-        self.decrypt_log = _memory_log()
+        self._decrypt_log = self._state_dir = None  # durable per key share, once one is given
 
     def refusal(self, round: int) -> str | None:
         return None

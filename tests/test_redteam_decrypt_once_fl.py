@@ -4,8 +4,8 @@ memory (``fl.hospital._memory_log``), although the protocol has a durable
 restarts — a SuperNode may start one process per message, and ``EngineNode`` rebuilds the party
 with ``load_party`` — answers a second, different contributor set for the same round; the
 difference of the two sums is one hospital's exact update (issue 12 item 5, over the engine
-path).  The fix (a decrypt-log directory on the party, wired through ``Party``/``load_party``
-and the node vault) is not a one-place edit: strict xfail until then.
+path).  Fixed: the decrypt-once record is bound to the decryption key, not to the process
+(``fl.hospital.key_decrypt_log``: a ``DirectoryDecryptLog`` per key under the state directory).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from fedvault.protocols.paillier import PaillierParams, setup_keys
 from fedvault.secagg import keys as K
 
 
-@pytest.mark.xfail(strict=True, reason="residual: fl decryptors (KeyHolder, Hospital) keep decrypt-once in memory; "
-                                      "a restarted process answers a second set for the same round")
 def test_a_restarted_key_holder_never_answers_a_second_set_for_a_round():
     cfg = from_dict({"seed": 5, "data": {"hospitals": 3}, "privacy": {"enabled": False},
                      "aggregation": {"mode": "paillier", "key_bits": 512}})

@@ -76,6 +76,10 @@ class DirectoryDecryptLog:
         if not self.directory.is_dir():
             raise ProtocolError(f"decrypt log directory {self.directory} does not exist; create it (mode 0700)")
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        # a saved role (fl.integrations.flower.snapshot) names only fedvault classes and builtins
+        return (type(self), (os.fspath(self.directory),))
+
     def _path(self, session_id: bytes, round: int) -> Path:
         h = hashes.Hash(hashes.SHA256())
         h.update(b"fedvault/paillier/decrypt-log/v1\x00" + bytes(session_id))
