@@ -154,7 +154,8 @@ class Guarantee:
                     else f" (random ones; abort probability <= 2^{math.floor(self.abort_log2)})")
         return (f"secagg ({self.graph} graph, {self.cohort} hospitals, degree {self.degree}, t = {self.threshold}): "
                 f"the server learns only sums of >= {self.min_sum} honest hospitals' updates unless it colludes with "
-                f">= {self.colluders + 1} hospitals; tolerates {self.dropouts} dropouts{live}; failure probability {fail}")
+                f">= {self.colluders + 1} hospitals; tolerates {self.dropouts} dropout{'' if self.dropouts == 1 else 's'}{live}; "
+                f"failure probability {fail}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
