@@ -170,7 +170,8 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
             procs.start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(ca),
                                "--superlink", f"127.0.0.1:{link}", "--host", "127.0.0.1",
                                "--port", str(node_ports[k]),
-                               "--node-config", f'fedvault-dir="{wd / "nodes" / name}"'], env)
+                               "--node-config", f'fedvault-dir="{wd / "nodes" / name}" fedvault-dp-seed={dp_seed}'],
+                       env)  # the hospital's own settings (a test replays its DP noise), never the server's
         home = wd / "home-cli"
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(
@@ -178,7 +179,7 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
             f'root-certificates = "{ca}"\n', encoding="utf-8")
         rc = (f'num-hospitals={hospitals} num-server-rounds={rounds} fedvault-registry="{registry}" '
               f'progress-file="{progress}" result-file="{result}" stage-timeout={stage_timeout} train-timeout={train_timeout} '
-              f'dp-seed={dp_seed} min-clients=3')
+              'min-clients=3')
         procs.start("flwr-run", [str(BIN / "flwr"), "run", str(APP), "fedvault", "--stream", "--run-config", rc],
                     dict(base_env, FLWR_HOME=str(home)))  # --stream: the ServerApp's log lands in logs/flwr-run.log
         killed = None

@@ -27,12 +27,13 @@ def plaintext_sum(rc: dict, survivors: list[str], initial: list[float], round: i
 
     torch.set_num_threads(1)
     task = app_task()
-    cfg = task.config(rc)
+    cfg = task.config(rc, rc)
     w = np.asarray(initial, dtype=np.float64)
     total = np.zeros(w.shape[0] + 1)
     for name in survivors:
         k = int(name.rsplit("_", 1)[1])
         site = HospitalSite(task.hospital(cfg, k), tmp / f"{name}-ledger.json", dp_seed=task.dp_seed(rc, k))
+        # rc holds the run config and the nodes' own keys (fedvault-dp-seed ...) alike here
         total += site.fit(w, round)
     return total
 

@@ -37,7 +37,7 @@ def test_tls_deployment_survives_a_killed_supernode(tmp_path):
     assert r1["participants"] == ["hospital_0", "hospital_1", "hospital_3"]
     # TLS: the SuperNodes were given only the CA, and the SuperLink served HTTPS.
     assert "https://127.0.0.1" in (tmp_path / "run" / "logs" / "superlink.log").read_text()
-    rc = {"num-hospitals": 4, "num-server-rounds": 1, "dp-seed": 0}
+    rc = {"num-hospitals": 4, "num-server-rounds": 1, "fedvault-dp-seed": 0}
     expect = plaintext_sum(rc, r1["participants"], out["initial"], 1, tmp_path)
     total = np.asarray(r1["total"])
     assert total[-1] == expect[-1]

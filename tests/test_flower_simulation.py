@@ -36,8 +36,8 @@ def test_aggregate_is_the_survivors_plaintext_sum(tmp_path, caplog):
 
     root = tmp_path / "consortium"
     _exhausted_ledger(root / "node-1" / "ledger.json", "hospital_1")
-    overrides = {"num-hospitals": 5, "num-server-rounds": 1, "dp-seed": 0, "simulate-crash": "3",
-                 "budget-epsilon": 3.0}
+    overrides = {"num-hospitals": 5, "num-server-rounds": 1, "fedvault-dp-seed": 0, "simulate-crash": "3",
+                 "fedvault-budget-epsilon": 3.0}
     with caplog.at_level(logging.INFO, logger="flwr"):
         hist = sim.simulate(5, 1, root=root, dp_seed=0, simulate_crash="3", budget_epsilon=3.0,
                             fraction_evaluate=1.0)

@@ -7,7 +7,8 @@ every deployed hospital's DP-SGD noise and Poisson sampling replayable (seed
 
 The fix is not small: hospital-side privacy settings must come from the node's own
 configuration (``node_config`` / the node directory), and the deployment test relies on
-replaying the noise.  Strict xfail until then.
+replaying the noise.  Fixed: the example reads them from the node's own config
+(``fedvault-dp-seed`` ...); these tests now guard it.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import pytest
 from _flower_helpers import app_task
 
 
-@pytest.mark.xfail(strict=True, reason="residual: the example ClientApp takes dp-seed and target-epsilon from the "
-                                      "server's run_config even on a deployed node (fedvault-dir set)")
 def test_a_deployed_hospital_ignores_dp_settings_from_the_servers_run_config():
     task = app_task()
     server_rc = {"dp-seed": 0, "target-epsilon": 1000.0, "num-hospitals": 4}  # chosen by the server operator

@@ -34,10 +34,10 @@ def load_site(context: Context):  # noqa: ANN201 - HospitalSite | CrashingSite
 
     torch.set_num_threads(1)
     rc = context.run_config
-    cfg = task.config(rc)
+    cfg = task.config(rc, context.node_config)  # privacy settings: the node's own config
     node = NodeDir(task.node_dir(context))
     index = node.client - 1  # hospital k is fedvault client k + 1
-    site = HospitalSite(task.hospital(cfg, index), node.ledger_path, dp_seed=task.dp_seed(rc, index))
+    site = HospitalSite(task.hospital(cfg, index), node.ledger_path, dp_seed=task.dp_seed(context.node_config, index))
     crash = {int(c) for c in str(rc.get("simulate-crash", "")).split()}
     return CrashingSite(site) if node.client in crash else site
 

@@ -34,7 +34,9 @@ def simulate(hospitals: int = 4, rounds: int = 2, root: str | Path | None = None
              on_push: Callable[[Any, list[Message]], None] | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the federation; returns the server's history (the ``result-file`` JSON).
 
-    ``overrides`` are run-config keys with ``_`` for ``-`` (e.g. ``simulate_crash="3"``);
+    ``overrides`` are run-config keys with ``_`` for ``-`` (e.g. ``simulate_crash="3"``), except
+    ``dp_seed``, ``target_epsilon`` and ``budget_epsilon``: hospital settings, put in every node's
+    own config (``fedvault-dp-seed`` ...), never in the server's run config;
     ``on_push(grid, messages)`` sees every push (tests kill nodes with it).
     """
     from fedvault.fl.integrations.flower import InProcessGrid, provision
@@ -52,8 +54,10 @@ def simulate(hospitals: int = 4, rounds: int = 2, root: str | Path | None = None
         result = root / "result.json"
         rc = run_config(**{"num-hospitals": hospitals, "num-server-rounds": rounds, "fedvault-root": str(root),
                            "result-file": str(result)})
+        own = {f"fedvault-{k.replace('_', '-')}": overrides.pop(k) for k in ("dp_seed", "target_epsilon",
+                                                                              "budget_epsilon") if k in overrides}
         rc.update({k.replace("_", "-"): v for k, v in overrides.items()})
-        nodes = {10 + k: {"partition-id": k, "num-partitions": hospitals, "fedvault-simulation": True}
+        nodes = {10 + k: {"partition-id": k, "num-partitions": hospitals, "fedvault-simulation": True, **own}
                  for k in range(hospitals)}  # the nodes' own config: simulated hospitals (demo data)
         grid = InProcessGrid(client_app, nodes, run_config=rc, on_push=on_push)
         server_app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))

@@ -27,9 +27,13 @@ from fedvault.fl.simulation import calibrated_noise
 DEMO_MIN_COHORT = 2  # Flower's default local simulation has 2 SuperNodes
 
 
-def config(rc: Mapping[str, Any]) -> Config:
-    budget = float(rc.get("budget-epsilon", 0.0))
-    privacy = {"enabled": True, "target_epsilon": float(rc.get("target-epsilon", 3.0)), "delta": 1e-5}
+def config(rc: Mapping[str, Any], node: Mapping[str, Any] | None = None) -> Config:
+    """The study config.  The hospital's privacy settings (ε target and budget) come from the
+    node's OWN config (``fedvault-target-epsilon``, ``fedvault-budget-epsilon``), never from the
+    server's run config: the server operator must not choose a hospital's privacy."""
+    node = node or {}
+    budget = float(node.get("fedvault-budget-epsilon", 0.0))
+    privacy = {"enabled": True, "target_epsilon": float(node.get("fedvault-target-epsilon", 3.0)), "delta": 1e-5}
     if budget > 0:
         privacy["budget_epsilon"] = budget
     return from_dict({
@@ -77,8 +81,11 @@ def test_set(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return fd.X_test, fd.y_test
 
 
-def dp_seed(rc: Mapping[str, Any], index: int) -> int | None:
-    s = int(rc.get("dp-seed", -1))
+def dp_seed(node: Mapping[str, Any], index: int) -> int | None:
+    """DP-SGD seed from the node's OWN config (``fedvault-dp-seed``, tests and demos only); None
+    (OS randomness) otherwise.  Never from the server's run config: a seed the server chose would
+    make the hospital's noise replayable."""
+    s = int(node.get("fedvault-dp-seed", -1))
     return None if s < 0 else s * 1_000_003 + index
 
 
