@@ -103,7 +103,18 @@ def node_dir_from_context(context: Context) -> Path:
                          "'fedvault-dir=\"/path/to/node\"' (or set run_config fedvault-root in simulations)")
 
 
-def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int) -> None:
+def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int,
+                 threat_model: "ThreatModel | None" = None) -> None:
+    """Judge the server's proposed round against this node's own policy.
+
+    Threat model: the parameters arrive from the server (``wire.params_from``), so their
+    threat model is the server's *claim*. A node refuses test-only insecure parameters and
+    any round whose guarantee is weaker than its own ``threat_model`` when it declares one:
+    fewer colluders withstood, or a larger privacy-failure probability. Without one
+    (the default, as in the shipped example) the server's claimed adversary stands: a
+    deployed hospital should pass its consortium's ``[threat_model]``. Dropout tolerance is liveness,
+    the server's business, and is not judged here.
+    """
     if node.client not in params.clients:
         raise PolicyError(f"this node ({node.client}) is not in the proposed cohort")
     unknown = set(params.clients) - set(node.registry.members)
@@ -115,6 +126,24 @@ def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int) -> None:
     dmin = params.neighbourhood.min_degree()
     if 2 * params.t <= dmin:
         raise PolicyError(f"threshold {params.t} is not a strict majority of the smallest neighbourhood ({dmin})")
+    from fedvault.protocols.secagg.threat import ThreatModel
+
+    g = params.guarantee()
+    if g.insecure:
+        raise PolicyError("the server proposes test-only insecure SecAgg parameters (insecure_test_only); "
+                          "a deployed hospital never takes part in such a round")
+    if threat_model is None:  # no policy of its own: the server's claimed adversary stands (documented residual)
+        return
+    tm = threat_model
+    n = len(params.clients)
+    want_c = tm.max_colluders(n, params.graph)
+    if g.colluders < want_c:
+        raise PolicyError(f"the server's parameters withstand {g.colluders} colluding hospitals but this node's "
+                          f"threat model needs {want_c} (cohort of {n}, {params.graph} graph); "
+                          "use the consortium's [threat_model]")
+    if params.graph == "sparse" and g.failure_log2 is not None and g.failure_log2 > -tm.security_bits:
+        raise PolicyError(f"the server's parameters fail with probability 2^{g.failure_log2:.1f}, above this node's "
+                          f"2^-{tm.security_bits}; use the consortium's [threat_model]")
 
 
 class FedVaultMod:
@@ -126,15 +155,22 @@ class FedVaultMod:
         ``context -> path`` of the node directory (default :func:`node_dir_from_context`).
     min_cohort
         Smallest cohort this hospital accepts (default 3), or ``context -> int``.
+    threat_model
+        The adversary this hospital insists on (:class:`~fedvault.protocols.secagg.threat.ThreatModel`,
+        or ``context -> ThreatModel``). A round whose parameters withstand fewer colluders is
+        refused before anything is trained. Default None: only test-only insecure parameters
+        are refused and the server's claimed adversary stands — pass one in a deployment.
     threads
         Threads for mask expansion.
     """
 
     def __init__(self, site: Callable[[Context], "Site"], node_dir: Callable[[Context], Path] | None = None, *,
-                 min_cohort: int | Callable[[Context], int] = 3, threads: int = 1):
+                 min_cohort: int | Callable[[Context], int] = 3, threads: int = 1,
+                 threat_model: "ThreatModel | Callable[[Context], ThreatModel] | None" = None):
         self.site = site
         self.node_dir = node_dir or node_dir_from_context
         self.min_cohort = min_cohort
+        self.threat_model = threat_model
         self.threads = threads
 
     def register(self, app: ClientApp) -> ClientApp:
@@ -181,7 +217,8 @@ class FedVaultMod:
             if str(rec["roster"]) != node.registry.fingerprint():
                 raise PolicyError("the server's roster is not the one this hospital installed")
             params = wire.params_from(rec)
-            check_policy(params, node, self.min_cohort(context) if callable(self.min_cohort) else self.min_cohort)
+            check_policy(params, node, self.min_cohort(context) if callable(self.min_cohort) else self.min_cohort,
+                         self.threat_model(context) if callable(self.threat_model) else self.threat_model)
             site = self.site(context)  # before anything is claimed, trained or charged:
             reason = site.refusal(rnd)  # the hospital's budget ...
             if reason is not None:
