@@ -18,12 +18,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from fedvault.fl.errors import FLError
+from fedvault.fl.files import write_json_atomic
 
 EXIT_ERROR = 2
 
@@ -51,20 +51,6 @@ def print_summary(history: dict[str, Any], out=sys.stdout) -> None:
     from fedvault.fl.summary import summary
 
     print(summary(history), file=out, flush=True)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` all at once (temp file + rename): never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _print_warnings(warnings: Sequence[str], quiet: bool) -> None:

@@ -408,20 +408,9 @@ def bound_session_id(session: bytes, model_sha256: str) -> bytes:
 
 def write_history(path: "os.PathLike[str] | str", history: dict[str, Any]) -> None:
     """Write history.json all at once (temp file + rename): never half-written."""
-    import json
-    import tempfile
-    from pathlib import Path
+    from fedvault.fl.files import write_json_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(history, fh, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, history)
 
 
 # -- the engine ---------------------------------------------------------------------------------------
