@@ -231,3 +231,15 @@ def test_report_files_verdict_and_strict_json(tmp_path):
         FA.write_report(r, out / "report.md")
     assert matplotlib.get_backend() == backend
 
+
+
+def test_audit_shows_progress_over_its_rounds(tmp_path, monkeypatch, capsys):
+    """fedvault audit draws a bar (stderr) counting the federation's rounds; --quiet hides it."""
+    cfg, settings = FA.load(_write(tmp_path, "none"))
+    settings = settings.replace(membership=False)
+    monkeypatch.setenv("FEDVAULT_PROGRESS", "1")
+    FA.run_audit(cfg, settings)
+    err = capsys.readouterr().err
+    assert "auditing" in err and f"1/{cfg.training.rounds} " in err  # the total is the planned rounds
+    FA.run_audit(cfg, settings, quiet=True)
+    assert "auditing" not in capsys.readouterr().err

@@ -27,7 +27,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         shadow_models=args.shadow_models, fault=args.fault,
     )
     say = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
-    report = run_audit(cfg, settings, log=say)
+    report = run_audit(cfg, settings, log=say, quiet=args.quiet)
     md = write_report(report, args.output)
     r, f = report.record, report.record_fdp
     claimed = fmt_eps(report.claimed_epsilon)

@@ -41,8 +41,11 @@ from fedvault.fl.audit.settings import AuditSettings
 from fedvault.fl.config import Config
 
 def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: Fault | str,
-                  trainer_options: Callable[[str], Mapping[str, Any]] | None = None):
-    """One federation run of the audit (no pooled baseline) with the fault in every trainer."""
+                  trainer_options: Callable[[str], Mapping[str, Any]] | None = None, *,
+                  on_round: Callable[[dict[str, Any]], None] | None = None):
+    """One federation run of the audit (no pooled baseline) with the fault in every trainer.
+
+    ``on_round`` is called with each history row (progress display)."""
     from fedvault.fl.simulation import federate
 
     fault = Fault.parse(fault)
@@ -58,7 +61,8 @@ def federate_with(cfg: Config, data: data_mod.FederatedData, extra: Any, fault: 
             o["fault"] = fault
         return o
 
-    return federate(cfg, data=data, baseline=False, extra_participants=extra, trainer_options=options)
+    return federate(cfg, data=data, baseline=False, extra_participants=extra, trainer_options=options,
+                    on_round=on_round)
 
 
 @dataclass
@@ -114,7 +118,8 @@ def gradient_candidates(m: int, detect: float) -> list[tuple[int, int]]:
     return out
 
 
-def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData | None = None) -> RecordLevel:
+def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData | None = None, *,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> RecordLevel:
     """Run 1: the federation with record-level canaries (``settings.canary_kind``)."""
     base = fd if fd is not None else data_mod.load(cfg)
     per_method = 1.0 - (1.0 - settings.confidence) / 2  # SNJ and f-DP, Bonferroni
@@ -130,7 +135,8 @@ def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedDat
         can = design_gradient_canaries(cfg, base, settings, init)
         hook = GradientCanaryHook(can)
         run = federate_with(cfg, copy.deepcopy(base), None, settings.fault,
-                            lambda name: {"gradient_canaries": hook} if name == can.hospital else {})
+                            lambda name: {"gradient_canaries": hook} if name == can.hospital else {},
+                            on_round=on_round)
         scores = gradient_canary_scores(can, hook.received, models.get_vector(run.model))
         cands = gradient_candidates(can.m, can.detect)
         reveal = int(can.detect * can.m / 2)
@@ -139,7 +145,7 @@ def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedDat
         can = design_canaries(base, settings)
         torch.manual_seed(cfg.seed)  # the federation's initial model (same seed, same factory)
         w0 = models.get_vector(models.build(cfg.model, base.n_features, base.n_classes, base.image_shape))
-        run = federate_with(cfg, insert_canaries(base, can), None, settings.fault)
+        run = federate_with(cfg, insert_canaries(base, can), None, settings.fault, on_round=on_round)
         mean, std = run.standardisation  # the federation's own (mean, std)
         z_model = (can.raw - mean) / std
         scores = canary_scores(run.model, w0, models.get_vector(run.model), z_model, can.y)
@@ -153,7 +159,8 @@ def record_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedDat
                        canaries=can, run=run, claimed=claimed, confidence=settings.confidence)
 
 
-def client_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData):
+def client_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedData, *,
+                 on_round: Callable[[dict[str, Any]], None] | None = None):
     """Run 2: the federation with canary clients; Andrew et al.'s one-shot estimate."""
     rng = np.random.default_rng([settings.seed, 0xC11E])
     make = models.build(cfg.model, fd.n_features, fd.n_classes, fd.image_shape)
@@ -163,7 +170,7 @@ def client_audit(cfg: Config, settings: AuditSettings, fd: data_mod.FederatedDat
     client_level = getattr(cfg.privacy, "client_noise_multiplier", None) is not None
     weight = float(np.median([h.n for h in fd.hospitals]))
     clients = CanaryClients(dirs[:k], cfg.aggregation.update_clip, weight, client_level)
-    run = federate_with(cfg, copy.deepcopy(fd), clients, settings.fault)
+    run = federate_with(cfg, copy.deepcopy(fd), clients, settings.fault, on_round=on_round)
     delta_vec = models.get_vector(run.model) - clients.initial
     cos = A.cosines(delta_vec, dirs)
     est = A.one_shot_estimate(cos[:k], cos[k:], delta=cfg.privacy.delta, dimension=d)
@@ -183,7 +190,8 @@ def train_shadow(cfg: Config, fd: data_mod.FederatedData, X: np.ndarray, y: np.n
     return model
 
 
-def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: Any) -> list[A.AttackResult]:
+def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: Any, *,
+                       on_shadow: Callable[[], None] | None = None) -> list[A.AttackResult]:
     """Loss-threshold and LiRA attacks on the final global model: training vs held-out patients."""
     fd = run.data
     # input canaries (IN ones) were appended after the canary hospital's records: they are not patients
@@ -209,33 +217,54 @@ def membership_attacks(cfg: Config, settings: AuditSettings, run, canaries: Any)
         for k in range(K):
             sm = train_shadow(cfg, fd, Xall[mask[:, k]], yall[mask[:, k]], seed=settings.seed * 1000 + k)
             phi[:, k] = A.logit_confidence(logits(sm, models.get_vector(sm), Xall), yall)
+            if on_shadow is not None:
+                on_shadow()
         target = A.logit_confidence(np.concatenate([zi, zo]), yall)
         s = A.lira_scores(target, phi, mask)
         out.append(A.evaluate_attack(f"LiRA ({K} shadow models)", s[: len(yi)], s[len(yi) :]))
     return out
 
 
-def run_audit(cfg: Config, settings: AuditSettings, *, log: Callable[[str], None] | None = None) -> AuditReport:
-    """The whole audit (record level, client level, membership inference) as a typed report."""
+def run_audit(cfg: Config, settings: AuditSettings, *, log: Callable[[str], None] | None = None,
+              quiet: bool = False) -> AuditReport:
+    """The whole audit (record level, client level, membership inference) as a typed report.
+
+    A progress bar (stderr, only on a terminal; see :mod:`fl.progress`) counts the planned
+    federation rounds of both runs and the LiRA shadow models; ``quiet=True`` hides it.
+    """
     from fedvault.fl.config import to_dict
+    from fedvault.fl.progress import progress
 
     t0 = time.perf_counter()
     say = log or (lambda msg: None)
     fd = data_mod.load(cfg)
-    say(f"run 1/2: federation with {settings.canary_kind} canaries (up to {settings.canaries}) ...")
-    rec = record_audit(cfg, settings, fd)
-    run, can = rec.run, rec.canaries
-    report = AuditReport(
-        config=to_dict(cfg), settings=settings.to_dict(), record=rec.snj, record_fdp=rec.fdp,
-        record_scores=rec.scores, included=rec.included, canary_hospital=can.hospital, canary_slots=rec.slots,
-        claimed_epsilon=rec.claimed, delta=cfg.privacy.delta, canary_kind=rec.kind, confidence=settings.confidence,
-        design=rec.design(), accuracy=run.history["final"]["metrics"]["accuracy"], fault=settings.fault,
-    )
-    if settings.membership:
-        say("membership inference: loss threshold" + (f" + LiRA ({settings.shadow_models} shadow models)" if settings.shadow_models >= 2 else "") + " ...")
-        report.attacks = membership_attacks(cfg, settings, run, can)
-    if settings.canary_clients:
-        say(f"run 2/2: federation with {settings.canary_clients} canary clients ...")
-        report.client, report.client_claimed_epsilon, report.client_cosines = client_audit(cfg, settings, fd)
+    shadows = settings.shadow_models if settings.membership and settings.shadow_models >= 2 else 0
+    runs = 1 + (1 if settings.canary_clients else 0)
+    total = runs * int(cfg.training.rounds) + shadows
+    with progress(total=total, desc="auditing", unit="step", quiet=quiet) as bar:
+        def on_round(row: dict[str, Any]) -> None:
+            bar.update(1)
+
+        def on_shadow() -> None:
+            bar.update(1)
+
+        say(f"run 1/2: federation with {settings.canary_kind} canaries (up to {settings.canaries}) ...")
+        rec = record_audit(cfg, settings, fd, on_round=on_round)
+        run, can = rec.run, rec.canaries
+        report = AuditReport(
+            config=to_dict(cfg), settings=settings.to_dict(), record=rec.snj, record_fdp=rec.fdp,
+            record_scores=rec.scores, included=rec.included, canary_hospital=can.hospital, canary_slots=rec.slots,
+            claimed_epsilon=rec.claimed, delta=cfg.privacy.delta, canary_kind=rec.kind,
+            confidence=settings.confidence, design=rec.design(),
+            accuracy=run.history["final"]["metrics"]["accuracy"], fault=settings.fault,
+        )
+        if settings.membership:
+            say("membership inference: loss threshold" + (f" + LiRA ({settings.shadow_models} shadow models)"
+                                                          if settings.shadow_models >= 2 else "") + " ...")
+            report.attacks = membership_attacks(cfg, settings, run, can, on_shadow=on_shadow)
+        if settings.canary_clients:
+            say(f"run 2/2: federation with {settings.canary_clients} canary clients ...")
+            report.client, report.client_claimed_epsilon, report.client_cosines = client_audit(
+                cfg, settings, fd, on_round=on_round)
     report.seconds = time.perf_counter() - t0
     return report
