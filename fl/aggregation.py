@@ -103,7 +103,8 @@ class SessionAggregator:
                 vp.key_share = ks.shares.get(ids[n])
             parties[n] = vp
         if ks is not None and ks.public.mode == "holder":
-            parties["key_holder"] = KeyHolder(0, ks.holder_key, identities[0])
+            parties["key_holder"] = KeyHolder(0, ks.holder_key, identities[0],
+                                              min_clients=max(2, self.cfg.training.min_clients))
         mode = make_mode(self.cfg, ids, ks.public if ks is not None else None)
         dim = len(next(iter(vectors.values())))
         setup, server = open_session(self.cfg, mode, round, purpose, sorted(inputs), weights=np.zeros(dim - 1),

@@ -661,8 +661,15 @@ class KeyHolder(_DecryptLogOwner):
     name = "key_holder"
 
     def __init__(self, party: int, private_key: Any, identity: Any, *, decrypt_log: Any = None,
-                 state_dir: "str | os.PathLike[str] | None" = None) -> None:
+                 state_dir: "str | os.PathLike[str] | None" = None, min_clients: int = 2) -> None:
+        """``min_clients``: the fewest contributions this holder ever opens, from its own copy of the
+        study config (``max(2, training.min_clients)``; default 2, the config default). A setup
+        proposing a smaller cohort or a smaller ``min_clients`` is refused (:meth:`join`)."""
+        if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 2:
+            raise SetupRejected(f"key holder: min_clients must be an integer >= 2, got {min_clients!r} "
+                                "(a decryptor never opens a single hospital's update)")
         self.party, self._key, self.identity = party, private_key, identity
+        self.min_clients = min_clients
         self._decrypt_log, self._state_dir = decrypt_log, state_dir  # default: durable, per key
 
     def _decryption_key(self) -> Any:
@@ -671,12 +678,39 @@ class KeyHolder(_DecryptLogOwner):
     def refusal(self, round: int) -> str | None:
         return None
 
-    def join(self, setup: "RoundSetup") -> "ClientRole":
-        from fedvault.fl import roles
+    def check_setup(self, setup: "RoundSetup") -> None:
+        """Refuse a setup this holder's own policy does not accept, before any decryption role exists.
 
+        Threat model: over Flower the setup is rebuilt from the *server's* record, so its cohort and
+        ``min_clients`` are the server's claim; a server lowering them could have the holder open a
+        sum of two contributions (the victim's and a colluder's). The holder judges them against its
+        own ``min_clients`` as :meth:`Hospital._check_protocol_policy` does for the hospitals.
+
+        Raises:
+            SetupRejected: the model does not hash to ``setup.model_sha256``, the session is not bound
+                to it, the protocol is not Paillier, or the cohort or ``min_clients`` is below this
+                holder's ``min_clients``.
+        """
         if model_digest(setup.weights) != setup.model_sha256:
             raise SetupRejected("key holder: the round setup's model does not match its SHA-256")
         check_model_bound(setup, "key holder")
+        if setup.protocol != "paillier":
+            raise SetupRejected(f"key holder: the server runs {setup.protocol!r} aggregation; a Paillier key holder "
+                                "only takes part in Paillier rounds")
+        clients = tuple(getattr(setup.params, "clients", ()) or ())
+        if len(clients) < self.min_clients:
+            raise SetupRejected(f"key holder: the server proposes a cohort of {len(clients)} hospitals but this "
+                                f"holder's config needs at least {self.min_clients} (training.min_clients); a sum "
+                                "over too few hospitals says too much about each")
+        if int(setup.params.min_clients) < self.min_clients:
+            raise SetupRejected(f"key holder: the server proposes min_clients = {setup.params.min_clients} but this "
+                                f"holder's config needs min_clients >= {self.min_clients} (training.min_clients); "
+                                "use the consortium's config file")
+
+    def join(self, setup: "RoundSetup") -> "ClientRole":
+        from fedvault.fl import roles
+
+        self.check_setup(setup)
         return roles.paillier_holder(setup.params, setup.public, self._key, self.identity, setup.identity_keys,
                                      self.decrypt_log)
 

@@ -249,7 +249,8 @@ def federate(
             vp.key_share = shares.get(ids[name])
             parties[name] = vp
     if holder_key is not None and paillier_public.mode == "holder":
-        parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id])
+        parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id],
+                                          min_clients=max(2, cfg.training.min_clients))
 
     mode = make_mode(cfg, ids, paillier_public)
     if transport is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 
 from fedvault.fl import data as data_mod, models
@@ -76,3 +78,52 @@ def test_the_honest_setup_is_still_accepted():
                              identity_keys=ikeys)
     role = h.join(honest)
     assert role.start()  # advertises its keys
+
+
+# -- the Paillier key holder judges min_clients by its own config (issue 12, Paillier holder) -----------------
+def _holder_study(tmp_path):
+    """Six hospitals, Paillier with a key holder; the consortium's config says training.min_clients = 4."""
+    import os
+
+    from fedvault.fl.hospital import KeyHolder
+    from fedvault.protocols.paillier import PaillierParams, setup_keys
+
+    cfg = from_dict({"seed": 5, "data": {"hospitals": 6}, "privacy": {"enabled": False},
+                     "training": {"min_clients": 4}, "aggregation": {"mode": "paillier", "key_bits": 512}})
+    names = [f"h{i}" for i in range(1, 7)]
+    ids = {n: i for i, n in enumerate(names, start=1)}
+    idents = simulation_identities(b"redteam-holder".ljust(32, b"\0"), [0, *ids.values()])
+    ikeys = {i: K.public_bytes(k) for i, k in idents.items()}
+    p0 = PaillierParams(session_id=b"setup", round=0, clients=tuple(ids.values()), min_clients=4, keys="holder",
+                        key_bits=512)
+    ks = setup_keys(p0, rng=os.urandom, holder=0)
+    holder = KeyHolder(0, ks.holder_key, idents[0], state_dir=tmp_path,
+                       min_clients=max(2, cfg.training.min_clients))
+    return cfg, names, ids, ikeys, ks, holder
+
+
+def test_paillier_key_holder_refuses_a_lowered_min_clients(tmp_path):
+    cfg, names, ids, ikeys, ks, holder = _holder_study(tmp_path)
+    mode = make_mode(cfg, ids, ks.public)
+    honest, _ = open_session(cfg, mode, 1, "update", names, weights=np.zeros(4), clip=1.0, identity_keys=ikeys)
+    assert honest.params.min_clients == 4
+    # the server's record says min_clients = 2: the holder would open the sum of a victim and one colluder
+    low = dataclasses.replace(honest, params=dataclasses.replace(honest.params, min_clients=2))
+    with pytest.raises(SetupRejected, match=r"min_clients = 2 .*needs min_clients >= 4"):
+        holder.join(low)
+    # a server that picks a cohort of two (a victim and a colluder) is refused too, whatever it claims
+    pair, _ = open_session(cfg, mode, 2, "update", names[:2], weights=np.zeros(4), clip=1.0, identity_keys=ikeys)
+    assert pair.params.min_clients == 2
+    with pytest.raises(SetupRejected, match="cohort of 2 .*at least 4"):
+        holder.join(pair)
+    # the honest setup is accepted: the holder's decryption role awaits the server's request
+    assert holder.join(honest) is not None
+
+
+def test_paillier_key_holder_default_and_invalid_policy(tmp_path):
+    from fedvault.fl.hospital import KeyHolder
+
+    cfg, names, ids, ikeys, ks, _ = _holder_study(tmp_path)
+    assert KeyHolder(0, ks.holder_key, None).min_clients == 2  # the config default, never below the protocol's 2
+    with pytest.raises(SetupRejected, match=">= 2"):
+        KeyHolder(0, ks.holder_key, None, min_clients=1)
