@@ -52,6 +52,7 @@ import numpy as np
 from scipy import stats
 
 from fedvault.dp.audit.errors import AuditError
+from fedvault.dp.audit.gaussian import smallest_epsilon
 
 InverseBlowUp = Callable[[float], float]
 _norm = stats.norm
@@ -148,20 +149,7 @@ def gdp_epsilon(mu: float, delta: float, *, tol: float = 1e-6) -> float:
     def d(e: float) -> float:
         return float(_norm.cdf(-e / mu + mu / 2) - math.exp(e) * _norm.cdf(-e / mu - mu / 2))
 
-    if d(0.0) <= delta:
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while d(hi) > delta:
-        lo, hi = hi, 2 * hi
-        if hi > 1e4:
-            return math.inf
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if d(mid) > delta:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return smallest_epsilon(d, delta, cap=1e4, tol=tol)
 
 
 @dataclass(frozen=True)
@@ -210,14 +198,9 @@ def audit_scores_fdp(
     ``max_guesses`` bounds the candidates used for the ceiling (the number of canaries
     whose bit the output can reveal at all, e.g. IN canaries that can be sampled).
     """
-    from fedvault.dp.audit.one_run import default_candidates, guesses_from_scores
+    from fedvault.dp.audit.one_run import checked_scores, default_candidates, guesses_from_scores
 
-    s = np.asarray(scores, dtype=np.float64)
-    b = np.asarray(included, dtype=bool)
-    if s.ndim != 1 or s.shape != b.shape or len(s) == 0:
-        raise AuditError(f"scores and included must be 1-d of the same non-zero length, got {s.shape} and {b.shape}")
-    if not np.all(np.isfinite(s)):
-        raise AuditError("canary scores contain NaN or infinity")
+    s, b = checked_scores(scores, included)
     m = len(s)
     cands = list(candidates) if candidates is not None else default_candidates(m)
     per_test = 1.0 - (1.0 - confidence) / len(cands)

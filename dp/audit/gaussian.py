@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -101,16 +101,26 @@ def epsilon_between_gaussians(mu0: float, s0: float, mu1: float, s1: float, delt
     def worst(e: float) -> float:
         return max(hockey_stick(mu0, s0, mu1, s1, e), hockey_stick(mu1, s1, mu0, s0, e))
 
-    if worst(0.0) <= delta:
+    return smallest_epsilon(worst, delta, cap=1000.0, tol=tol)
+
+
+def smallest_epsilon(excess: Callable[[float], float], delta: float, *, cap: float, tol: float = 1e-6) -> float:
+    """Smallest ε ≥ 0 with ``excess(ε) <= delta``, for ``excess`` non-increasing in ε.
+
+    ``excess`` is a privacy curve δ(ε) (a hockey-stick divergence, a GDP trade-off...).
+    Doubling then bisection to within ``tol``; 0 when ``excess(0) <= delta``; ``inf`` when
+    no ε up to ``cap`` reaches δ.
+    """
+    if excess(0.0) <= delta:
         return 0.0
     lo, hi = 0.0, 1.0
-    while worst(hi) > delta:
+    while excess(hi) > delta:
         lo, hi = hi, 2 * hi
-        if hi > 1000:
+        if hi > cap:
             return math.inf
     while hi - lo > tol:
         mid = 0.5 * (lo + hi)
-        if worst(mid) > delta:
+        if excess(mid) > delta:
             lo = mid
         else:
             hi = mid

@@ -178,6 +178,18 @@ class OneRunAudit:
         }
 
 
+def checked_scores(scores: Sequence[float], included: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Canary scores as float64 and inclusion bits as bool, checked: 1-d, the same non-zero
+    length, every score finite (else :class:`AuditError` saying which)."""
+    s = np.asarray(scores, dtype=np.float64)
+    b = np.asarray(included, dtype=bool)
+    if s.ndim != 1 or s.shape != b.shape or len(s) == 0:
+        raise AuditError(f"scores and included must be 1-d of the same non-zero length, got {s.shape} and {b.shape}")
+    if not np.all(np.isfinite(s)):
+        raise AuditError("canary scores contain NaN or infinity")
+    return s, b
+
+
 def audit_scores(
     scores: Sequence[float],
     included: Sequence[bool],
@@ -195,12 +207,7 @@ def audit_scores(
     bound of the largest candidate with at most ``max_guesses`` guesses (default ``m``:
     the canaries whose bit the output can reveal at all), all correct.
     """
-    s = np.asarray(scores, dtype=np.float64)
-    b = np.asarray(included, dtype=bool)
-    if s.ndim != 1 or s.shape != b.shape or len(s) == 0:
-        raise AuditError(f"scores and included must be 1-d of the same non-zero length, got {s.shape} and {b.shape}")
-    if not np.all(np.isfinite(s)):
-        raise AuditError("canary scores contain NaN or infinity")
+    s, b = checked_scores(scores, included)
     m = len(s)
     cands = list(candidates) if candidates is not None else default_candidates(m)
     if not cands:
