@@ -39,7 +39,8 @@ from fedvault.fl.metrics import evaluate
 from fedvault.fl.transports.memory import InMemoryTransport
 
 __all__ = ["federate", "run_federation", "FederationRun", "ExtraParticipants", "calibrated_noise",
-           "pooled_baseline", "EarlyStopping", "SCHEMA_VERSION"]
+           "pooled_baseline", "EarlyStopping", "SCHEMA_VERSION", "initial_model", "make_hospital", "hospital_info",
+           "public_bounds", "StudyRoster", "coordinator", "Standardisation", "standardisation"]
 
 
 def _model_factory(cfg: Config, fd: data_mod.FederatedData) -> Callable[[], torch.nn.Module]:
@@ -141,6 +142,104 @@ def simulation_identities(cfg: Config, ids: Mapping[str, int]) -> dict[int, Any]
                sorted(ids.values()))
 
 
+# -- the two halves of a study -------------------------------------------------------------------
+# ``federate`` runs both in one process; a deployment (fl.integrations.flower.app) runs the
+# hospital half on every hospital's machine and the server half on the coordinator's.
+
+
+def initial_model(cfg: Config, make_model: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """The study's initial global model: ``make_model()`` after seeding torch with ``cfg.seed`` (the
+    simulation and a deployment of the same config start from the same weights). With privacy on, a
+    model Opacus cannot train (e.g. BatchNorm) is refused here, before any hospital is charged."""
+    torch.manual_seed(cfg.seed)
+    model = make_model()
+    if cfg.privacy.enabled:
+        from fedvault.dp.objective import check_model
+
+        check_model(model)
+    return model
+
+
+def make_hospital(cfg: Config, data: data_mod.HospitalData, index: int, make_model: Callable[[], torch.nn.Module],
+                  *, n_features: int | None, party: int, identity: Any, key_share: Any = None,
+                  trainer_options: Mapping[str, Any] | None = None, loss: Any = None, optimizer: Any = None,
+                  state_dir: str | Path | None = None) -> Hospital:
+    """The hospital half: one hospital's :class:`~fl.hospital.Hospital` from its own records.
+
+    Runs where the records are. ``n_features`` is given when the features are standardised
+    (the DP feature statistics are then composed into the noise calibration); ``identity`` is
+    the hospital's Ed25519 identity key, ``key_share`` its threshold-Paillier share if any,
+    ``state_dir`` where its decrypt-once log lives (default: the per-user state directory).
+    The DP-SGD noise multiplier is calibrated here, from the hospital's own record count.
+    """
+    return Hospital(data, cfg, make_model, index, calibrated_noise(cfg, data.n, n_features), party=party,
+                    identity=identity, key_share=key_share, trainer_options=trainer_options, loss=loss,
+                    optimizer=optimizer, state_dir=state_dir)
+
+
+def hospital_info(hospital: Hospital) -> dict[str, Any]:
+    """What a hospital releases about itself before the study (history's ``hospitals`` section): its
+    exact record and held-out counts (allowed under replace-one, the stated relation) and its DP-SGD
+    noise multiplier (a function of its record count and the public config)."""
+    return {"records": int(hospital.data.n), "holdout": int(len(hospital.data.y_val)),
+            "noise_multiplier": hospital.noise_multiplier}
+
+
+def public_bounds(info: Mapping[str, Mapping[str, Any]]) -> tuple[float, float]:
+    """``(weight_cap, eval_clip)``: the encoders' public bounds, from the counts the hospitals released.
+
+    ``weight_cap`` bounds any hospital's record count (the last coordinate ``n_k`` of an update), as
+    the next power of two above the largest; ``eval_clip`` bounds a site-evaluation vector
+    (``n_val`` times a metric capped at 100)."""
+    most = max((int(v["records"]) for v in info.values()), default=0)
+    held = max((int(v.get("holdout", 0)) for v in info.values()), default=0)
+    weight_cap = float(2 ** math.ceil(math.log2(most + 1)))
+    eval_clip = 100.0 * float(2 ** math.ceil(math.log2(held + 1)))
+    return weight_cap, eval_clip
+
+
+@dataclass(frozen=True)
+class StudyRoster:
+    """The public roster the coordinator runs a study with.
+
+    ``hospitals``: contributing hospitals' names; ``ids``: every party's protocol id (hospitals,
+    extra participants, key holders); ``identity_keys``: party id -> raw Ed25519 public key
+    (enrolled, or simulated); ``extra``: extra participants contributing every round.
+    """
+
+    hospitals: list[str]
+    ids: Mapping[str, int]
+    identity_keys: Mapping[int, bytes]
+    extra: list[str] = field(default_factory=list)
+
+
+def coordinator(cfg: Config, transport: Any, model: torch.nn.Module, *, roster: StudyRoster,
+                hospital_info: Mapping[str, Mapping[str, Any]], test: tuple[np.ndarray, np.ndarray],
+                paillier_public: Any = None, on_round: Callable[[dict[str, Any]], None] | None = None,
+                epsilon: Callable[[], dict[str, float | None]] | None = None,
+                client_epsilon: Callable[[], dict[str, float | None]] | None = None,
+                before_round: Callable[[int, np.ndarray], None] | None = None, loss: Any = None,
+                baseline: bool = False, audit: bool = False) -> RoundEngine:
+    """The server half: the :class:`~fl.engine.RoundEngine` of a study over ``transport``.
+
+    Everything it uses is public: the config, the roster (names, ids, identity public keys),
+    Paillier's public key setup, the counts the hospitals released (``hospital_info``, from
+    which :func:`public_bounds` sets the encoders' bounds), the coordinator's own test set (may be
+    empty) and the hospitals' ε as their ledgers report it (``epsilon``/``client_epsilon``). It never
+    sees a hospital's records. Run the study with ``engine.run_study(...)``.
+    """
+    weight_cap, eval_clip = public_bounds(hospital_info)
+    mode = make_mode(cfg, roster.ids, paillier_public)
+    engine = RoundEngine(cfg, transport, mode, model, hospitals=list(roster.hospitals),
+                         hospital_info=hospital_info, test=test, weight_cap=weight_cap, eval_clip=eval_clip,
+                         identity_keys=roster.identity_keys, extra=list(roster.extra), on_round=on_round,
+                         epsilon=epsilon, client_epsilon=client_epsilon, before_round=before_round, loss=loss)
+    # The release inventory, the stated relation and where the randomness came from (helper D).
+    _record_privacy_facts(cfg, engine.history, client_level=cfg.privacy.client_noise_multiplier is not None,
+                          baseline=baseline, audit=audit)
+    return engine
+
+
 def run_federation(
     cfg: Config,
     on_round: Callable[[dict[str, Any]], None] | None = None,
@@ -209,14 +308,9 @@ def federate(
     identity_keys = {i: K.public_bytes(k) for i, k in identities.items()}
 
     make_model = model if model is not None else _model_factory(cfg, fd)
-    torch.manual_seed(cfg.seed)
-    global_model = make_model()
+    global_model = initial_model(cfg, make_model)
     loss = cfg.training.loss if loss is None else loss
     optimizer = cfg.training.optimizer if optimizer is None else optimizer
-    if cfg.privacy.enabled:  # e.g. BatchNorm refused with the fix before any hospital is charged
-        from fedvault.dp.objective import check_model
-
-        check_model(global_model)
 
     # Paillier: the study's keys (generated once; secrets stay with their owners).
     paillier_public, holder_key, shares = None, None, {}
@@ -233,11 +327,13 @@ def federate(
         ks = setup_keys(p0, rng=os.urandom, holder=holder_id)
         paillier_public, holder_key, shares = ks.public, ks.holder_key, dict(ks.shares)
 
+    # The hospital half: one Hospital per hospital (in a deployment, each on its own machine).
+    n_features = fd.n_features if getattr(fd, "standardise", True) else None
     hospitals = [
-        Hospital(h, cfg, make_model, i, calibrated_noise(cfg, h.n, fd.n_features if getattr(fd, "standardise", True) else None), party=ids[h.name], identity=identities[ids[h.name]],
-                 key_share=shares.get(ids[h.name]),
-                 trainer_options=trainer_options(h.name) if trainer_options is not None else None,
-                 loss=loss, optimizer=optimizer)
+        make_hospital(cfg, h, i, make_model, n_features=n_features, party=ids[h.name],
+                      identity=identities[ids[h.name]], key_share=shares.get(ids[h.name]),
+                      trainer_options=trainer_options(h.name) if trainer_options is not None else None,
+                      loss=loss, optimizer=optimizer)
         for i, h in enumerate(fd.hospitals)
     ]
     parties: dict[str, Any] = {hs.name: hs for hs in hospitals}
@@ -252,37 +348,32 @@ def federate(
         parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id],
                                           min_clients=max(2, cfg.training.min_clients))
 
-    mode = make_mode(cfg, ids, paillier_public)
     if transport is None:
         transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
                                       transcript=transcript)
     else:
         transport = transport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed)
-    # A public bound on any hospital's record count: the last coordinate n_k of an update.
-    weight_cap = float(2 ** math.ceil(math.log2(max(h.n for h in fd.hospitals) + 1)))
-    eval_clip = 100.0 * float(2 ** math.ceil(math.log2(max(len(h.y_val) for h in fd.hospitals) + 1)))
-    info = {h.name: {"records": h.n, "holdout": int(len(h.y_val)), "noise_multiplier": hs.noise_multiplier}
-            for h, hs in zip(fd.hospitals, hospitals)}
 
     def epsilons() -> dict[str, float | None]:
         return {hs.name: hs.epsilon() for hs in hospitals if hs.ledger is not None}
 
-    engine = RoundEngine(cfg, transport, mode, global_model, hospitals=hospital_names, hospital_info=info,
-                         test=(fd.X_test, fd.y_test), weight_cap=weight_cap, eval_clip=eval_clip,
-                         identity_keys=identity_keys, extra=list(extra.names) if extra is not None else [],
-                         on_round=on_round, epsilon=epsilons,
-                         client_epsilon=(lambda: {hs.name: hs.client_epsilon() for hs in hospitals
-                                                  if hs.ledger is not None}) if cfg.privacy.enabled else None,
-                         before_round=group.prepare if group is not None else None, loss=loss)
+    # The server half: what the coordinator learns is public (roster, keys, released counts).
+    engine = coordinator(
+        cfg, transport, global_model,
+        roster=StudyRoster(hospitals=hospital_names, ids=ids, identity_keys=identity_keys,
+                           extra=list(extra.names) if extra is not None else []),
+        hospital_info={hs.name: hospital_info(hs) for hs in hospitals}, test=(fd.X_test, fd.y_test),
+        paillier_public=paillier_public, on_round=on_round, epsilon=epsilons,
+        client_epsilon=(lambda: {hs.name: hs.client_epsilon() for hs in hospitals
+                                 if hs.ledger is not None}) if cfg.privacy.enabled else None,
+        before_round=group.prepare if group is not None else None, loss=loss, baseline=baseline,
+        audit=trainer_options is not None)
 
     faulty = sorted({hs.trainer.fault.not_private_reason() for hs in hospitals
                      if hs.trainer is not None and not hs.trainer.fault.private})
     if faulty:
         engine.history["not_private"] = engine.history.get("not_private", []) + faulty
 
-    # The release inventory, the stated relation and where the randomness came from (helper D).
-    _record_privacy_facts(cfg, engine.history, client_level=cfg.privacy.client_noise_multiplier is not None,
-                          baseline=baseline, audit=trainer_options is not None)
     # Feature standardisation (round 0) as privacy.standardise says (fl.stats; helper D).
     mean_std: list = []
 
@@ -322,37 +413,100 @@ def federate(
                          aggregates=dict(engine.aggregates))
 
 
-def _standardise(cfg: Config, fd: data_mod.FederatedData, engine: RoundEngine,
-                 hospital_names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Feature standardisation as ``privacy.standardise`` says (see :mod:`fl.stats`).
+@dataclass(frozen=True)
+class Standardisation:
+    """The feature transform a study's round 0 decided (public: from public ranges and DP sums).
+
+    With ``lo``/``hi`` (privacy on): ``x' = (to_unit(x) - mean)/std`` in unit-box coordinates
+    (:func:`fl.stats.apply_standardisation`); without (privacy off): ``x' = (x - mean)/std`` from the
+    exact federated sums. The coordinator computes it (:func:`standardisation`); every hospital applies
+    it to its own records and the coordinator to its test set (:meth:`apply`).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+
+    def apply(self, fd: data_mod.FederatedData) -> tuple[np.ndarray, np.ndarray]:
+        """Standardise ``fd`` in place (hospitals' records, held-out splits, test set); returns the
+        raw-space ``(mean, std)``."""
+        from fedvault.fl import stats
+
+        if self.lo is not None:
+            return stats.apply_standardisation(fd, self.lo, self.hi, self.mean, self.std)
+        mean, std = self.mean, self.std
+        for h in fd.hospitals:
+            h.X = ((h.X - mean) / std).astype(np.float32)
+            h.X_val = ((h.X_val - mean) / std).astype(np.float32)
+        fd.X_test = ((fd.X_test - mean) / std).astype(np.float32)
+        return mean, std
+
+    def to_dict(self) -> dict[str, list[float]]:
+        d = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.lo is not None:
+            d.update(lo=self.lo.tolist(), hi=self.hi.tolist())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Standardisation":
+        """Read (and sanity-check) a transform received from the coordinator."""
+        from fedvault.fl.errors import FederationError
+
+        arr = {k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "std", "lo", "hi") if k in d}
+        n = len(arr.get("mean", ()))
+        if not n or any(len(v) != n for v in arr.values()) or not all(np.isfinite(v).all() for v in arr.values()) \
+                or not (arr["std"] > 0).all():
+            raise FederationError("the coordinator's feature standardisation is malformed (lengths, non-finite "
+                                  "values or a non-positive std); refusing to apply it")
+        return cls(arr["mean"], arr["std"], arr.get("lo"), arr.get("hi"))
+
+
+def standardisation(cfg: Config, engine: RoundEngine, hospital_names: list[str],
+                    n_features: int) -> Standardisation | None:
+    """The server half of round 0: the feature transform ``privacy.standardise`` asks for.
 
     ``"dp"`` (with privacy on): a round-0 "stats" session in which every hospital contributes
     its noised, charged sums (``Hospital.statistics``); ``"public"``: min-max from public
-    ranges, no session; ``"none"``: nothing. Without privacy: the exact federated sums.
+    ranges, no session; ``"none"``: nothing (None). Without privacy: the exact federated sums.
     """
     from fedvault.fl import stats
 
     p = cfg.privacy
     if p.enabled and p.standardise == "none":
         return None
+    lo = hi = None
     if p.enabled:
-        lo, hi = stats.public_ranges(cfg, fd.n_features) or (None, None)
+        lo, hi = stats.public_ranges(cfg, n_features) or (None, None)
         if lo is None:
             from fedvault.fl.errors import ConfigError
 
-            raise ConfigError("; ".join(stats.range_problems(cfg, fd.n_features)))
+            raise ConfigError("; ".join(stats.range_problems(cfg, n_features)))
         if p.standardise == "public":
-            return stats.standardise_public(fd, lo, hi)
+            half = np.full(len(lo), 0.5)
+            return Standardisation(half, half, lo, hi)
     _, st = engine.session(0, "stats", hospital_names, clip=stats.STATS_CLIP, bits=stats.STATS_BITS,
-                           dim=1 + 2 * fd.n_features)
+                           dim=1 + 2 * n_features)
     if st.total is None:
         from fedvault.fl.errors import FederationError
 
         raise FederationError(f"federated standardisation did not complete: {st.aborted or st.refused}")
-    if not p.enabled:
-        return stats.standardise_from_total(fd, st.total)
-    mean, std = stats.standardisation_from_total(st.total, fd.n_features)
-    return stats.apply_standardisation(fd, lo, hi, mean, std)
+    if not p.enabled:  # exact sums [N, Σx, Σx²] (not private; privacy is off)
+        tot, d = st.total, n_features
+        mean = tot[1: 1 + d] / tot[0]
+        std = np.sqrt(np.maximum(tot[1 + d:] / tot[0] - mean**2, 0.0))
+        std[std < 1e-8] = 1.0
+        return Standardisation(mean, std)
+    mean, std = stats.standardisation_from_total(st.total, n_features)
+    return Standardisation(mean, std, lo, hi)
+
+
+def _standardise(cfg: Config, fd: data_mod.FederatedData, engine: RoundEngine,
+                 hospital_names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Feature standardisation as ``privacy.standardise`` says (see :func:`standardisation`), applied to
+    every hospital's data and the test set in this process."""
+    plan = standardisation(cfg, engine, hospital_names, fd.n_features)
+    return plan.apply(fd) if plan is not None else None
 
 
 def _record_privacy_facts(cfg: Config, history: dict[str, Any], *, client_level: bool, baseline: bool,
