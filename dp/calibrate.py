@@ -71,6 +71,10 @@ def geometric_bisect(f: Callable[[float], float], target: float, lo: float, hi: 
     return hi
 
 
+_CACHE: dict[tuple, float] = {}
+_CACHE_MAX = 256
+
+
 def noise_multiplier_for(
     target_epsilon: float,
     delta: float,
@@ -85,7 +89,42 @@ def noise_multiplier_for(
 ) -> float:
     """Smallest σ (within ``rtol``) with ε(σ; q=sample_rate, T=steps, δ) ≤ target_epsilon.
 
-    ``relation`` and ``extra_events``: see the module docstring.
+    ``relation`` and ``extra_events``: see the module docstring.  The answer is a pure
+    function of the arguments and is remembered (per process), so the preflight check and
+    the study calibrate each hospital once.
+
+    Raises:
+        AccountingError: invalid arguments, or even σ = 1000 cannot reach the target.
+    """
+    events = tuple(extra_events)
+    key = (target_epsilon, delta, sample_rate, steps, accountant, rtol, sigma_min, relation, events)
+    try:
+        hit = _CACHE.get(key)
+    except TypeError:  # an unhashable argument: calibrate without remembering
+        return calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant, rtol=rtol,
+                                          sigma_min=sigma_min, relation=relation, extra_events=events)
+    if hit is None:
+        hit = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant, rtol=rtol,
+                                         sigma_min=sigma_min, relation=relation, extra_events=events)
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = hit
+    return hit
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    *,
+    rtol: float = 1e-3,
+    sigma_min: float = SIGMA_MIN,
+    relation: str = "add_remove",
+    extra_events: Sequence[Any] = (),
+) -> float:
+    """:func:`noise_multiplier_for` without the memory: always searches.
 
     Raises:
         AccountingError: invalid arguments, or even σ = 1000 cannot reach the target.

@@ -113,3 +113,20 @@ def test_verify_flags_understated_or_inconsistent_claims():
     d = leds[0].to_dict()
     d["budget_epsilon"] = d["epsilon"] / 2
     assert any("budget" in p for p in verify(d).problems)
+
+
+def test_calibration_is_remembered_so_preflight_and_study_search_once(monkeypatch):
+    """The preflight check and the study calibrate the same hospital: the second call must not search
+    again, and must return exactly the first answer (including replace-one with a statistics release)."""
+    from fedvault.dp import calibrate as C
+    from fedvault.dp.events import GaussianRelease
+
+    extra = (GaussianRelease(round=0, std=20.0, sensitivity_add_remove=1.0, sensitivity_replace_one=2.0),)
+    args = dict(accountant="rdp", relation="replace_one", extra_events=extra)
+    first = C.noise_multiplier_for(2.5, 1e-5, 0.05, 200, **args)
+    calls = []
+    real = C.calibrate_noise_multiplier
+    monkeypatch.setattr(C, "calibrate_noise_multiplier", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert C.noise_multiplier_for(2.5, 1e-5, 0.05, 200, **args) == first and calls == []
+    other = C.noise_multiplier_for(2.0, 1e-5, 0.05, 200, **args)  # a different plan is searched
+    assert len(calls) == 1 and other > first
