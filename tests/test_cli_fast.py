@@ -36,6 +36,7 @@ def _imported(args: list[str]) -> tuple[int, set[str], str]:
     [
         (["--help"], 0),
         (["audit", "--help"], 0),
+        (["paillier", "deal", "--help"], 0),
         (["run"], 2),  # missing CONFIG: an argument error
         (["demo", "--rounds", "many"], 2),
         (["no-such-command"], 2),

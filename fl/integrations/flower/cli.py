@@ -5,6 +5,14 @@
     fedvault roster install roster.json --node DIR --fingerprint HEX   (each hospital)
     fedvault flower-run [APP] [-- flwr run options]    (``flwr run APP --stream``, exit 1 unless it completed)
 
+Paillier's key ceremony (:mod:`.ceremony`; each party on its own machine):
+
+    fedvault paillier keygen NODE_DIR --bits 2048 --out paillier-public.json     (the key holder)
+    fedvault paillier share-key NODE_DIR                (each hospital, threshold mode: where its share is sealed)
+    fedvault paillier deal --roster roster.json --threshold T --bits 2048 --share-keys F... --out DIR  (dealer)
+    fedvault paillier install NODE_DIR --public paillier-public.json --fingerprint HEX [--share FILE]  (every node)
+    fedvault paillier show paillier-public.json --roster roster.json --fingerprint HEX  (the coordinator)
+
 Also ``python -m fedvault.fl.integrations.flower ...``.  This module imports neither
 Flower nor torch at import time (``fedvault --help`` stays fast): :func:`add_parsers`
 only declares the arguments, the handlers import what they need.
@@ -43,10 +51,107 @@ def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     i.add_argument("--fingerprint", required=True, help="the fingerprint the coordinator announced out of band")
     i.set_defaults(func=cmd_roster_install)
 
+    _add_paillier(sub)
+
     f = sub.add_parser("flower-run", help="`flwr run APP --stream`, exiting non-zero unless the run completed")
     f.add_argument("app", nargs="?", default=".", help="Flower app directory (default: .)")
     f.add_argument("flwr_args", nargs=argparse.REMAINDER, help="further `flwr run` options")
     f.set_defaults(func=cmd_flower_run)
+
+
+_DEALER_TRUST = ("The dealer is TRUSTED: it sees the factorisation and every share while it deals. Run it on a "
+                 "machine the consortium trusts, and delete its output directory once every share is delivered.")
+
+
+def _add_paillier(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    pa = sub.add_parser("paillier", help="Paillier key ceremony for a deployment (keygen, share-key, deal, install, show)")
+    ps = pa.add_subparsers(dest="paillier_cmd", required=True)
+    small = dict(action="store_true", help="allow a key below 2048 bits (TEST-ONLY: < 112-bit security)")
+    k = ps.add_parser("keygen", help="the key holder: create the Paillier key pair in its own node directory "
+                                     "(private key stays there) and write the signed public setup file")
+    k.add_argument("node", help="the key holder's node directory (enrolled, roster installed)")
+    k.add_argument("--bits", type=int, default=2048, help="modulus size (default 2048; 3072 for long-lived studies)")
+    k.add_argument("--out", required=True, help="public setup file to write (send it to every node and the coordinator)")
+    k.add_argument("--insecure-test-key", **small)
+    k.set_defaults(func=cmd_paillier_keygen)
+    s = ps.add_parser("share-key", help="a hospital (threshold mode): make the one-time key its share is sealed to")
+    s.add_argument("node", help="this hospital's node directory")
+    s.set_defaults(func=cmd_paillier_share_key)
+    d = ps.add_parser("deal", help="the dealer (threshold mode): t-of-l shares for the roster's hospitals. "
+                                   + _DEALER_TRUST, description=_DEALER_TRUST)
+    d.add_argument("--roster", required=True, help="the consortium roster (roster.json)")
+    d.add_argument("--threshold", type=int, required=True, help="t: shares needed to decrypt (2t > l is required)")
+    d.add_argument("--bits", type=int, default=2048, help="modulus size (default 2048)")
+    d.add_argument("--out", required=True, help="directory for the public file and one share file per hospital")
+    d.add_argument("--share-keys", nargs="+", default=None, help="each hospital's paillier-share-key.json")
+    d.add_argument("--hospitals", nargs="+", default=None,
+                   help="share-holders by name (default: every roster member except key_holder)")
+    d.add_argument("--plaintext-shares", action="store_true",
+                   help="write unsealed shares (then deliver each over a confidential, authenticated channel)")
+    d.add_argument("--insecure-test-key", **small)
+    d.set_defaults(func=cmd_paillier_deal)
+    i = ps.add_parser("install", help="a node: check and install the public setup (and its share)")
+    i.add_argument("node", help="this node's directory")
+    i.add_argument("--public", required=True, help="the Paillier public setup file")
+    i.add_argument("--fingerprint", required=True, help="the fingerprint the key holder / dealer announced out of band")
+    i.add_argument("--share", default=None, help="threshold mode: this hospital's share file from the dealer")
+    i.set_defaults(func=cmd_paillier_install)
+    w = ps.add_parser("show", help="the coordinator: check a public setup file against the roster and print it")
+    w.add_argument("public", help="the Paillier public setup file")
+    w.add_argument("--roster", required=True, help="the coordinator's roster")
+    w.add_argument("--fingerprint", default=None, help="the fingerprint announced out of band (checked if given)")
+    w.set_defaults(func=cmd_paillier_show)
+
+
+def cmd_paillier_keygen(a: argparse.Namespace) -> int:
+    from .ceremony import keygen
+
+    pub = keygen(a.node, a.bits, a.out, allow_small=a.insecure_test_key)
+    print(f"created {pub.describe()}")
+    print(f"the private key stays in {Path(a.node) / 'paillier-key.json'}; send {a.out} to every node and the "
+          "coordinator and announce the fingerprint out of band")
+    return 0
+
+
+def cmd_paillier_share_key(a: argparse.Namespace) -> int:
+    from .ceremony import SHARE_REQUEST_FILE, share_key
+
+    doc = share_key(a.node)
+    print(f"{doc['name']}: share key {doc['x25519'][:16]}...; send {Path(a.node) / SHARE_REQUEST_FILE} (public) to "
+          "the dealer; its private half stays in this node until the share is installed")
+    return 0
+
+
+def cmd_paillier_deal(a: argparse.Namespace) -> int:
+    from .ceremony import deal
+
+    res = deal(a.roster, a.threshold, a.bits, a.out, share_keys=a.share_keys, hospitals=a.hospitals,
+               plaintext=a.plaintext_shares, allow_small=a.insecure_test_key)
+    print(f"dealt {res.public.describe()}")
+    print(f"public setup: {res.public_path} (send it to every node and the coordinator)")
+    how = ("UNSEALED: deliver each over a confidential, authenticated channel" if a.plaintext_shares
+           else "each sealed to its hospital's share key")
+    for c, p in sorted(res.shares.items()):
+        print(f"  share for client {c}: {p}")
+    print(f"shares {how}. {_DEALER_TRUST}")
+    return 0
+
+
+def cmd_paillier_install(a: argparse.Namespace) -> int:
+    from .ceremony import install
+
+    pub = install(a.node, a.public, a.fingerprint, a.share)
+    print(f"installed {pub.describe()}" + (" with this hospital's share" if a.share else ""))
+    return 0
+
+
+def cmd_paillier_show(a: argparse.Namespace) -> int:
+    from .ceremony import load_public
+    from .node import Registry
+
+    pub = load_public(a.public, Registry.load(a.roster), a.fingerprint)
+    print(pub.describe())
+    return 0
 
 
 def cmd_enrol(a: argparse.Namespace) -> int:

@@ -19,6 +19,10 @@ A *node directory* (``--node-config 'fedvault-dir="..."'``, mode 0700) holds:
     ``{"client": <id>, "name": <hospital name>, "roster": <pinned fingerprint>}`` (public).
 ``ledger.json``
     The hospital's persistent privacy ledger (:class:`dp.ledger.PrivacyLedger`).
+``paillier-public.json``, ``paillier-key.json``, ``paillier-share.json``
+    Paillier's key ceremony (:mod:`.ceremony`): the study's public key setup (pinned in
+    ``node.json`` as ``"paillier"``), and the key holder's private key or the hospital's
+    threshold share (mode 0600; :meth:`NodeDir.paillier_public`, :meth:`NodeDir.paillier_secret`).
 ``rounds/``
     One 32-byte secret seed and the saved protocol state per round in progress, and
     one start marker per (server session, round) ever started (:class:`RoundVault`).
@@ -43,7 +47,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -247,6 +251,20 @@ class NodeDir:
         if not isinstance(key, Ed25519PrivateKey) or K.public_bytes(key) != self.registry.members[self.client].identity:
             raise NodeSetupError(f"{self.path}/identity.pem does not match the registry's key for {self.name}")
         return key
+
+    def paillier_public(self) -> Any:
+        """The installed Paillier public setup (:class:`~protocols.paillier.PublicSetup`), checked against this
+        node's roster and its pinned fingerprint; raises :class:`.ceremony.CeremonyError` saying what to install."""
+        from .ceremony import node_public
+
+        return node_public(self).setup
+
+    def paillier_secret(self) -> Any:
+        """This node's Paillier secret: the key holder's private key, this hospital's threshold key share, or
+        ``None`` when it decrypts nothing; checked against the installed public setup (:mod:`.ceremony`)."""
+        from .ceremony import node_secret
+
+        return node_secret(self)
 
 
 ENROLMENT_FORMAT = "fedvault-enrolment"

@@ -1,0 +1,278 @@
+"""Paillier's key ceremony for deployments (fl.integrations.flower.ceremony, `fedvault paillier ...`).
+
+A full ceremony on temporary node directories (holder and threshold), then a Paillier round whose
+parties are built ONLY from what each node directory holds (and the coordinator only from its roster
+and the public file) gives the exact sum; every refusal path raises a typed CeremonyError.
+Keys are 512 bits (TEST-ONLY size) so the tests stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedvault.fl.integrations.flower import ceremony as C
+from fedvault.fl.integrations.flower.node import NodeDir, NodeSetupError, Registry, provision
+from fedvault.protocols.driver import run_in_memory
+from fedvault.protocols.paillier import PaillierParams
+from fedvault.secagg import keys as K
+
+BITS = 512  # TEST-ONLY key size
+HOSPITALS = ["h_a", "h_b", "h_c", "h_d"]
+
+
+def _consortium(root: Path, names: list[str]) -> Path:
+    provision(root, names)
+    return root / "registry.json"
+
+
+def _round(nodes: dict[str, NodeDir], coordinator_public, registry: Registry, contributors: list[str],
+           rnd: int = 1, drop: dict | None = None):
+    """One Paillier round: every party from its node directory, the server from the coordinator's files."""
+    from fedvault.fl import roles
+    from fedvault.protocols.paillier import MemoryDecryptLog
+
+    ids = {n: nodes[n].client for n in contributors}
+    params = PaillierParams(b"ceremony-study", rnd, tuple(sorted(ids.values())), min_clients=2,
+                            keys=coordinator_public.mode, key_bits=BITS, clip=2.0)
+    xs = {ids[n]: np.linspace(-1.5, 1.5, 12) * (k + 1) / 4 for k, n in enumerate(contributors)}
+    parties = {}
+    for name, node in nodes.items():
+        public, secret = node.paillier_public(), node.paillier_secret()
+        keys = node.registry.identity_keys()  # the node's OWN roster
+        if public.mode == "holder" and public.holder == node.client:
+            parties[node.client] = roles.paillier_holder(params, public, secret, node.identity(), keys,
+                                                         MemoryDecryptLog())
+        elif node.client in ids.values() or secret is not None:
+            parties[node.client] = roles.paillier_party(params, public, node.client, node.identity(), keys, os.urandom,
+                                                        xs.get(node.client), secret, MemoryDecryptLog())
+    server = roles.paillier_server(params, coordinator_public, registry.identity_keys())
+    from fedvault.protocols.driver import DriverStats
+
+    stats = DriverStats()
+    try:
+        run_in_memory(server, parties, drop=drop, stats=stats)
+    finally:
+        assert not stats.refused and not stats.aborted, (stats.refused, stats.aborted)
+    res = server.result()
+    lay = params.layout
+    want = lay.dequantise_sum(sum(lay.quantise(x) for c, x in xs.items() if c in res.contributors),
+                              len(res.contributors))
+    return res, want
+
+
+def test_holder_ceremony_then_a_round_from_node_directories_only(tmp_path, capsys):
+    from fedvault.fl.cli import main
+
+    reg_path = _consortium(tmp_path, [*HOSPITALS[:3], "key_holder"])
+    reg = Registry.load(reg_path)
+    kh = tmp_path / "key_holder"
+    out = tmp_path / "public.json"
+    # the key holder, on its own machine (TEST-ONLY key size needs explicit words)
+    assert main(["paillier", "keygen", str(kh), "--bits", str(BITS), "--out", str(out)]) == 2
+    assert "test" in capsys.readouterr().err.lower()
+    assert main(["paillier", "keygen", str(kh), "--bits", str(BITS), "--out", str(out), "--insecure-test-key"]) == 0
+    printed = capsys.readouterr().out
+    fp = re.search(r"fingerprint ([0-9a-f]{64})", printed).group(1)
+    assert "TEST-ONLY" in printed
+    assert (kh / C.HOLDER_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert "\"p\"" not in out.read_text() and "\"q\"" not in out.read_text()  # only public material travels
+    for h in HOSPITALS[:3]:
+        assert main(["paillier", "install", str(tmp_path / h), "--public", str(out), "--fingerprint", fp]) == 0
+    # the coordinator checks the file against its roster and the announced fingerprint
+    assert main(["paillier", "show", str(out), "--roster", str(reg_path), "--fingerprint", fp]) == 0
+    coord = C.load_public(out, reg, fp).setup
+    nodes = {n: NodeDir(tmp_path / n) for n in [*HOSPITALS[:3], "key_holder"]}
+    assert coord.holder == nodes["key_holder"].client
+    assert all(nodes[h].paillier_secret() is None for h in HOSPITALS[:3])  # hospitals hold no secret
+    assert nodes["key_holder"].paillier_secret().public_key.n == coord.public_key.n
+    res, want = _round(nodes, coord, reg, HOSPITALS[:3])
+    assert sorted(res.contributors) == sorted(nodes[h].client for h in HOSPITALS[:3])
+    np.testing.assert_array_equal(np.asarray(res.total), want)
+
+
+@pytest.fixture(scope="module")
+def threshold_ceremony(tmp_path_factory):
+    """4 hospitals, each with its share key; the dealer deals 3-of-4 sealed shares; nothing installed yet."""
+    root = tmp_path_factory.mktemp("thr")
+    reg_path = _consortium(root / "c", HOSPITALS)
+    for h in HOSPITALS:
+        C.share_key(root / "c" / h)
+    res = C.deal(reg_path, 3, BITS, root / "dealer", share_keys=[root / "c" / h / C.SHARE_REQUEST_FILE
+                                                                 for h in HOSPITALS], allow_small=True)
+    return root, reg_path, res
+
+
+def _fresh(threshold_ceremony, tmp_path) -> tuple[Path, Path, "C.DealResult"]:
+    """A private copy of the consortium (node dirs with their share keys) and the dealer's output."""
+    root, reg_path, res = threshold_ceremony
+    shutil.copytree(root / "c", tmp_path / "c")
+    shutil.copytree(root / "dealer", tmp_path / "dealer")
+    shares = {c: tmp_path / "dealer" / p.name for c, p in res.shares.items()}
+    return tmp_path / "c", tmp_path / "c" / "registry.json", C.DealResult(res.public, tmp_path / "dealer" / C.PUBLIC_FILE, shares)
+
+
+def test_threshold_ceremony_then_a_round_with_a_dropped_share_holder(threshold_ceremony, tmp_path):
+    c, reg_path, res = _fresh(threshold_ceremony, tmp_path)
+    reg = Registry.load(reg_path)
+    fp = res.public.fingerprint
+    for h in HOSPITALS:
+        node = NodeDir(c / h)
+        C.install(node.path, res.public_path, fp, res.shares[node.client])
+        assert (node.path / C.SHARE_FILE).stat().st_mode & 0o777 == 0o600
+        assert not (node.path / C.SHARE_KEY_FILE).exists()  # the one-time receiving key is gone
+    nodes = {h: NodeDir(c / h) for h in HOSPITALS}
+    coord = C.load_public(res.public_path, reg, fp).setup
+    assert coord.threshold == 3 and coord.parties == tuple(sorted(n.client for n in nodes.values()))
+    # the sealed share files carry no share in the clear
+    body = json.loads(res.shares[nodes["h_a"].client].read_text())
+    assert body["format"] == C.SEALED_FORMAT and "share" not in body
+    shares = {h: nodes[h].paillier_secret() for h in HOSPITALS}
+    assert sorted(s.index for s in shares.values()) == [1, 2, 3, 4]
+    # three contribute; one share-holder vanishes at decryption: 3 shares are enough
+    victim = nodes["h_d"].client
+    res1, want = _round(nodes, coord, reg, ["h_a", "h_b", "h_c"], drop={"decrypt": [victim]})
+    np.testing.assert_array_equal(np.asarray(res1.total), want)
+
+
+def test_public_file_refusals(threshold_ceremony, tmp_path):
+    c, reg_path, res = _fresh(threshold_ceremony, tmp_path)
+    node = c / "h_a"
+    share = res.shares[NodeDir(node).client]
+    with pytest.raises(C.CeremonyError, match="not the announced"):  # mismatched fingerprint
+        C.install(node, res.public_path, "00" * 32, share)
+    doc = json.loads(res.public_path.read_text())
+    # tampered: another modulus, fingerprint left as it was
+    bad = dict(doc, setup=dict(doc["setup"], n=format(int(doc["setup"]["n"], 16) + 2, "x")))
+    p = tmp_path / "tampered.json"
+    p.write_text(json.dumps(bad))
+    with pytest.raises(C.CeremonyError, match="does not match its own fingerprint"):
+        C.install(node, p, None, share)
+    # minority threshold: t = 2 of 4 with a recomputed fingerprint is still refused on load
+    minority = dict(doc, setup=dict(doc["setup"], threshold=2))
+    minority["fingerprint"] = C._public_fingerprint(minority)
+    p.write_text(json.dumps(minority))
+    with pytest.raises(C.CeremonyError, match="disjoint quorums"):
+        C.load_public(p, Registry.load(reg_path))
+    # the dealer refuses to deal it in the first place
+    with pytest.raises(C.CeremonyError, match="disjoint quorums"):
+        C.deal(reg_path, 2, BITS, tmp_path / "d2", plaintext=True, allow_small=True)
+    # made for another roster
+    other = _consortium(tmp_path / "other", HOSPITALS)
+    with pytest.raises(C.CeremonyError, match="another roster|made for roster"):
+        C.load_public(res.public_path, Registry.load(other), res.public.fingerprint)
+    # wrong format / version
+    p.write_text(json.dumps(dict(doc, version=2)))
+    with pytest.raises(C.CeremonyError, match="version"):
+        C.load_public(p, Registry.load(reg_path))
+    # a node without an installed setup says what to run
+    with pytest.raises(C.CeremonyError, match="paillier install"):
+        NodeDir(node).paillier_public()
+
+
+def test_share_refusals(threshold_ceremony, tmp_path):
+    c, reg_path, res = _fresh(threshold_ceremony, tmp_path)
+    a, b = NodeDir(c / "h_a"), NodeDir(c / "h_b")
+    fp = res.public.fingerprint
+    # another hospital's sealed share: sealed to another key
+    with pytest.raises(C.CeremonyError, match="sealed to another key"):
+        C.install(a.path, res.public_path, fp, res.shares[b.client])
+    # a share-holder must install its share
+    with pytest.raises(C.CeremonyError, match="--share"):
+        C.install(a.path, res.public_path, fp)
+    # a tampered sealed share (one ciphertext byte, or the header it is bound to) does not open
+    doc = json.loads(res.shares[a.client].read_text())
+    ct = bytearray(bytes.fromhex(doc["ciphertext"]))
+    ct[5] ^= 1
+    p = tmp_path / "bad-share.json"
+    p.write_text(json.dumps(dict(doc, ciphertext=ct.hex())))
+    with pytest.raises(C.CeremonyError, match="does not open"):
+        C.install(a.path, res.public_path, fp, p)
+    p.write_text(json.dumps(dict(doc, public="11" * 32)))
+    with pytest.raises(C.CeremonyError, match="does not open"):
+        C.install(a.path, res.public_path, fp, p)
+    # a correctly opened share installed; then its file is edited on disk: refused on load
+    C.install(a.path, res.public_path, fp, res.shares[a.client])
+    assert a.paillier_secret().index == res.public.setup.share_index(a.client)
+    inner = json.loads((a.path / C.SHARE_FILE).read_text())
+    inner["share"]["secret"] = format(int(inner["share"]["secret"], 16) + 1, "x")
+    (a.path / C.SHARE_FILE).write_text(json.dumps(inner))
+    os.chmod(a.path / C.SHARE_FILE, 0o600)
+    with pytest.raises(C.CeremonyError, match="verification key"):
+        a.paillier_secret()
+    os.chmod(a.path / C.SHARE_FILE, 0o644)
+    with pytest.raises(C.CeremonyError, match="chmod 600"):
+        a.paillier_secret()
+
+
+def test_plaintext_shares_foreign_share_and_other_deal(threshold_ceremony, tmp_path):
+    c, reg_path, res = _fresh(threshold_ceremony, tmp_path)
+    a, b = NodeDir(c / "h_a"), NodeDir(c / "h_b")
+    out = C.deal(reg_path, 3, BITS, tmp_path / "plain", plaintext=True, allow_small=True)
+    fp = out.public.fingerprint
+    # another hospital's unsealed share, relabelled as this one's: its index gives it away
+    doc = json.loads(out.shares[b.client].read_text())
+    p = tmp_path / "relabelled.json"
+    p.write_text(json.dumps(dict(doc, client=a.client, name=a.name)))
+    with pytest.raises(C.CeremonyError, match="another hospital"):
+        C.install(a.path, out.public_path, fp, p)
+    with pytest.raises(C.CeremonyError, match="not of this hospital"):
+        C.install(a.path, out.public_path, fp, out.shares[b.client])
+    # a share of one deal with the public file of another
+    with pytest.raises(C.CeremonyError, match="public file of the same deal"):
+        C.install(a.path, res.public_path, res.public.fingerprint, out.shares[a.client])
+    # and the right pair installs
+    C.install(a.path, out.public_path, fp, out.shares[a.client])
+    assert a.paillier_secret().index == out.public.setup.share_index(a.client)
+    # sealing needs every share-holder's signed share key; a forged one is refused
+    with pytest.raises(C.CeremonyError, match="share key"):
+        C.deal(reg_path, 3, BITS, tmp_path / "d3", share_keys=[], allow_small=True)
+    req = json.loads((c / "h_c" / C.SHARE_REQUEST_FILE).read_text())
+    req["x25519"] = K.public_bytes(__import__("cryptography.hazmat.primitives.asymmetric.x25519",
+                                              fromlist=["X"]).X25519PrivateKey.generate()).hex()
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(req))
+    keys = [c / h / C.SHARE_REQUEST_FILE for h in ("h_a", "h_b", "h_d")] + [forged]
+    with pytest.raises(C.CeremonyError, match="not a share key signed"):
+        C.deal(reg_path, 3, BITS, tmp_path / "d4", share_keys=keys, allow_small=True)
+
+
+def test_holder_file_signature_and_secret_checks(tmp_path):
+    reg_path = _consortium(tmp_path, ["h_a", "h_b", "key_holder"])
+    kh = NodeDir(tmp_path / "key_holder")
+    out = tmp_path / "public.json"
+    pub = C.keygen(kh.path, BITS, out, allow_small=True)
+    reg = Registry.load(reg_path)
+    assert C.load_public(out, reg).fingerprint == pub.fingerprint
+    with pytest.raises(C.CeremonyError, match="already holds"):
+        C.keygen(kh.path, BITS, tmp_path / "again.json", allow_small=True)
+    # someone else's key, re-fingerprinted, is refused: the roster's key holder did not sign it
+    from fedvault.secagg.paillier import generate_keypair
+
+    doc = json.loads(out.read_text())
+    forged = dict(doc, setup=dict(doc["setup"], n=format(generate_keypair(BITS)[0].n, "x")))
+    forged["fingerprint"] = C._public_fingerprint(forged)
+    p = tmp_path / "forged.json"
+    p.write_text(json.dumps(forged))
+    with pytest.raises(C.CeremonyError, match="not signed by the roster's key holder"):
+        C.install(tmp_path / "h_a", p, forged["fingerprint"])
+    # the key holder's private key file must match the installed setup
+    key = json.loads((kh.path / C.HOLDER_KEY_FILE).read_text())
+    key["key"]["p"] = format(int(key["key"]["p"], 16) + 2, "x")
+    (kh.path / C.HOLDER_KEY_FILE).write_text(json.dumps(key))
+    os.chmod(kh.path / C.HOLDER_KEY_FILE, 0o600)
+    with pytest.raises(C.CeremonyError, match="does not belong"):
+        kh.paillier_secret()
+    # the config the study runs with must fit the key
+    with pytest.raises(C.CeremonyError, match="key_bits = 512"):
+        pub.check_config("holder", 2048)
+    with pytest.raises(C.CeremonyError, match="keys"):
+        pub.check_config("threshold", BITS)
+    pub.check_config("holder", BITS)
+    assert issubclass(C.CeremonyError, NodeSetupError)
