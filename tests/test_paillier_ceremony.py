@@ -276,3 +276,22 @@ def test_holder_file_signature_and_secret_checks(tmp_path):
         pub.check_config("threshold", BITS)
     pub.check_config("holder", BITS)
     assert issubclass(C.CeremonyError, NodeSetupError)
+
+
+def test_deployment_loaders_check_the_config(tmp_path):
+    from fedvault.fl.config import Config
+
+    reg_path = _consortium(tmp_path, ["h_a", "h_b", "key_holder"])
+    out = tmp_path / "public.json"
+    pub = C.keygen(tmp_path / "key_holder", BITS, out, allow_small=True)
+    C.install(tmp_path / "h_a", out, pub.fingerprint)
+    reg = Registry.load(reg_path)
+    cfg = Config().replace(aggregation={"mode": "paillier", "keys": "holder", "key_bits": BITS})
+    assert C.coordinator_setup(out, reg, cfg, pub.fingerprint).public_key.n == pub.setup.public_key.n
+    public, secret = C.node_setup(NodeDir(tmp_path / "key_holder"), cfg)
+    assert secret.public_key.n == public.public_key.n
+    assert C.node_setup(NodeDir(tmp_path / "h_a"), cfg)[1] is None
+    with pytest.raises(C.CeremonyError, match="key_bits"):
+        C.node_setup(NodeDir(tmp_path / "h_a"), cfg.replace(aggregation={"key_bits": 2048}))
+    with pytest.raises(C.CeremonyError, match="paillier"):
+        C.coordinator_setup(out, reg, cfg.replace(aggregation={"mode": "secagg"}))

@@ -561,3 +561,31 @@ def _check_private_mode(path: Path) -> None:
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise CeremonyError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
+
+
+# -- what a deployment's app loads ----------------------------------------------------------------
+def _aggregation(cfg: Any) -> Any:
+    a = cfg.aggregation
+    if a.mode != "paillier":
+        raise CeremonyError(f"the config says aggregation.mode = {a.mode!r}; Paillier keys are for mode \"paillier\"")
+    return a
+
+
+def coordinator_setup(path: str | os.PathLike[str], registry: Registry, cfg: Any,
+                      fingerprint: str | None = None) -> Any:
+    """The coordinator's Paillier public setup for the study ``cfg``: the file checked against its own
+    roster (and the announced ``fingerprint``, if given) and against the config's ``aggregation.keys /
+    key_bits / threshold``.  Returns the :class:`~protocols.paillier.PublicSetup`."""
+    a = _aggregation(cfg)
+    pub = load_public(path, registry, fingerprint)
+    pub.check_config(a.keys, a.key_bits, a.threshold)
+    return pub.setup
+
+
+def node_setup(node: NodeDir, cfg: Any) -> tuple[Any, Any]:
+    """A node's ``(public setup, secret)`` for the study ``cfg`` (see :func:`node_public`,
+    :func:`node_secret`), the public setup checked against the node's own config."""
+    a = _aggregation(cfg)
+    pub = node_public(node)
+    pub.check_config(a.keys, a.key_bits, a.threshold)
+    return pub.setup, node_secret(node)
