@@ -394,7 +394,61 @@ def open_session(cfg: Config, mode: AggregationMode, round: int, purpose: str, c
         identity_keys=keys, public=mode.public(), client_noise=noise,
         prox_mu=t.prox_mu if t.strategy == "fedprox" else 0.0, guarantee=mode.guarantee(params),
     )
-    return setup, mode.server(params, keys)
+    server = mode.server(params, keys)
+    if mode.name == "plaintext" and purpose == "update" and z is None:
+        # The server sees every update in plaintext mode, so it holds each one to the bound an
+        # honest hospital's has (SECURITY.md: a malicious hospital's influence is its clipped update).
+        server = BoundedUpdateServer(server, update_clip=cfg.aggregation.update_clip,
+                                     weight_cap=float(clip) / cfg.aggregation.update_clip)
+    return setup, server
+
+
+class BoundedUpdateServer:
+    """Plaintext server role that refuses any upload that is not a clipped, weighted update.
+
+    Threat model: a malicious hospital in ``plaintext`` mode. The server role sums what arrives;
+    the strategy divides by the summed weights. Without this check a participant could send an
+    unclipped delta, or a weight that cancels the honest ones (Σ weights = 1, every honest
+    delta multiplied by Σn_k), and move the global model arbitrarily. An upload ``[w·Δ, w]`` is
+    accepted only if ``1 ≤ w ≤ weight_cap`` (the public bound on record counts) and
+    ``‖w·Δ‖₂ ≤ w · update_clip``; anything else raises :class:`~fedvault.protocols.errors.InputError`
+    (the transport names the sender in the round's ``blamed`` and the round goes on without it),
+    so the weighted mean moves by at most ``update_clip`` in L2 whatever one hospital sends.
+    """
+
+    def __init__(self, inner: Any, *, update_clip: float, weight_cap: float) -> None:
+        self.inner, self.update_clip, self.weight_cap = inner, float(update_clip), float(weight_cap)
+
+    stage = property(lambda self: self.inner.stage)
+    done = property(lambda self: self.inner.done)
+    params = property(lambda self: self.inner.params)
+
+    def receive(self, data: Any) -> None:
+        from fedvault.protocols.errors import InputError
+        from fedvault.protocols.plaintext import Upload, decode
+
+        msg = data if isinstance(data, Upload) else decode(data)
+        if isinstance(msg, Upload):
+            v = np.asarray(msg.vector, dtype=np.float64)
+            if v.size >= 2 and np.all(np.isfinite(v)):
+                w, norm = float(v[-1]), float(np.linalg.norm(v[:-1]))
+                if not 1.0 <= w <= self.weight_cap:
+                    raise InputError(f"client {msg.sender} claims weight {w:g}; a weighted update's record count "
+                                     f"must lie in [1, {self.weight_cap:g}]")
+                if norm > w * self.update_clip * (1 + 1e-9):
+                    raise InputError(f"client {msg.sender} sent an update of L2 norm {norm:g} for weight {w:g}; "
+                                     f"a clipped update has at most {w * self.update_clip:g} (update_clip = "
+                                     f"{self.update_clip:g})")
+        self.inner.receive(msg)
+
+    def advance(self) -> Any:
+        return self.inner.advance()
+
+    def result(self) -> Any:
+        return self.inner.result()
+
+    def individual_vectors(self) -> dict[int, np.ndarray]:
+        return self.inner.individual_vectors()
 
 
 def bound_session_id(session: bytes, model_sha256: str) -> bytes:
