@@ -7,6 +7,8 @@ Server: ``SecureFedAvg(registry, SecAggConfig(...)).start(grid, arrays, num_roun
 The round engine over Flower (every aggregation mode, the whole study):
 ``FlowerTransport(grid, roster)`` is a :class:`fl.engine.Transport`; nodes answer with
 ``EngineNode(load_party).register(app)`` (:mod:`.transport`).
+A whole deployment from one fedvault config: ``server_app("study.toml")`` /
+``client_app("study.toml")`` (:mod:`.app`), the same study as ``fedvault run study.toml``.
 Node material (identity key, roster, ledger, per-round secrets) lives in a node
 directory on the hospital's disk (:mod:`fl.integrations.flower.node`); each hospital
 creates its key itself (``fedvault enrol``), only public keys travel
@@ -32,8 +34,9 @@ _NAMES = {
     "InProcessGrid": "local", "flower_in_process": "local",
     "FlowerTransport": "transport", "EngineNode": "transport", "Party": "transport",
     "HospitalSite": "site", "Site": "site",
+    "server_app": "app", "client_app": "app",
 }
-_NEEDS_FLWR = {"mod", "strategy", "workflow", "local", "wire", "transport"}
+_NEEDS_FLWR = {"mod", "strategy", "workflow", "local", "wire", "transport", "app"}
 
 
 def __getattr__(name: str) -> Any:

@@ -57,6 +57,7 @@ MODEL = "fedvault.model"
 ACTION = "fedvault_engine"
 MESSAGE_TYPE = f"train.{ACTION}"
 REFUSED = ErrorCode.MOD_FAILED_PRECONDITION
+STANDARDISATION = "fedvault.standardisation"  # Context.state: the study's feature transform (public)
 
 # Live client roles of this process: (node key, session token) -> role.
 _ROLES: dict[tuple[str, bytes], Any] = {}
@@ -184,12 +185,22 @@ class EngineNode:
             out: dict[str, Any] = {"stage": stage, "name": str(p.party.name)}
             if stage == "hello":
                 out["party"] = int(getattr(p.party, "party", -1))
+                if callable(getattr(p.party, "public_info", None)):  # what the hospital releases about itself
+                    out["info"] = json.dumps(p.party.public_info(), default=float)
             elif stage == "ask":
                 reason = p.party.refusal(int(rec["round"]))
                 if p.save is not None:
                     p.save()
                 if reason is not None:
                     return Message(Error(REFUSED, f"fedvault/budget: {reason}"), reply_to=msg)
+            elif stage == "ledger":
+                pass  # the ledger is attached below
+            elif stage == "standardise":
+                if not callable(getattr(p.party, "standardise", None)):
+                    raise ProtocolError("this party takes no feature standardisation")
+                plan = json.loads(str(rec["plan"]))
+                p.party.standardise(plan)  # checks it against the party's own config, applies it to its records
+                context.state[STANDARDISATION] = ConfigRecord({"plan": json.dumps(plan)})  # a fresh process re-applies
             elif stage == "join":
                 setup = setup_from(msg.content, p.identity_keys, p.public() if callable(p.public) else p.public)
                 token = bytes(rec["session"])
@@ -216,9 +227,15 @@ class EngineNode:
             elif stage == "personalise":
                 w = np.asarray(msg.content.array_records[MODEL]["w"].numpy(), dtype=np.float64)
                 metrics = p.party.personalize(w, int(rec["round"])) if hasattr(p.party, "personalize") else {}
+                if p.save is not None:
+                    p.save()
                 out["metrics"] = json.dumps(metrics, default=float)
             else:
                 raise ProtocolError(f"unknown fedvault engine stage {stage!r}")
+            if stage in ("ask", "join", "ledger", "personalise"):
+                ledger = getattr(p.party, "ledger", None)
+                if ledger is not None:  # the ε the hospital reports (history's epsilon and privacy sections)
+                    out["ledger"] = json.dumps(ledger.to_dict(), default=str)
             return Message(RecordDict({RECORD: ConfigRecord(out)}), reply_to=msg)
         except PrivacyError as e:
             return Message(Error(REFUSED, f"fedvault/budget: {e}"), reply_to=msg)
@@ -288,6 +305,8 @@ class FlowerTransport:
         self.poll = float(poll_interval)
         self.on_stage = on_stage
         self.nodes: dict[str, int] = {}
+        self.info: dict[str, dict[str, Any]] = {}  # what each party released about itself at hello
+        self.ledgers: dict[str, dict[str, Any]] = {}  # each party's ledger as it last reported it
         self._discover()
 
     # -- messaging ----------------------------------------------------------------------
@@ -321,8 +340,44 @@ class FlowerTransport:
         nodes = list(self.grid.get_node_ids())
         replies = self._exchange({n: self._msg(n, {"stage": "hello"}) for n in nodes}, self.timeout)
         for node, r in replies.items():
-            if not r.has_error():
-                self.nodes[str(r.content.config_records[RECORD]["name"])] = node
+            if r.has_error():
+                log(WARNING, "fedvault: node %s cannot take part: %s", node, r.error.reason)
+            else:
+                rec = r.content.config_records[RECORD]
+                self.nodes[str(rec["name"])] = node
+                if "info" in rec:
+                    self.info[str(rec["name"])] = json.loads(str(rec["info"]))
+
+    def _note(self, r: Message) -> None:
+        """Keep the ledger a party attached to its reply."""
+        if r.has_error():
+            return
+        rec = r.content.config_records.get(RECORD)
+        if rec is not None and "ledger" in rec:
+            self.ledgers[str(rec["name"])] = json.loads(str(rec["ledger"]))
+
+    def refresh_ledgers(self) -> dict[str, dict[str, Any]]:
+        """Ask every party for its ledger now (e.g. when the study stops); returns the latest of each."""
+        nodes = {self.nodes[n]: n for n in self._roster if n in self.nodes}
+        for r in self._exchange({node: self._msg(node, {"stage": "ledger"}) for node in nodes}, self.timeout).values():
+            self._note(r)
+        return dict(self.ledgers)
+
+    def standardise(self, plan: Mapping[str, Any], names: Sequence[str]) -> dict[str, str]:
+        """Send the study's feature standardisation (public) to ``names``; returns ``{name: why}`` for
+        the parties that did not apply it."""
+        nodes = {self.nodes[n]: n for n in names if n in self.nodes}
+        body = json.dumps({k: list(v) for k, v in plan.items()})
+        replies = self._exchange({node: self._msg(node, {"stage": "standardise", "plan": body}) for node in nodes},
+                                 self.timeout)
+        out = {n: "no Flower node serves this party" for n in names if n not in self.nodes}
+        for node, n in nodes.items():
+            r = replies.get(node)
+            if r is None:
+                out[n] = "no reply"
+            elif r.has_error():
+                out[n] = str(r.error.reason)
+        return out
 
     # -- Transport ----------------------------------------------------------------------
     def roster(self) -> list[str]:
@@ -337,6 +392,7 @@ class FlowerTransport:
             if n not in self.nodes:
                 out[n] = "no Flower node serves this party"
         for node, r in replies.items():
+            self._note(r)
             if r.has_error():
                 out[back[node]] = str(r.error.reason).removeprefix("fedvault/budget: ")
         return out
@@ -387,6 +443,7 @@ class FlowerTransport:
         for node in node_of.values():
             if node in replies:
                 alive.add(node)
+                self._note(replies[node])
                 up(node, replies[node])
             else:
                 dropped.setdefault(first, []).append(name_of_node[node])
@@ -460,6 +517,7 @@ class FlowerTransport:
                                   for node in nodes}, self.train_timeout)
         out = {}
         for node, r in replies.items():
+            self._note(r)
             if not r.has_error():
                 m = json.loads(str(r.content.config_records[RECORD]["metrics"]))
                 if m:

@@ -1,0 +1,464 @@
+"""A Flower app on fedvault's one round engine, driven by the same TOML config as ``fedvault run``.
+
+    # the example's server_app.py / client_app.py
+    from fedvault.fl.integrations.flower.app import client_app, server_app
+    app = server_app(config="fedvault.toml")     # ServerApp: the coordinator
+    app = client_app(config="fedvault.toml")     # ClientApp: one hospital per SuperNode
+
+The ServerApp builds the study's :class:`~fl.engine.RoundEngine` (:func:`fl.simulation.coordinator`)
+over :class:`~.transport.FlowerTransport`; every SuperNode answers with an
+:class:`~.transport.EngineNode` whose party is the hospital half of the same study
+(:func:`fl.simulation.make_hospital`).  Client sampling, budget refusals, every
+aggregation mode, per-site evaluation through secure aggregation, federated
+standardisation, early stopping and personalisation are the engine's, exactly as in
+``fedvault run``; Flower only moves messages.
+
+What the coordinator uses (all public): the config; the roster built from the hospitals'
+public enrolments (``fedvault roster build``: names, client ids, identity public keys);
+what each hospital releases at the first message (record and held-out counts, noise
+multiplier, the data's schema: features, classes), from which the encoders' bounds are set
+(:func:`fl.simulation.public_bounds`); the ε each hospital's ledger reports; and a test set it
+holds itself (the config's ``data.test_csv``, or the built-in data set's test split in a
+demo).  It never sees a record.
+
+What a hospital uses: ITS copy of the config (``node_config["fedvault-config"]``, default the
+app's), its node directory (``node_config["fedvault-dir"]``: identity key from ``fedvault
+enrol``, roster from ``fedvault roster install``, its persistent ledger, a vault for protocol
+state), and its own records: ``node_config["fedvault-csv"]`` (its own CSV), or — simulations
+and demos — the partition of the config's data set named like the hospital.
+
+Run config (``flwr run . --run-config '...'``; all optional):
+
+``fedvault-config``      the study config (default: the app's ``fedvault.toml``)
+``fedvault-roster``      the coordinator's roster file (``fedvault roster build``)
+``fedvault-root``        simulations: a folder with ``registry.json`` and ``node-<partition>/`` dirs
+``fedvault-history``     write history.json here (same schema as ``fedvault run``)
+``progress-file``        append ``"<round> <stage>"`` lines here (monitoring, tests)
+``stage-timeout``        seconds a protocol stage waits (default 60)
+``train-timeout``        seconds the training stage waits (default 120)
+``wait-nodes``           seconds to wait for every roster member's SuperNode (default 120)
+
+With neither roster nor root, the app enrols a throwaway demo consortium (one hospital per
+simulated SuperNode, every key on this machine) — ``flwr run .`` out of the box; never a
+deployment.
+
+Ledgers.  A hospital's ledger (``ledger.json`` in its node directory) spans every study it
+ever takes part in; rounds of a new study are recorded after the last one it holds (the
+offset is kept in Flower's ``Context.state``, public).  Its ε, record count and noise
+multiplier are reported to the coordinator, as ``fedvault run`` writes them to history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.clientapp import ClientApp
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedvault.fl.errors import ConfigError, FederationError
+
+from .node import NodeDir, NodeSetupError, Registry, provision
+from .transport import STANDARDISATION, EngineNode, FlowerTransport, Party
+
+__all__ = ["client_app", "server_app", "server_main", "load_party", "DeployedHospital", "load_config",
+           "CONFIG_KEY", "PaillierNotSetUp"]
+
+CONFIG_KEY = "fedvault-config"
+NODE_STATE = "fedvault.node"  # Context.state: this run's ledger round offset (public)
+
+
+class PaillierNotSetUp(NodeSetupError):
+    """Paillier over a deployment needs the key ceremony's material on this machine."""
+
+
+# -- the config -------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike[str]) -> Any:
+    """The study config (:func:`fl.config.load`)."""
+    from fedvault.fl.config import load
+
+    return load(path)
+
+
+def _config_path(given: Any, default: str | os.PathLike[str] | None) -> Path:
+    if given:
+        p = Path(str(given))
+        if not p.is_absolute() and default is not None and not p.exists():
+            p = Path(default).parent / p
+        return p
+    if default is None:
+        raise ConfigError(f"no fedvault config: pass --run-config '{CONFIG_KEY}=\"study.toml\"' (coordinator) or "
+                          f"--node-config '{CONFIG_KEY}=\"study.toml\"' (hospital), or give the app a default")
+    return Path(default)
+
+
+# -- Paillier: the key ceremony's material (wired by `fedvault paillier ...`) --------------------
+def _paillier_public(context: Context, cfg: Any) -> Any:
+    """The study's public Paillier key setup, installed on this machine by the key ceremony."""
+    raise PaillierNotSetUp("aggregation.mode = \"paillier\" over a Flower deployment needs the study's public key "
+                           "setup on every node and the coordinator: not set up; run the `fedvault paillier` key "
+                           "ceremony, or use aggregation.mode = \"secagg\" / \"plaintext\"")
+
+
+def _paillier_secret(node: NodeDir, cfg: Any) -> Any:
+    """This node's Paillier secret (its threshold key share), created or dealt by the key ceremony."""
+    raise PaillierNotSetUp(f"{node.name}: Paillier needs this hospital's key share in its node directory: not set up; "
+                           "run the `fedvault paillier` key ceremony")
+
+
+# -- the hospital half ------------------------------------------------------------------------------
+def _node_dir(context: Context) -> Path:
+    """``node_config["fedvault-dir"]`` (deployments), else ``<fedvault-root | demo root>/node-<partition-id>``."""
+    nc, rc = context.node_config, context.run_config
+    if nc.get("fedvault-dir"):
+        return Path(str(nc["fedvault-dir"]))
+    if "partition-id" not in nc:
+        raise NodeSetupError("this SuperNode has no node directory: start it with --node-config "
+                             "'fedvault-dir=\"/path/to/node\"' (created by `fedvault enrol`, roster installed by "
+                             "`fedvault roster install`)")
+    root = Path(str(rc["fedvault-root"])) if rc.get("fedvault-root") else demo_root(context.run_id)
+    return root / f"node-{int(nc['partition-id'])}"
+
+
+def demo_root(run_id: int) -> Path:
+    """The throwaway demo consortium of one run, in the machine's temp folder (every node is local)."""
+    return Path(tempfile.gettempdir()) / f"fedvault-flower-demo-{os.getuid()}-{run_id}"
+
+
+def _schema(fd: Any) -> dict[str, Any]:
+    return {"n_features": int(fd.n_features), "n_classes": int(fd.n_classes), "image_shape": list(fd.image_shape) if fd.image_shape else None,
+            "classes": [str(c) for c in fd.classes], "standardise": bool(getattr(fd, "standardise", True))}
+
+
+def _own_data(cfg: Any, name: str, node_config: Mapping[str, Any]) -> tuple[Any, int]:
+    """This hospital's records as a one-hospital FederatedData (no test set) and its partition index."""
+    from fedvault.fl import data as data_mod
+
+    csv = node_config.get("fedvault-csv")
+    if csv:  # the hospital's own CSV, on its own machine
+        f = data_mod._read_csv(Path(str(csv)), cfg.data.label)
+        if f.problems:
+            from fedvault.fl.errors import DataError
+
+            raise DataError.collect(f.problems, what=str(csv))
+        classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label)
+        y = np.array([cmap[v] for v in f.labels], dtype=np.int64)
+        h = data_mod._with_holdout(name, f.X, y, cfg.data.test_fraction, np.random.default_rng(cfg.seed))
+        return data_mod.FederatedData([h], f.X[:0], y[:0], len(classes), f.features, None, classes), 0
+    fd = data_mod.load(cfg)  # a simulation or demo: the config's data set, this hospital's partition
+    names = [h.name for h in fd.hospitals]
+    if name not in names:
+        raise NodeSetupError(f"{name} is not one of the config's data partitions ({', '.join(names)}); give this "
+                             "hospital its own records with --node-config 'fedvault-csv=\"/path/to/its.csv\"'")
+    k = names.index(name)
+    return dataclasses.replace(fd, hospitals=[fd.hospitals[k]], X_test=fd.X_test[:0], y_test=fd.y_test[:0]), k
+
+
+class DeployedHospital:
+    """One hospital's party on its SuperNode: the engine's :class:`~fl.hospital.Hospital` (the hospital
+    half of :func:`fl.simulation.federate`) with its persistent ledger and the study's round offset.
+
+    ``offset``: ledger round = study round + offset (a ledger spans every study, its rounds increase).
+    """
+
+    def __init__(self, cfg: Any, node: NodeDir, fd: Any, index: int, *, offset: int = 0, key_share: Any = None):
+        from fedvault.fl import models
+        from fedvault.fl.simulation import make_hospital
+
+        self.cfg, self.node, self.fd, self.offset = cfg, node, fd, int(offset)
+        schema = _schema(fd)
+        self.schema = schema
+
+        def make_model() -> Any:
+            return models.build(cfg.model, schema["n_features"], schema["n_classes"],
+                                tuple(schema["image_shape"]) if schema["image_shape"] else None)
+
+        self.hospital = make_hospital(cfg, fd.hospitals[0], index, make_model,
+                                      n_features=schema["n_features"] if schema["standardise"] else None,
+                                      party=node.client, identity=node.identity(), key_share=key_share,
+                                      state_dir=node.path / "state")
+        h = self.hospital
+        if h.ledger is not None:  # the hospital's lifetime ledger, from its node directory
+            from fedvault.dp.ledger import PrivacyLedger
+
+            if node.ledger_path.exists():
+                ledger = PrivacyLedger.load(node.ledger_path)
+                if (ledger.delta, ledger.relation) != (h.ledger.delta, h.ledger.relation):
+                    raise NodeSetupError(f"{node.ledger_path} states ε at δ = {ledger.delta:g} ({ledger.relation}) "
+                                         f"but the config says δ = {h.ledger.delta:g} ({h.ledger.relation}); one "
+                                         "ledger must keep one δ and relation: use the consortium's config")
+                ledger.budget_epsilon = h.ledger.budget_epsilon  # this hospital's own config decides its budget
+                h.ledger = ledger
+                h.trainer.ledger = ledger
+            else:
+                h.ledger.save(node.ledger_path)
+
+    @property
+    def name(self) -> str:
+        return self.hospital.name
+
+    @property
+    def party(self) -> int:
+        return self.hospital.party
+
+    @property
+    def ledger(self) -> Any:
+        return self.hospital.ledger
+
+    def save(self) -> None:
+        if self.hospital.ledger is not None:
+            self.hospital.ledger.save(self.node.ledger_path)
+
+    def public_info(self) -> dict[str, Any]:
+        """What the hospital releases before the study (as ``fedvault run``'s history does)."""
+        from fedvault.fl.simulation import hospital_info
+
+        return {**hospital_info(self.hospital), "schema": self.schema}
+
+    def refusal(self, round: int) -> str | None:
+        return self.hospital.refusal(round + self.offset)
+
+    def join(self, setup: Any) -> Any:
+        return self.hospital.join(dataclasses.replace(setup, round=setup.round + self.offset))
+
+    def personalize(self, weights: np.ndarray, round: int) -> dict[str, Any]:
+        return self.hospital.personalize(weights, round + self.offset)
+
+    def standardise(self, plan: Mapping[str, Any]) -> None:
+        """Apply the coordinator's feature standardisation to this hospital's records, after checking
+        it against this hospital's own config (its public ranges; ``public``: the fixed min-max)."""
+        from fedvault.fl import stats
+        from fedvault.fl.simulation import Standardisation
+
+        st = Standardisation.from_dict(plan)
+        p = self.cfg.privacy
+        if not self.schema["standardise"] or (p.enabled and p.standardise == "none"):
+            raise FederationError(f"{self.name}: this hospital's config standardises no features; refusing")
+        if p.enabled:
+            lo, hi = stats.public_ranges(self.cfg, self.schema["n_features"]) or (None, None)
+            if lo is None or st.lo is None or not (np.array_equal(lo, st.lo) and np.array_equal(hi, st.hi)):
+                raise FederationError(f"{self.name}: the coordinator's standardisation does not use this hospital's "
+                                      "public feature ranges; use the consortium's config file")
+            if p.standardise == "public" and not (np.all(st.mean == 0.5) and np.all(st.std == 0.5)):
+                raise FederationError(f"{self.name}: privacy.standardise = \"public\" is a fixed min-max; the "
+                                      "coordinator sent another transform")
+        st.apply(self.fd)
+
+
+def load_party(context: Context, config: str | os.PathLike[str] | None = None) -> Party:
+    """The node side: this SuperNode's hospital (see the module docstring)."""
+    cfg = load_config(_config_path(context.node_config.get(CONFIG_KEY), config))
+    node = NodeDir(_node_dir(context))
+    fd, index = _own_data(cfg, node.name, context.node_config)
+    state = context.state.config_records.get(NODE_STATE)
+    if state is None:  # first message of this run on this node: the study's rounds follow the ledger's
+        from fedvault.dp.ledger import PrivacyLedger
+
+        last = -1
+        if node.ledger_path.exists():
+            led = PrivacyLedger.load(node.ledger_path)
+            last = max([e.round for e in led.events] + [int(r.get("round", 0)) for r in led.refused], default=-1)
+        state = ConfigRecord({"offset": last + 1})
+        context.state[NODE_STATE] = state
+    public = None
+    key_share = None
+    if cfg.aggregation.mode == "paillier":
+        public = _paillier_public(context, cfg)
+        if cfg.aggregation.keys == "threshold":
+            key_share = _paillier_secret(node, cfg)
+    party = DeployedHospital(cfg, node, fd, index, offset=int(state["offset"]), key_share=key_share)
+    saved = context.state.config_records.get(STANDARDISATION)
+    if saved is not None:  # applied by an earlier process of this run
+        party.standardise(json.loads(str(saved["plan"])))
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("FEDVAULT_TORCH_THREADS", "1")))
+    return Party(party, node.registry.identity_keys(), public, save=party.save, vault=node.path / "vault")
+
+
+def client_app(config: str | os.PathLike[str] | None = None) -> ClientApp:
+    """A ClientApp whose node is one hospital of the study ``config`` (its own copy: see the module docstring)."""
+    app = ClientApp()
+    EngineNode(lambda context: load_party(context, config)).register(app)
+    return app
+
+
+# -- the server half -----------------------------------------------------------------------------------
+def _wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    end = time.monotonic() + timeout
+    while True:
+        ids = list(grid.get_node_ids())
+        if len(ids) >= n or time.monotonic() >= end:
+            return ids
+        time.sleep(0.5)
+
+
+def _roster(grid: Grid, context: Context, cfg: Any) -> Registry:
+    rc = context.run_config
+    if rc.get("fedvault-roster"):
+        return Registry.load(Path(str(rc["fedvault-roster"])))
+    if rc.get("fedvault-root"):
+        return Registry.load(Path(str(rc["fedvault-root"])) / "registry.json")
+    n = len(_wait_for_nodes(grid, 2, float(rc.get("wait-nodes", 60.0))))
+    if cfg.data.dataset == "csv" and len(cfg.data.csv) < n:
+        raise ConfigError("a demo consortium takes the config's CSV files as its hospitals' records; give a roster")
+    from fedvault.fl import data as data_mod
+
+    names = [h.name for h in data_mod.load(cfg).hospitals][:n]
+    root = demo_root(context.run_id)
+    log(WARNING, "fedvault demo: no roster given; enrolling %d simulated hospitals (%s) in %s — every key on this "
+        "machine: a demo, not a deployment", len(names), ", ".join(names), root)
+    return provision(root, names, dirs=[f"node-{k}" for k in range(len(names))])
+
+
+def _test_set(cfg: Any, schema: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The coordinator's own test set: ``data.test_csv``, or a built-in data set's public test split."""
+    from fedvault.fl import data as data_mod
+
+    if cfg.data.dataset != "csv":
+        fd = data_mod.load(cfg)
+        return fd.X_test, fd.y_test
+    if not cfg.data.test_csv:
+        return np.zeros((0, schema["n_features"]), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    p = Path(cfg.data.test_csv)
+    f = data_mod._read_csv(p if p.is_absolute() else Path(cfg.base_dir) / p, cfg.data.label)
+    raw_classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label)
+    index = {c: i for i, c in enumerate(schema["classes"])}
+    unknown = sorted(set(raw_classes) - set(index))
+    if unknown:
+        raise ConfigError(f"the test CSV has classes no hospital reported ({', '.join(unknown)})")
+    return f.X, np.array([index[raw_classes[cmap[v]]] for v in f.labels], dtype=np.int64)
+
+
+def _study_schema(info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    schemas = {n: v.get("schema") for n, v in info.items()}
+    first = next(iter(schemas.values()), None)
+    if first is None:
+        raise FederationError("no hospital answered: is any SuperNode of the roster connected?")
+    differ = [n for n, s in schemas.items() if s != first]
+    if differ:
+        raise FederationError(f"hospitals disagree on the data's schema (features, classes): {', '.join(differ)} "
+                              f"differ from {next(iter(schemas))}; every hospital must use the same columns and "
+                              "label classes")
+    return first
+
+
+def _log_round(row: Mapping[str, Any]) -> None:
+    r = row["round"]
+    if "aborted" in row:
+        log(WARNING, "fedvault round %d: aborted (%s); dropped %s", r, row["aborted"], row.get("dropped"))
+        return
+    m = row.get("metrics", {})
+    eps = [v for v in (row.get("epsilon") or {}).values() if v is not None]
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float) and v == v)
+    log(INFO, "fedvault round %d: %d hospitals in the sum (%s); %s; max ε %s; dropped %s; refused %s", r,
+        len(row.get("participants", [])), ", ".join(row.get("participants", [])), shown or "no test set",
+        f"{max(eps):.3f}" if eps else "-", row.get("dropped") or "none", sorted(row.get("refused") or {}) or "none")
+
+
+def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run the study ``config`` over the Grid's SuperNodes; returns its history (see the module docstring).
+
+    Raises:
+        FederationError: no round completed (Flower then records the run as failed).
+    """
+    from fedvault.fl import models
+    from fedvault.fl.engine import write_history
+    from fedvault.fl.simulation import StudyRoster, coordinator, initial_model, standardisation
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("FEDVAULT_TORCH_THREADS", "1")))
+    rc = context.run_config
+    cfg = load_config(_config_path(rc.get(CONFIG_KEY), config))
+    reg = _roster(grid, context, cfg)
+    names = [m.name for _, m in sorted(reg.members.items())]
+    nodes = _wait_for_nodes(grid, len(names), float(rc.get("wait-nodes", 120.0)))
+    progress = str(rc.get("progress-file", ""))
+
+    def on_stage(rnd: int, purpose: str, stage: str) -> None:
+        log(INFO, "fedvault round %d (%s): %s", rnd, purpose, stage)
+        if progress:
+            with open(progress, "a", encoding="utf-8") as f:
+                f.write(f"{rnd} {stage}\n")
+
+    transport = FlowerTransport(grid, names, timeout=float(rc.get("stage-timeout", 60.0)),
+                                train_timeout=float(rc.get("train-timeout", 120.0)), on_stage=on_stage)
+    missing = [n for n in names if n not in transport.nodes]
+    log(INFO, "fedvault: %d SuperNodes connected; %d of %d hospitals answered%s", len(nodes), len(transport.nodes),
+        len(names), f" (missing: {', '.join(missing)})" if missing else "")
+    info = {n: transport.info[n] for n in names if n in transport.info}
+    schema = _study_schema(info)
+
+    def make_model() -> Any:
+        return models.build(cfg.model, schema["n_features"], schema["n_classes"],
+                            tuple(schema["image_shape"]) if schema["image_shape"] else None)
+
+    model = initial_model(cfg, make_model)
+    ids = {m.name: i for i, m in reg.members.items()}
+    paillier_public = _paillier_public(context, cfg) if cfg.aggregation.mode == "paillier" else None
+    X_test, y_test = _test_set(cfg, schema)
+    from fedvault.fl.data import FederatedData
+
+    test = FederatedData([], X_test, y_test, schema["n_classes"], [])
+
+    def epsilons() -> dict[str, float | None]:
+        return {n: d.get("epsilon") for n, d in transport.ledgers.items()}
+
+    def client_epsilons() -> dict[str, float | None]:
+        return {n: d.get("client_epsilon") for n, d in transport.ledgers.items()}
+
+    engine = coordinator(cfg, transport, model,
+                         roster=StudyRoster(hospitals=names, ids=ids, identity_keys=reg.identity_keys()),
+                         hospital_info={n: {k: v for k, v in i.items() if k != "schema"} for n, i in info.items()},
+                         test=(test.X_test, test.y_test), paillier_public=paillier_public, on_round=_log_round,
+                         epsilon=epsilons, client_epsilon=client_epsilons if cfg.privacy.enabled else None)
+    engine.history["deployment"] = {"transport": "flower", "roster": reg.fingerprint(), "missing": missing}
+    log(INFO, "fedvault: study of %d rounds, %s aggregation, %d hospitals", cfg.training.rounds,
+        cfg.aggregation.mode, len(names))
+
+    def prepare() -> None:
+        if not schema["standardise"]:
+            return
+        plan = standardisation(cfg, engine, [n for n in names if n in transport.nodes], schema["n_features"])
+        if plan is None:
+            return
+        failed = transport.standardise(plan.to_dict(), [n for n in names if n in transport.nodes])
+        if failed:
+            log(WARNING, "fedvault: standardisation not applied by %s", failed)
+        plan.apply(test)
+        engine.test = (test.X_test, test.y_test)
+
+    out = str(rc.get("fedvault-history", ""))
+    write = (lambda h: write_history(Path(out), h)) if out else None
+    history = engine.run_study(ledgers=lambda: {n: d for n, d in transport.refresh_ledgers().items()},
+                               prepare=prepare, write=write)
+    done = [r for r in history["rounds"] if r.get("participants")]
+    final = history["final"]
+    log(INFO, "fedvault: %d of %d rounds completed through %s aggregation; %s; final %s; max ε %s", len(done),
+        len(history["rounds"]), cfg.aggregation.mode, final.get("stop_reason"),
+        {k: round(v, 4) for k, v in final.get("metrics", {}).items() if isinstance(v, float)}, final.get("max_epsilon"))
+    if not done:
+        raise FederationError(f"fedvault: no round completed: {[r.get('aborted') for r in history['rounds']]}; "
+                              f"{final.get('stop_reason')}")
+    return history
+
+
+def server_app(config: str | os.PathLike[str] | None = None) -> ServerApp:
+    """A ServerApp running the study ``config`` (overridable with the run config ``fedvault-config``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        server_main(grid, context, config)
+
+    return app
