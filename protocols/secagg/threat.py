@@ -147,11 +147,11 @@ class Guarantee:
         if self.insecure:
             return (f"INSECURE test-only parameters ({self.graph} graph, t = {self.threshold} of {self.degree}): "
                     f"the server may learn individual updates")
-        fail = "0 (deterministic)" if self.failure_log2 is None else f"<= 2^{math.floor(self.failure_log2)}"
+        fail = "0 (deterministic)" if self.failure_log2 is None else f"<= 2^{math.ceil(self.failure_log2)}"
         live = ""
         if self.graph == "sparse":
             live = (" (random ones; abort probability 0)" if self.abort_log2 is None
-                    else f" (random ones; abort probability <= 2^{math.floor(self.abort_log2)})")
+                    else f" (random ones; abort probability <= 2^{math.ceil(self.abort_log2)})")
         return (f"secagg ({self.graph} graph, {self.cohort} hospitals, degree {self.degree}, t = {self.threshold}): "
                 f"the server learns only sums of >= {self.min_sum} honest hospitals' updates unless it colludes with "
                 f">= {self.colluders + 1} hospitals; tolerates {self.dropouts} dropout{'' if self.dropouts == 1 else 's'}{live}; "
