@@ -58,9 +58,10 @@ class VectorSite:
         return self.vector
 
 
-def vector_federation(root: Path, n: int, dim: int, **grid_kw):  # noqa: ANN003, ANN201
+def vector_federation(root: Path, n: int, dim: int, node_config: dict | None = None, **grid_kw):  # noqa: ANN003, ANN201
     """``n`` provisioned hospitals with :class:`VectorSite`s behind a plain ClientApp on an InProcessGrid:
-    ``(grid, registry, sites)``."""
+    ``(grid, registry, sites)``. ``node_config``: extra keys of every node's OWN config (e.g. its threat
+    model, ``fedvault-colluders``)."""
     from flwr.clientapp import ClientApp
 
     from fedvault.fl.integrations.flower import FedVaultMod, InProcessGrid, provision
@@ -69,5 +70,5 @@ def vector_federation(root: Path, n: int, dim: int, **grid_kw):  # noqa: ANN003,
     sites = {k: VectorSite(k, dim) for k in range(n)}
     app = ClientApp()
     FedVaultMod(lambda ctx: sites[int(ctx.node_config["k"])]).register(app)
-    nodes = {10 + k: {"fedvault-dir": str(root / f"hospital_{k}"), "k": k} for k in range(n)}
+    nodes = {10 + k: {"fedvault-dir": str(root / f"hospital_{k}"), "k": k, **(node_config or {})} for k in range(n)}
     return InProcessGrid(app, nodes, **grid_kw), reg, sites

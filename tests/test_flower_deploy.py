@@ -28,6 +28,18 @@ def _deploy_module():  # noqa: ANN202
 
 def test_tls_deployment_survives_a_killed_supernode(tmp_path):
     dep = _deploy_module()
+    start = dep.Procs.start
+
+    def start_declaring(self, name, cmd, env):  # noqa: ANN001, ANN202
+        # Every hospital declares its OWN threat model in its node config: 0 colluders (the example's run config
+        # says so too), so that 4 hospitals survive one dropout; without it a node insists on fedvault's default
+        # adversary and refuses the server's t = 2 of 3. The deployment script has no option for it yet.
+        if name.startswith("hospital_"):
+            i = cmd.index("--node-config") + 1
+            cmd = [*cmd[:i], cmd[i] + " fedvault-colluders=0", *cmd[i + 1:]]
+        return start(self, name, cmd, env)
+
+    dep.Procs.start = start_declaring
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     out = dep.deploy(hospitals=4, kill=3, kill_at="masked_input", workdir=tmp_path / "run", dp_seed=0)
     (r1,) = out["rounds"]

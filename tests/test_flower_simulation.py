@@ -17,6 +17,23 @@ pytest.importorskip("flwr")
 from tests._flower_helpers import app_task, plaintext_sum  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _nodes_declare_zero_colluders(monkeypatch):
+    """Each simulated hospital declares its OWN threat model in its node config: 0 colluders, as the example's
+    run config does, so that a cohort of 4 survives one dropout (the threshold 2 of 3 the server derives from
+    it is unsafe against fedvault's default adversary, which a node without a declaration insists on).
+    The example's ``simulate`` has no node-level threat-model option yet, so the test adds the key where a
+    deployment would: the node config of every node."""
+    from fedvault.fl.integrations.flower import local
+
+    real = local.InProcessGrid
+
+    def grid(app, nodes, **kw):  # noqa: ANN001, ANN003, ANN202
+        return real(app, {k: {**v, "fedvault-colluders": 0} for k, v in nodes.items()}, **kw)
+
+    monkeypatch.setattr(local, "InProcessGrid", grid)
+
+
 def _exhausted_ledger(path, name: str) -> None:
     """A ledger one more DP round would push past its ε = 3 budget."""
     from fedvault.dp.ledger import PrivacyEvent, PrivacyLedger

@@ -244,3 +244,30 @@ def test_garbage_share_ciphertexts_are_attributed_to_their_sender():
         run_in_memory(server, parties)
     accusers = {a for a, b in server.disputes if b == 7}
     assert accusers == set(range(7)), server.disputes  # every honest neighbour named hospital 7
+
+
+# -- attack 12 (residual, documented): a malicious hospital moves the SecAgg sum ----------------
+def test_malicious_hospital_shifts_the_sum_beyond_its_clip_and_every_guarantee_line_says_so():
+    """No range proofs in SecAgg: a hospital submits any ring element (``set_input`` takes an already-encoded
+    vector), so the decoded sum moves by anything mod 2^b — here 4 x its clip in every coordinate — undetected.
+    SPEC section 1.3 states the residual; every guarantee line a run prints must state it too."""
+    from fedvault.protocols.secagg import simulate_round
+
+    params = SecAggParams(b"attack-12", 1, (1, 2, 3, 4), clip=1.0, bits=32).with_dim(3)
+    enc = params.encoder
+    rng = np.random.default_rng(3)
+    xs = {i: rng.uniform(-1, 1, 3) for i in params.clients}
+    honest = simulate_round(params, xs)
+    np.testing.assert_allclose(honest.total, sum(xs.values()), atol=1e-6)
+    top = 2.0 ** (params.bits - 1 - enc.fractional_bits)  # decodable range [-top, top)
+    assert 4 * params.clip <= top <= 2 * 4 * params.clip + 1  # with the automatic f: between n clip and ~2n clip
+    shift = 1 << (params.bits - 2)  # a quarter of the ring: top / 2 once decoded
+    evil = dict(xs)
+    evil[1] = ((enc.encode(xs[1]).astype(np.uint64) + shift) % (1 << params.bits)).astype(enc.dtype)
+    moved = simulate_round(params, evil).total - honest.total
+    np.testing.assert_allclose(moved, top / 2, atol=1e-9)  # accepted, and 4 x clip in every coordinate
+    assert np.all(moved > 2 * params.clip)  # beyond anything an honest hospital (in [-clip, clip]) can do
+    for p in (params, SecAggParams(b"attack-12", 1, tuple(range(1, 31)), graph="sparse")):
+        line = p.guarantee().line()
+        assert "a malicious hospital cannot read any update but can shift each coordinate of the sum by any " \
+               "value mod 2^bits (not bounded by its clip; no range proofs) or abort the round" in line

@@ -129,7 +129,11 @@ class ThreatModel:
 class Guarantee:
     """What one round guarantees, derived from its parameters and threat model.
 
-    ``line()`` is what a run prints; ``as_dict()`` what it records.
+    ``line()`` is what a run prints; ``as_dict()`` what it records.  The line also names
+    the residual power of a malicious hospital (SPEC section 1.3): SecAgg has no range
+    proofs, so it can move each coordinate of the sum by any value mod ``2^bits`` (the
+    decoded sum then lands anywhere in the encoder's range, not bounded by its clip), or
+    make the round abort; it cannot read any update.
     """
 
     graph: str
@@ -155,7 +159,9 @@ class Guarantee:
         return (f"secagg ({self.graph} graph, {self.cohort} hospitals, degree {self.degree}, t = {self.threshold}): "
                 f"the server learns only sums of >= {self.min_sum} honest hospitals' updates unless it colludes with "
                 f">= {self.colluders + 1} hospitals; tolerates {self.dropouts} dropout{'' if self.dropouts == 1 else 's'}{live}; "
-                f"failure probability {fail}")
+                f"failure probability {fail}; a malicious hospital cannot read any update but can shift each "
+                f"coordinate of the sum by any value mod 2^bits (not bounded by its clip; no range proofs) or abort "
+                f"the round")
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -26,6 +26,7 @@ from typing import Any
 
 _NAMES = {
     "FedVaultMod": "mod", "PolicyError": "mod", "MisconfiguredError": "mod", "node_dir_from_context": "mod",
+    "WeakParametersError": "mod", "node_threat_model": "mod", "node_min_cohort": "mod",
     "NodeDir": "node", "NodeSetupError": "node", "Registry": "node", "provision": "node", "enrol": "node",
     "build_roster": "node", "install_roster": "node",
     "SecureFedAvg": "strategy",

@@ -16,10 +16,12 @@ persistent ledger in the node directory).  For every fedvault message:
 ``enrol``
     answers which roster member this node is (client id, roster fingerprint).
 ``advertise``
-    checks the round's public parameters against the node's policy (it is in the
-    cohort; the cohort has at least ``min_cohort`` members of *its own* roster;
-    the threshold is a strict majority of the smallest neighbourhood; the roster
-    fingerprint is its own); asks the site whether it takes part (privacy budget:
+    checks the round's public parameters against the node's own policy, never the
+    server's claim (it is in the cohort; the cohort has at least ``min_cohort`` members
+    of *its own* roster; the roster fingerprint is its own; the threshold and degree are
+    safe against the node's OWN threat model — node config ``fedvault-colluders`` /
+    ``fedvault-colluder-fraction`` / ``fedvault-security-bits`` / ``fedvault-config``,
+    else fedvault's protocol default; see :func:`check_policy`); asks the site whether it takes part (privacy budget:
     ``fedvault/budget: ...``, refusal recorded in its ledger) and whether the
     proposal fits it (model size, clip: ``fedvault/misconfigured: ...``) — before
     anything is trained or charged; binds the session to the committed model hash
@@ -72,6 +74,8 @@ from . import snapshot, wire
 from .node import NodeDir, NodeSetupError
 
 if TYPE_CHECKING:
+    from fedvault.fl.config import Config
+    from fedvault.protocols.secagg.threat import ThreatModel
     from .site import Site
 
 log = logging.getLogger("fedvault.flower")
@@ -85,6 +89,12 @@ class PolicyError(RefusedError):
 
 class MisconfiguredError(RefusedError):
     """The server's proposal does not fit this hospital (model size, clip); refused when the round is advertised, before training."""
+
+
+class WeakParametersError(PolicyError, MisconfiguredError):
+    """The server's SecAgg parameters are not safe against this node's own threat model; refused when the
+    round is advertised, before anything is trained (reported to the server as ``fedvault/misconfigured``:
+    the operator fixes the consortium's threat model, see :func:`check_policy`)."""
 
 
 # Live client state machines of this process: (node dir, session tag, round) -> (client, messages seen).
@@ -103,18 +113,109 @@ def node_dir_from_context(context: Context) -> Path:
                          "'fedvault-dir=\"/path/to/node\"' (or set run_config fedvault-root in simulations)")
 
 
+#: Node-config keys a hospital declares its own policy with (never the server's run config).
+NODE_CONFIG = "fedvault-config"  # path of the node's fedvault config file: its [threat_model], training.min_clients
+NODE_COLLUDERS = "fedvault-colluders"
+NODE_COLLUDER_FRACTION = "fedvault-colluder-fraction"
+NODE_SECURITY_BITS = "fedvault-security-bits"
+NODE_MIN_COHORT = "fedvault-min-cohort"
+DEFAULT_MIN_COHORT = 3
+
+
+def _node_file_config(context: Context) -> "Config | None":
+    path = context.node_config.get(NODE_CONFIG)
+    if path in (None, ""):
+        return None
+    from fedvault.fl.config import load
+    from fedvault.fl.errors import FLError
+
+    try:
+        return load(Path(str(path)))
+    except (FLError, OSError, ValueError) as e:
+        raise NodeSetupError(f"node_config {NODE_CONFIG} = {str(path)!r} is not a usable fedvault config: {e}; "
+                             "fix the file or the SuperNode's --node-config") from None
+
+
+def node_threat_model(context: Context) -> "ThreatModel":
+    """The adversary this hospital insists on, from its OWN node config — never from the server.
+
+    ``node_config["fedvault-config"]`` names the node's fedvault config file (its
+    ``[threat_model]``); ``fedvault-colluders`` / ``fedvault-colluder-fraction`` /
+    ``fedvault-security-bits`` override single keys. A node that declares nothing gets
+    fedvault's protocol default :class:`~fedvault.protocols.secagg.threat.ThreatModel`
+    (complete graph ``C = (n-1)//3``, sparse 5 %, ``2^-40``): the same adversary as a
+    ``fedvault run`` config without ``[threat_model]``.
+
+    Raises:
+        NodeSetupError: a key is malformed or the file is unusable (the message names it).
+    """
+    from fedvault.protocols.secagg.threat import ThreatModel
+    from fedvault.secagg.errors import ParameterError
+
+    nc = context.node_config
+    cfg = _node_file_config(context)
+    fields: dict[str, Any] = {}
+    if cfg is not None:
+        tm = cfg.threat_model.protocol()
+        fields = {"colluders": tm.colluders, "colluder_fraction": tm.colluder_fraction,
+                  "security_bits": tm.security_bits}
+    try:
+        if NODE_COLLUDERS in nc:
+            fields.update(colluders=_int(nc[NODE_COLLUDERS], NODE_COLLUDERS), colluder_fraction=None)
+        if NODE_COLLUDER_FRACTION in nc:
+            fields.update(colluder_fraction=float(nc[NODE_COLLUDER_FRACTION]), colluders=None)
+        if NODE_SECURITY_BITS in nc:
+            fields.update(security_bits=_int(nc[NODE_SECURITY_BITS], NODE_SECURITY_BITS))
+        if NODE_COLLUDERS in nc and NODE_COLLUDER_FRACTION in nc:
+            raise ParameterError(f"declare either {NODE_COLLUDERS} or {NODE_COLLUDER_FRACTION}, not both")
+        return ThreatModel(**fields)
+    except (ParameterError, TypeError, ValueError) as e:
+        raise NodeSetupError(f"this node's threat model (node_config {NODE_COLLUDERS} / {NODE_COLLUDER_FRACTION} / "
+                             f"{NODE_SECURITY_BITS} / {NODE_CONFIG}) is malformed: {e}") from None
+
+
+def node_min_cohort(context: Context) -> int:
+    """The smallest cohort this hospital accepts, from its own node config: ``fedvault-min-cohort``
+    (default 3), and at least ``max(2, training.min_clients)`` of the config file ``fedvault-config``."""
+    least = _int(context.node_config.get(NODE_MIN_COHORT, DEFAULT_MIN_COHORT), NODE_MIN_COHORT)
+    cfg = _node_file_config(context)
+    if cfg is not None:
+        least = max(least, 2, int(cfg.training.min_clients))
+    return max(2, least)
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise NodeSetupError(f"node_config {key} must be an integer, got {value!r}")
+
+
 def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int,
                  threat_model: "ThreatModel | None" = None) -> None:
     """Judge the server's proposed round against this node's own policy.
 
     Threat model: the parameters arrive from the server (``wire.params_from``), so their
-    threat model is the server's *claim*. A node refuses test-only insecure parameters and
-    any round whose guarantee is weaker than its own ``threat_model`` when it declares one:
-    fewer colluders withstood, or a larger privacy-failure probability. Without one
-    (the default, as in the shipped example) the server's claimed adversary stands: a
-    deployed hospital should pass its consortium's ``[threat_model]``. Dropout tolerance is liveness,
-    the server's business, and is not judged here.
+    threat model is only the server's *claim* and is never taken. The node refuses
+    test-only insecure parameters, a cohort below ``min_cohort`` or outside its roster,
+    and any (graph, degree, threshold) that is not safe against ITS OWN ``threat_model``
+    (default: fedvault's protocol default :class:`ThreatModel`) for the proposed cohort:
+    complete graph ``2t > n - 1 + C``; sparse graph the tail bound at its own ``2^-sigma``
+    (:func:`~fedvault.protocols.secagg.threat.derive` with the proposed degree and threshold
+    fixed, so a threshold derived from a weaker claim is refused even when the server's
+    numbers are self-consistent). Dropout tolerance is liveness, the server's business,
+    and is not judged here; the sparse bound uses the list size the clients enforce
+    (``params.min_members``).
     """
+    from fedvault.protocols.secagg.threat import ThreatModel, derive
+    from fedvault.secagg.errors import ParameterError
+
     if node.client not in params.clients:
         raise PolicyError(f"this node ({node.client}) is not in the proposed cohort")
     unknown = set(params.clients) - set(node.registry.members)
@@ -126,24 +227,25 @@ def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int,
     dmin = params.neighbourhood.min_degree()
     if 2 * params.t <= dmin:
         raise PolicyError(f"threshold {params.t} is not a strict majority of the smallest neighbourhood ({dmin})")
-    from fedvault.protocols.secagg.threat import ThreatModel
-
     g = params.guarantee()
     if g.insecure:
         raise PolicyError("the server proposes test-only insecure SecAgg parameters (insecure_test_only); "
                           "a deployed hospital never takes part in such a round")
-    if threat_model is None:  # no policy of its own: the server's claimed adversary stands (documented residual)
-        return
-    tm = threat_model
+    tm = threat_model if threat_model is not None else ThreatModel()
     n = len(params.clients)
     want_c = tm.max_colluders(n, params.graph)
-    if g.colluders < want_c:
-        raise PolicyError(f"the server's parameters withstand {g.colluders} colluding hospitals but this node's "
-                          f"threat model needs {want_c} (cohort of {n}, {params.graph} graph); "
-                          "use the consortium's [threat_model]")
-    if params.graph == "sparse" and g.failure_log2 is not None and g.failure_log2 > -tm.security_bits:
-        raise PolicyError(f"the server's parameters fail with probability 2^{g.failure_log2:.1f}, above this node's "
-                          f"2^-{tm.security_bits}; use the consortium's [threat_model]")
+    sparse = g.graph == "sparse"  # a sparse proposal that fell back to the complete graph is judged as complete
+    mine = ThreatModel(colluders=want_c, dropouts=g.dropouts if sparse else None, security_bits=tm.security_bits,
+                       correctness_bits=tm.correctness_bits)
+    try:
+        derive(g.graph, n, mine, threshold=params.t, degree=params.effective_degree if sparse else None)
+    except ParameterError as e:
+        raise WeakParametersError(
+            f"the server's SecAgg parameters ({g.graph} graph, degree {params.effective_degree}, t = {params.t}, "
+            f"derived from a claim of {g.colluders} colluders) are not safe against this node's threat model (a "
+            f"server colluding with up to {want_c} of {n} hospitals, failure <= 2^-{tm.security_bits}): {e}. The "
+            "server must use the consortium's [threat_model]; a node declares its own in its node config "
+            f"({NODE_COLLUDERS}, {NODE_COLLUDER_FRACTION}, {NODE_SECURITY_BITS} or {NODE_CONFIG})") from None
 
 
 class FedVaultMod:
@@ -154,23 +256,27 @@ class FedVaultMod:
     node_dir
         ``context -> path`` of the node directory (default :func:`node_dir_from_context`).
     min_cohort
-        Smallest cohort this hospital accepts (default 3), or ``context -> int``.
+        Smallest cohort this hospital accepts, or ``context -> int``. Default None: the node's
+        own config (:func:`node_min_cohort`: ``fedvault-min-cohort``, default 3, and the config
+        file's ``training.min_clients``).
     threat_model
         The adversary this hospital insists on (:class:`~fedvault.protocols.secagg.threat.ThreatModel`,
-        or ``context -> ThreatModel``). A round whose parameters withstand fewer colluders is
-        refused before anything is trained. Default None: only test-only insecure parameters
-        are refused and the server's claimed adversary stands — pass one in a deployment.
+        or ``context -> ThreatModel``). Default None: the node's OWN threat model from its node
+        config (:func:`node_threat_model`: ``fedvault-colluders`` / ``fedvault-colluder-fraction`` /
+        ``fedvault-security-bits`` / a ``fedvault-config`` file), else fedvault's protocol default
+        ``ThreatModel()``. Never the server's claim: a round whose threshold is not safe against it
+        is refused before anything is trained (:func:`check_policy`).
     threads
         Threads for mask expansion.
     """
 
     def __init__(self, site: Callable[[Context], "Site"], node_dir: Callable[[Context], Path] | None = None, *,
-                 min_cohort: int | Callable[[Context], int] = 3, threads: int = 1,
+                 min_cohort: int | Callable[[Context], int] | None = None, threads: int = 1,
                  threat_model: "ThreatModel | Callable[[Context], ThreatModel] | None" = None):
         self.site = site
         self.node_dir = node_dir or node_dir_from_context
-        self.min_cohort = min_cohort
-        self.threat_model = threat_model
+        self.min_cohort = node_min_cohort if min_cohort is None else min_cohort
+        self.threat_model = node_threat_model if threat_model is None else threat_model
         self.threads = threads
 
     def register(self, app: ClientApp) -> ClientApp:
