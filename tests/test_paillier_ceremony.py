@@ -295,3 +295,78 @@ def test_deployment_loaders_check_the_config(tmp_path):
         C.node_setup(NodeDir(tmp_path / "h_a"), cfg.replace(aggregation={"key_bits": 2048}))
     with pytest.raises(C.CeremonyError, match="paillier"):
         C.coordinator_setup(out, reg, cfg.replace(aggregation={"mode": "secagg"}))
+
+
+APP_CONFIG = """
+seed = 3
+[data]
+hospitals = 4
+[model]
+kind = "logreg"
+[training]
+rounds = 2
+batch_size = 16
+min_clients = 2
+[privacy]
+noise_multiplier = 1.0
+reproducible = true
+standardise = "public"
+[aggregation]
+mode = "paillier"
+keys = "{keys}"
+key_bits = 512
+"""
+
+
+@pytest.mark.parametrize("keys", ["holder", "threshold"])
+def test_the_flower_app_runs_paillier_from_the_ceremony_files_only(tmp_path, keys):
+    """The library Flower app (in-process Grid) with Paillier keys from the ceremony: every node loads its
+    public setup and secret from its own node directory, the coordinator the public file from its run config;
+    the study gives the same global models as the simulation (reproducible DP noise, exact Paillier sums)."""
+    pytest.importorskip("flwr")
+    from flwr.app import Context, RecordDict
+
+    from fedvault.fl import config, simulation
+    from fedvault.fl.integrations.flower import InProcessGrid
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(APP_CONFIG.format(keys=keys))
+    root = tmp_path / "nodes"
+    names = [f"hospital_{k}" for k in range(4)] + (["key_holder"] if keys == "holder" else [])
+    provision(root, names, dirs=[f"node-{k}" for k in range(4)] + (["key_holder"] if keys == "holder" else []))
+    reg = root / "registry.json"
+    if keys == "holder":
+        pub = C.keygen(root / "key_holder", BITS, tmp_path / "public.json", allow_small=True)
+        for k in range(4):
+            C.install(root / f"node-{k}", tmp_path / "public.json", pub.fingerprint)
+        public_file, fp = tmp_path / "public.json", pub.fingerprint
+    else:
+        for k in range(4):
+            C.share_key(root / f"node-{k}")
+        dealt = C.deal(reg, 3, BITS, tmp_path / "dealer", allow_small=True,
+                       share_keys=[root / f"node-{k}" / C.SHARE_REQUEST_FILE for k in range(4)])
+        for k in range(4):
+            node = NodeDir(root / f"node-{k}")
+            C.install(node.path, dealt.public_path, dealt.public.fingerprint, dealt.shares[node.client])
+        public_file, fp = dealt.public_path, dealt.public.fingerprint
+    rc = {"fedvault-root": str(root), "fedvault-paillier": str(public_file), "fedvault-paillier-fingerprint": fp}
+    nodes = {10 + k: {"partition-id": k} for k in range(4)}
+    if keys == "holder":
+        nodes[14] = {"fedvault-dir": str(root / "key_holder")}
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    # without the announced fingerprint's file the coordinator refuses before any hospital trains
+    bad = dict(rc, **{"fedvault-paillier-fingerprint": "00" * 32})
+    from fedvault.fl.integrations.flower.app import PaillierNotSetUp
+
+    with pytest.raises(PaillierNotSetUp, match="not the announced"):
+        server_main(InProcessGrid(client_app(cfg), nodes, run_config=bad),
+                    Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=bad), config=cfg)
+    hist = server_main(InProcessGrid(client_app(cfg), nodes, run_config=rc), ctx, config=cfg)
+    sim = simulation.federate(config.load(cfg), baseline=False).history
+    assert [r["participants"] for r in hist["rounds"]] == [r["participants"] for r in sim["rounds"]] != [[]] * 2
+    assert [r["model_sha256"] for r in hist["rounds"]] == [r["model_sha256"] for r in sim["rounds"]]
+    assert hist["final"]["metrics"] == sim["final"]["metrics"]
+    g = hist["rounds"][0]["guarantee"]
+    assert g["keys"] == keys and g["key_bits"] == BITS and "TEST-ONLY" in g["line"]
+    assert "key_holder" not in hist["hospitals"]

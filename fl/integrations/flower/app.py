@@ -101,18 +101,50 @@ def _config_path(given: Any, default: str | os.PathLike[str] | None) -> Path:
     return Path(default)
 
 
-# -- Paillier: the key ceremony's material (wired by `fedvault paillier ...`) --------------------
-def _paillier_public(context: Context, cfg: Any) -> Any:
-    """The study's public Paillier key setup, installed on this machine by the key ceremony."""
-    raise PaillierNotSetUp("aggregation.mode = \"paillier\" over a Flower deployment needs the study's public key "
-                           "setup on every node and the coordinator: not set up; run the `fedvault paillier` key "
-                           "ceremony, or use aggregation.mode = \"secagg\" / \"plaintext\"")
+# -- Paillier: the key ceremony's material (`fedvault paillier ...`, fl.integrations.flower.ceremony) --------
+PAILLIER_KEY = "fedvault-paillier"  # run config: the coordinator's copy of the public setup file
+PAILLIER_FINGERPRINT_KEY = "fedvault-paillier-fingerprint"  # run config: the fingerprint announced out of band
 
 
-def _paillier_secret(node: NodeDir, cfg: Any) -> Any:
-    """This node's Paillier secret (its threshold key share), created or dealt by the key ceremony."""
-    raise PaillierNotSetUp(f"{node.name}: Paillier needs this hospital's key share in its node directory: not set up; "
-                           "run the `fedvault paillier` key ceremony")
+def _paillier_public(context: Context, cfg: Any, registry: Registry) -> Any:
+    """The coordinator's copy of the study's public Paillier key setup (run config ``fedvault-paillier``,
+    default ``<fedvault-root>/paillier-public.json``), checked against ITS roster, the announced
+    fingerprint (``fedvault-paillier-fingerprint``, if given) and the config's ``aggregation`` keys."""
+    from .ceremony import PUBLIC_FILE, CeremonyError, coordinator_setup
+
+    rc = context.run_config
+    path = Path(str(rc[PAILLIER_KEY])) if rc.get(PAILLIER_KEY) else (
+        Path(str(rc["fedvault-root"])) / PUBLIC_FILE if rc.get("fedvault-root") else None)
+    if path is None or not path.is_file():
+        raise PaillierNotSetUp("aggregation.mode = \"paillier\" over a Flower deployment needs the study's public key "
+                               f"setup: not set up (no file at run config {PAILLIER_KEY}); run the `fedvault paillier` "
+                               "key ceremony (keygen or deal), check the file with `fedvault paillier show`, and pass "
+                               f"--run-config '{PAILLIER_KEY}=\"paillier-public.json\" {PAILLIER_FINGERPRINT_KEY}=\"HEX\"'")
+    try:
+        return coordinator_setup(path, registry, cfg, str(rc.get(PAILLIER_FINGERPRINT_KEY) or "") or None)
+    except CeremonyError as e:
+        raise PaillierNotSetUp(str(e)) from e
+
+
+def _paillier_secret(node: NodeDir, cfg: Any) -> tuple[Any, Any]:
+    """``(public setup, secret)`` installed in this node by the key ceremony (``fedvault paillier install``):
+    the key holder's private key, this hospital's threshold share, or ``None``; checked against the node's
+    roster, its pinned fingerprint and its own config."""
+    from .ceremony import CeremonyError, node_setup
+
+    try:
+        return node_setup(node, cfg)
+    except CeremonyError as e:
+        raise PaillierNotSetUp(f"{node.name}: {e}") from e
+
+
+def _key_holder(node: NodeDir, cfg: Any, public: Any, key: Any) -> Party:
+    """The key holder's node (holder mode): it decrypts verified aggregates once per round and has no data."""
+    from fedvault.fl.hospital import KeyHolder
+
+    holder = KeyHolder(node.client, key, node.identity(), state_dir=node.path / "state",
+                       min_clients=max(2, int(cfg.training.min_clients)))
+    return Party(holder, node.registry.identity_keys(), public, vault=node.path / "vault")
 
 
 # -- the hospital half ------------------------------------------------------------------------------
@@ -258,6 +290,12 @@ def load_party(context: Context, config: str | os.PathLike[str] | None = None) -
     """The node side: this SuperNode's hospital (see the module docstring)."""
     cfg = load_config(_config_path(context.node_config.get(CONFIG_KEY), config))
     node = NodeDir(_node_dir(context))
+    public = key_share = None  # Paillier: the key ceremony's material in this node directory
+    if cfg.aggregation.mode == "paillier":
+        public, secret = _paillier_secret(node, cfg)
+        if public.mode == "holder" and int(public.holder) == node.client:
+            return _key_holder(node, cfg, public, secret)
+        key_share = secret if public.mode == "threshold" else None
     fd, index = _own_data(cfg, node.name, context.node_config)
     state = context.state.config_records.get(NODE_STATE)
     if state is None:  # first message of this run on this node: the study's rounds follow the ledger's
@@ -269,12 +307,6 @@ def load_party(context: Context, config: str | os.PathLike[str] | None = None) -
             last = max([e.round for e in led.events] + [int(r.get("round", 0)) for r in led.refused], default=-1)
         state = ConfigRecord({"offset": last + 1})
         context.state[NODE_STATE] = state
-    public = None
-    key_share = None
-    if cfg.aggregation.mode == "paillier":
-        public = _paillier_public(context, cfg)
-        if cfg.aggregation.keys == "threshold":
-            key_share = _paillier_secret(node, cfg)
     party = DeployedHospital(cfg, node, fd, index, offset=int(state["offset"]), key_share=key_share)
     saved = context.state.config_records.get(STANDARDISATION)
     if saved is not None:  # applied by an earlier process of this run
@@ -381,8 +413,10 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
     rc = context.run_config
     cfg = load_config(_config_path(rc.get(CONFIG_KEY), config))
     reg = _roster(grid, context, cfg)
-    names = [m.name for _, m in sorted(reg.members.items())]
-    nodes = _wait_for_nodes(grid, len(names), float(rc.get("wait-nodes", 120.0)))
+    paillier_public = _paillier_public(context, cfg, reg) if cfg.aggregation.mode == "paillier" else None
+    holder = {int(paillier_public.holder)} if paillier_public is not None and paillier_public.mode == "holder" else set()
+    names = [m.name for i, m in sorted(reg.members.items()) if i not in holder]  # the key holder is no hospital
+    nodes = _wait_for_nodes(grid, len(reg.members), float(rc.get("wait-nodes", 120.0)))
     progress = str(rc.get("progress-file", ""))
 
     def on_stage(rnd: int, purpose: str, stage: str) -> None:
@@ -404,8 +438,7 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
                             tuple(schema["image_shape"]) if schema["image_shape"] else None)
 
     model = initial_model(cfg, make_model)
-    ids = {m.name: i for i, m in reg.members.items()}
-    paillier_public = _paillier_public(context, cfg) if cfg.aggregation.mode == "paillier" else None
+    ids = {m.name: i for i, m in reg.members.items() if i not in holder}
     X_test, y_test = _test_set(cfg, schema)
     from fedvault.fl.data import FederatedData
 
