@@ -160,6 +160,8 @@ def test_public_file_refusals(threshold_ceremony, tmp_path):
     p.write_text(json.dumps(minority))
     with pytest.raises(C.CeremonyError, match="disjoint quorums"):
         C.load_public(p, Registry.load(reg_path))
+    with pytest.raises(C.CeremonyError, match="not empty"):  # never mixes two deals in one directory
+        C.deal(reg_path, 3, BITS, res.public_path.parent, plaintext=True, allow_small=True)
     # the dealer refuses to deal it in the first place
     with pytest.raises(C.CeremonyError, match="disjoint quorums"):
         C.deal(reg_path, 2, BITS, tmp_path / "d2", plaintext=True, allow_small=True)

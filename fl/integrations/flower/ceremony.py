@@ -406,6 +406,9 @@ def deal(roster: str | os.PathLike[str], threshold: int, bits: int, out: str | o
         raise CeremonyError(f"cannot deal a {bits}-bit key: {e}") from e
     setup = PublicSetup("threshold", tpub.public_key, parties=parties, threshold_key=tpub)
     out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise CeremonyError(f"{out_dir} is not empty (an earlier deal?); deal into a new, empty directory so that no "
+                            "share of another deal is delivered by mistake")
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(out_dir, 0o700)
     body = _public_body(setup, reg)
