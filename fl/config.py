@@ -446,6 +446,27 @@ def _enough_hospitals(cfg: Config) -> Iterator[str]:
 
 
 @config_check
+def _secagg_threshold_meets_threat_model(cfg: Config) -> Iterator[str]:
+    """README: a threshold unsafe for the declared threat model is refused before the run (with
+    every other problem), not at the first round after data loading and calibration."""
+    n, t = cfg.n_hospitals, cfg.aggregation.threshold
+    if cfg.aggregation.mode not in ("masked", "secagg") or not isinstance(n, int) or n < 2:
+        return
+    if t is not None and (not isinstance(t, int) or t > n):
+        return  # reported by _enough_hospitals / the range check
+    from fedvault.protocols.secagg.threat import derive
+    from fedvault.secagg.errors import ParameterError
+
+    try:
+        derive(cfg.aggregation.graph, n, cfg.threat_model.protocol(), threshold=None if t is None else min(t, n))
+    except ParameterError as e:
+        yield (f"aggregation/threat_model: with {n} hospitals, {e}; leave aggregation.threshold unset to derive it, "
+               "or declare the adversary you can afford in [threat_model]")
+    except Exception:  # an invalid [threat_model] value is reported by its own range check
+        return
+
+
+@config_check
 def _paillier_threshold_majority(cfg: Config) -> Iterator[str]:
     t, n = cfg.aggregation.threshold, cfg.n_hospitals
     if (cfg.aggregation.mode == "paillier" and cfg.aggregation.keys == "threshold" and isinstance(t, int)
