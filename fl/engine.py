@@ -594,6 +594,14 @@ class RoundEngine:
                 seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                          "total": time.perf_counter() - t_round}, **common))
             return None
+        tampered = self._weight_tampering(setup, out)
+        if tampered is not None:  # the sum cannot be trusted: discard it like an aborted round
+            self._emit(RoundRecord(
+                participants=[], metrics=self.evaluate(), epsilon=self._epsilon(),
+                dropped=out.dropped, aborted=tampered,
+                seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
+                         "total": time.perf_counter() - t_round}, **common))
+            return None
         self.aggregates[r] = out.total
         # 5. Strategy step.
         if self.strategy.needs_individual_updates:  # plaintext only (enforced by the config)
@@ -635,6 +643,35 @@ class RoundEngine:
         if why is not None:
             self.history["stopped"] = {"round": r, "reason": why}
         return why
+
+    def _weight_tampering(self, setup: RoundSetup, out: SessionOutcome) -> str | None:
+        """Why the decoded weight coordinate of an update sum cannot be the contributors', or None.
+
+        Threat model: a malicious hospital under secure aggregation. The strategy divides the
+        decoded sum by its last coordinate Σn_k; a contributor that encodes a weight of
+        ``1 − Σ(others' n_k)`` would make that divisor 1 and multiply every honest update by Σn_k
+        (every decoded coordinate still in range). Record counts are released exactly (history
+        ``hospitals``), so the server checks the decoded weight against the contributors' counts,
+        up to the encoding's rounding (``K`` quanta). Skipped with client-level DP (unit weights
+        plus noise) and when a contributor's count is unknown (audit canary participants).
+        """
+        if setup.purpose != "update" or self.client_level or out.total is None or setup.protocol == "plaintext":
+            return None
+        info = self.history.get("hospitals", {})
+        counts = [info.get(c, {}).get("records") for c in out.contributors]
+        if not counts or any(not isinstance(n, (int, float)) for n in counts):
+            return None
+        expected, got, k = float(sum(counts)), float(out.total[-1]), len(counts)
+        params = setup.params
+        if setup.protocol == "secagg":
+            quantum = 2.0 ** -params.encoder.fractional_bits
+        else:
+            quantum = float(params.layout.step)
+        if abs(got - expected) <= k * quantum + 1e-9 * expected:
+            return None
+        return (f"the decoded weight {got:.6g} differs from the contributors' record counts {expected:g}: a "
+                "participant altered its weight coordinate (secure aggregation cannot say who); the sum was "
+                "discarded and the model is unchanged")
 
     def _client_level_row(self, noise: ClientNoise, r: int) -> dict[str, float]:
         """Client-level ε after round ``r``: the largest over hospitals, each from its own ledger
