@@ -394,13 +394,7 @@ def open_session(cfg: Config, mode: AggregationMode, round: int, purpose: str, c
         identity_keys=keys, public=mode.public(), client_noise=noise,
         prox_mu=t.prox_mu if t.strategy == "fedprox" else 0.0, guarantee=mode.guarantee(params),
     )
-    server = mode.server(params, keys)
-    if mode.name == "plaintext" and purpose == "update" and z is None:
-        # The server sees every update in plaintext mode, so it holds each one to the bound an
-        # honest hospital's has (SECURITY.md: a malicious hospital's influence is its clipped update).
-        server = BoundedUpdateServer(server, update_clip=cfg.aggregation.update_clip,
-                                     weight_cap=float(clip) / cfg.aggregation.update_clip)
-    return setup, server
+    return setup, mode.server(params, keys)
 
 
 class BoundedUpdateServer:
@@ -539,8 +533,14 @@ class RoundEngine:
     def setup(self, round: int, purpose: str, contributors: Sequence[str], *, clip: float, bits: int | None = None,
               dim: int | None = None) -> tuple[RoundSetup, ServerRole]:
         """The round setup for ``contributors`` and the matching server role."""
-        return open_session(self.cfg, self.mode, round, purpose, contributors, weights=self.weights, clip=clip,
-                            bits=bits, dim=dim, identity_keys=self.identity_keys)
+        setup, server = open_session(self.cfg, self.mode, round, purpose, contributors, weights=self.weights,
+                                     clip=clip, bits=bits, dim=dim, identity_keys=self.identity_keys)
+        if setup.protocol == "plaintext" and purpose == "update" and not self.client_level:
+            # The server sees every update in plaintext mode, so it holds each one to the bound an
+            # honest hospital's has (SECURITY.md: a malicious hospital's influence is its clipped update).
+            server = BoundedUpdateServer(server, update_clip=self.cfg.aggregation.update_clip,
+                                         weight_cap=float(clip) / self.cfg.aggregation.update_clip)
+        return setup, server
 
     def session(self, round: int, purpose: str, contributors: Sequence[str], **kw: Any) -> tuple[RoundSetup, SessionOutcome]:
         setup, server = self.setup(round, purpose, contributors, **kw)
