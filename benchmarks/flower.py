@@ -131,7 +131,12 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
     node = lambda ctx: root / f"node-{int(ctx.node_config['partition-id'])}"  # noqa: E731
     site = lambda ctx: _SyntheticSite(int(ctx.node_config["partition-id"]), dim, drops)  # noqa: E731
     client = ClientApp()
-    FedVaultMod(site, node, threads=1).register(client)
+    # the nodes insist on the adversary the server's parameters are derived from (a node never takes the server's
+    # claim; undeclared, it would insist on the complete graph's default where a small sparse round falls back to it)
+    from fedvault.protocols.secagg.threat import ThreatModel
+
+    own = ThreatModel(colluders=(threat or ThreatModel()).max_colluders(n, graph))
+    FedVaultMod(site, node, threads=1, threat_model=own).register(client)
 
     server = ServerApp()
 

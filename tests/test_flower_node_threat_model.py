@@ -79,6 +79,13 @@ def test_sparse_proposal_from_a_zero_colluder_claim_is_refused_by_default():
     with pytest.raises(ProtocolError, match="not safe against this node's threat model"):
         check_policy(weak, node, 3)
     check_policy(strong, node, 3)
+    # "sparse" on 4 hospitals is the complete graph with the sparse default (5 %: no colluder, t = 2): a node
+    # that declares nothing judges it as the complete graph it is (C = 1, t >= 3)
+    four = (1, 2, 3, 4)
+    small = SecAggParams(session_id=b"s" * 16, round=1, clients=four, graph="sparse")
+    assert small.guarantee().graph == "complete" and small.t == 2
+    with pytest.raises(ProtocolError, match="colluding with up to 1 of 4"):
+        check_policy(small, SimpleNamespace(client=1, registry=SimpleNamespace(members=four)), 3)
 
 
 def _ctx(node_config):

@@ -233,8 +233,10 @@ def check_policy(params: SecAggParams, node: NodeDir, min_cohort: int,
                           "a deployed hospital never takes part in such a round")
     tm = threat_model if threat_model is not None else ThreatModel()
     n = len(params.clients)
-    want_c = tm.max_colluders(n, params.graph)
-    sparse = g.graph == "sparse"  # a sparse proposal that fell back to the complete graph is judged as complete
+    # a sparse proposal that fell back to the complete graph is judged as complete, against the larger of the
+    # two default adversaries: the server's choice of graph must not weaken the node's default either
+    want_c = max(tm.max_colluders(n, params.graph), tm.max_colluders(n, g.graph))
+    sparse = g.graph == "sparse"
     mine = ThreatModel(colluders=want_c, dropouts=g.dropouts if sparse else None, security_bits=tm.security_bits,
                        correctness_bits=tm.correctness_bits)
     try:
