@@ -127,3 +127,33 @@ def test_paillier_key_holder_default_and_invalid_policy(tmp_path):
     assert KeyHolder(0, ks.holder_key, None).min_clients == 2  # the config default, never below the protocol's 2
     with pytest.raises(SetupRejected, match=">= 2"):
         KeyHolder(0, ks.holder_key, None, min_clients=1)
+
+
+def test_paillier_threshold_share_holder_hospital_refuses_a_lowered_min_clients():
+    """The hospitals holding threshold key shares already judge min_clients by their own config
+    (``Hospital._check_protocol_policy``): a regression test next to the key holder's."""
+    import os
+
+    from fedvault.protocols.paillier import PaillierParams, setup_keys
+
+    cfg = from_dict({"seed": 11, "data": {"hospitals": 5, "min_records": 20}, "training": {"rounds": 1, "min_clients": 4},
+                     "privacy": {"noise_multiplier": 1.0}, "aggregation": {"mode": "paillier", "keys": "threshold",
+                                                                            "key_bits": 512}})
+    fd = data_mod.load(cfg)
+    make = lambda: models.build(cfg.model, fd.n_features, fd.n_classes)  # noqa: E731
+    names = [h.name for h in fd.hospitals]
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    idents = simulation_identities(b"redteam-threshold".ljust(32, b"\0"), ids.values())
+    ikeys = {i: K.public_bytes(k) for i, k in idents.items()}
+    p0 = PaillierParams(session_id=b"setup", round=0, clients=tuple(ids.values()), min_clients=4, keys="threshold",
+                        key_bits=512)
+    ks = setup_keys(p0, rng=os.urandom)
+    h = Hospital(fd.hospitals[0], cfg, make, 0, 1.0, party=1, identity=idents[1], key_share=ks.shares[1])
+    mode = make_mode(cfg, ids, ks.public)
+    honest, _ = open_session(cfg, mode, 1, "update", names, weights=models.get_vector(make()), clip=1000.0,
+                             identity_keys=ikeys)
+    assert honest.params.min_clients == 4
+    low = dataclasses.replace(honest, params=dataclasses.replace(honest.params, min_clients=2))
+    with pytest.raises(SetupRejected, match="min_clients >= 4"):
+        h.join(low)
+    assert h.ledger.events == ()  # refused before training: nothing spent
