@@ -27,6 +27,8 @@ Rules (``tolerance`` = relative tolerance ``t``, default 1 %):
    below that (``t``); a credit (sample rate < 1) is refused when the run lists
    participants or its coins are not secret.
 6. events are well formed and rounds do not go backwards.
+7. **every listed participation is charged**: a hospital that history lists in a round's
+   sum (``rounds[].participants``) has a DP-SGD event for that round in its ledger.
 
 A run made with ``privacy.reproducible = true`` is **refused**: its noise can be
 replayed from the config, so no ε holds; the report says so and ``ok`` is False.
@@ -435,6 +437,24 @@ def verify_one(
     )
 
 
+def _listed_rounds(history: Mapping[str, Any] | None) -> dict[str, list[int]]:
+    """``{hospital: [rounds whose sum history lists it in]}`` (rule 7)."""
+    out: dict[str, list[int]] = {}
+    for row in (history or {}).get("rounds") or ():
+        if not isinstance(row, Mapping) or not isinstance(row.get("round"), int):
+            continue
+        for name in row.get("participants") or ():
+            out.setdefault(str(name), []).append(row["round"])
+    return out
+
+
+def _uncharged_rounds(ledger: Mapping[str, Any], rounds: Iterable[int]) -> list[int]:
+    """Rounds a hospital is listed in whose DP-SGD release its ledger does not charge (rule 7)."""
+    charged = {e.get("round") for e in ledger.get("events") or () if isinstance(e, Mapping)
+               and e.get("kind", "poisson_sampled_gaussian") == "poisson_sampled_gaussian"}
+    return sorted(set(rounds) - charged)
+
+
 def _no_credit(ev: Any) -> Any:
     from dataclasses import replace
 
@@ -474,8 +494,16 @@ def verify(
     if faulty and not facts.not_private:
         facts = replace(facts, not_private=tuple(faulty))
     checked = []
+    listed = _listed_rounds(history)
     for d in records:
-        checked.append(verify_one(d, tolerance, pld_discretization, facts))
+        cv = verify_one(d, tolerance, pld_discretization, facts)
+        missing = _uncharged_rounds(d, listed.get(cv.client, ()))
+        if missing:
+            cv = replace(cv, problems=cv.problems + (
+                f"{cv.client}: history lists it in the sum of round{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} but its ledger has no DP-SGD event for "
+                f"{'them' if len(missing) > 1 else 'that round'}: an uncharged release",))
+        checked.append(cv)
         if on_client is not None:
             on_client(checked[-1].client)
     return VerificationReport(

@@ -94,3 +94,25 @@ def test_each_rounds_stated_epsilon_is_the_ledger_up_to_that_round(history):
         r = last["round"]
         upto = [e for e in history["privacy"][name]["events"] if e["round"] <= r]
         assert eps == pytest.approx(record_level_epsilon(upto, history["privacy"][name]["delta"]), rel=0.01)
+
+
+def test_verify_catches_a_round_a_hospital_took_part_in_but_was_not_charged_for(history):
+    """README: ``fedvault verify`` exits 1 on any disagreement. A forger (or a bug) drops one round's
+    DP-SGD event from a hospital's ledger and restates ε consistently: every ε then recomputes, but
+    history lists the hospital in that round's sum — an uncharged release verify must name."""
+    import copy
+
+    from fedvault.dp.ledger import PrivacyLedger
+    from fedvault.dp.verify import verify
+
+    assert verify(history).ok
+    forged = copy.deepcopy(history)
+    led = forged["privacy"]["hospital_0"]
+    r = forged["rounds"][-1]["round"]
+    assert "hospital_0" in forged["rounds"][-1]["participants"]
+    led["events"] = [e for e in led["events"] if not (e["kind"] == "poisson_sampled_gaussian" and e["round"] == r)]
+    led["epsilon"] = PrivacyLedger.from_dict(led, check_epsilon=False).epsilon()
+    rep = verify(forged)
+    assert not rep.ok
+    (bad,) = [c for c in rep.clients if not c.ok]
+    assert bad.client == "hospital_0" and any(f"round {r}" in p for p in bad.problems), bad.problems
