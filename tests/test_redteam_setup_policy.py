@@ -136,9 +136,9 @@ def test_paillier_threshold_share_holder_hospital_refuses_a_lowered_min_clients(
 
     from fedvault.protocols.paillier import PaillierParams, setup_keys
 
-    cfg = from_dict({"seed": 11, "data": {"hospitals": 5, "min_records": 20}, "training": {"rounds": 1, "min_clients": 4},
-                     "privacy": {"noise_multiplier": 1.0}, "aggregation": {"mode": "paillier", "keys": "threshold",
-                                                                            "key_bits": 512}})
+    cfg = from_dict({"seed": 11, "data": {"hospitals": 5, "min_records": 20},
+                     "training": {"rounds": 1, "min_clients": 4}, "privacy": {"noise_multiplier": 1.0},
+                     "aggregation": {"mode": "paillier", "keys": "threshold", "key_bits": 512}})
     fd = data_mod.load(cfg)
     make = lambda: models.build(cfg.model, fd.n_features, fd.n_classes)  # noqa: E731
     names = [h.name for h in fd.hospitals]
