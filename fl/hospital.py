@@ -474,6 +474,14 @@ class Hospital(_DecryptLogOwner):
                     f"{self.name}: the server proposes SecAgg ({params.graph} graph, degree {params.effective_degree}, "
                     f"t = {params.t}) but this hospital's threat model needs ({own.graph} graph, degree "
                     f"{own.effective_degree}, t >= {own.t}); use the consortium's config file")
+            claimed, mine = params.guarantee(), own.guarantee()
+            # The parameters' threat model sets min_sum, hence the client-level noise each hospital adds
+            # (noise_threshold): a server claiming fewer colluders, or test-only parameters, would shrink it.
+            if claimed.insecure or claimed.colluders < mine.colluders:
+                raise SetupRejected(
+                    f"{self.name}: the server's SecAgg parameters assume {claimed.colluders} colluders"
+                    f"{' (INSECURE test-only parameters)' if claimed.insecure else ''} but this hospital's threat "
+                    f"model declares {mine.colluders}; use the consortium's config file")
         else:
             want = min(least, len(clients))
             if int(params.min_clients) < want or params.keys != a.keys:
