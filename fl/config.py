@@ -284,6 +284,7 @@ class AggregationConfig:
     key_bits: int = 2048
     slot_bits: int = 32
     short_exponent: bool = False
+    exclude_blamed: bool = True
 
     def check(self, p: Problems) -> None:
         p.choice("aggregation.mode", self.mode, AGGREGATIONS)

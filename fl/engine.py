@@ -504,6 +504,7 @@ class RoundEngine:
         self.weights = models.get_vector(model)
         self.strategy = strategies.make(cfg.training)
         self.coins = Coins(cfg.seed, cfg.privacy.reproducible)
+        self.excluded: dict[str, dict[str, Any]] = {}  # blamed hospitals left out of later rounds
         self.stopper = EarlyStopping(cfg.training.target_accuracy, cfg.training.patience, cfg.training.min_delta)
         if "accuracy" not in self.site_keys:  # training.target_accuracy needs accuracy; patience watches the loss
             self.stopper.target = None
@@ -559,13 +560,30 @@ class RoundEngine:
             self.on_round(row)
         return row
 
+    def _exclude(self, r: int, blamed: Mapping[str, Sequence[str]] | None) -> None:
+        """Leave hospitals blamed in round ``r`` out of later rounds (``aggregation.exclude_blamed``).
+
+        Blame is attributed by the server's own checks on messages bound to their sender
+        (signature or GMAC), so a hospital cannot get another excluded; the exclusion and its
+        first reason go to ``history["excluded"]``."""
+        if not blamed or not self.cfg.aggregation.exclude_blamed:
+            return
+        for name, reasons in blamed.items():
+            if name in self.hospitals and name not in self.excluded:
+                self.excluded[name] = {"round": r, "reason": str(reasons[0]) if reasons else "blamed"}
+                self.history.setdefault("excluded", {})[name] = dict(self.excluded[name])
+
     def run_round(self, r: int) -> str | None:
         """Run round ``r``; return the reason to stop the study, or None to go on."""
         t_round = time.perf_counter()
         cfg = self.cfg
         self.last_round = r
-        # 1. Poisson client sampling with secret coins.
+        # 1. Poisson client sampling with secret coins (every hospital's coin is drawn, so an
+        # exclusion does not shift the others' coins).
         selected = [n for n in self.hospitals if self.coins.take(cfg.training.client_fraction)]
+        # A hospital whose messages the server refused and attributed to it in an earlier round
+        # (aggregation.exclude_blamed) is left out, so it cannot veto every round.
+        selected = [n for n in selected if n not in self.excluded]
         if len(selected) < cfg.training.min_clients:
             self.history.setdefault("skipped_rounds", []).append(r)  # nobody trains, nothing is spent
             return None
@@ -582,6 +600,7 @@ class RoundEngine:
         # 3-4. Send the model and aggregate through the protocol.
         setup, out = self.session(r, "update", ready, clip=self.clip)
         refused = {**refused, **out.refused}
+        self._exclude(r, out.blamed)
         common = dict(round=r, selected=sorted(selected), delta=cfg.privacy.delta if cfg.privacy.enabled else None,
                       upload_bytes=out.upload_bytes, refused=refused, protocol=setup.protocol,
                       model_sha256=setup.model_sha256, guarantee=out.guarantee, blamed=out.blamed or None)

@@ -158,6 +158,9 @@ def summary(history: Mapping[str, Any]) -> str:
         out.append(f"  guarantee: {line}")
     if "stopped" in history:
         out.append(f"  stopped early: {history['stopped'].get('reason')}")
+    for name, ex in sorted((history.get("excluded") or {}).items()):
+        out.append(f"  excluded after round {ex.get('round')}: {name} (the server refused its messages: "
+                   f"{ex.get('reason')}; aggregation.exclude_blamed)")
     if aborted:
         reasons = Counter(str(r["aborted"]).removeprefix("round aborted, nothing was revealed: ") for r in aborted)
         why, k = reasons.most_common(1)[0]

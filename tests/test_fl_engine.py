@@ -380,3 +380,51 @@ def test_client_level_noise_from_the_csprng_stream_is_the_discrete_gaussian():
         assert z.var() == pytest.approx(var, rel=5 * np.sqrt(2 / z.size))
     g = StreamGenerator(RandomStream.from_os()).geometric(0.25, 100_000)
     assert g.min() >= 1 and g.mean() == pytest.approx(4.0, rel=0.03)  # E[k] = 1/p
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_a_blamed_hospital_is_left_out_of_later_rounds(monkeypatch, exclude):
+    """aggregation.exclude_blamed: a hospital that sent garbage in round 0 takes no part after it
+    (history["excluded"] says when and why); with the key off it is invited again."""
+    from fedvault.fl.hospital import Hospital
+    from fedvault.fl.simulation import federate
+
+    join = Hospital.join
+
+    class Noisy:
+        def __init__(self, inner):
+            self.inner = inner
+
+        stage = property(lambda self: self.inner.stage)
+        done = property(lambda self: self.inner.done)
+
+        def start(self):
+            return [b"FVSA" + bytes(40)] + list(self.inner.start())
+
+        def receive(self, data):
+            return self.inner.receive(data)
+
+    def joined(self, setup):
+        role = join(self, setup)
+        return Noisy(role) if self.name == "hospital_0" and setup.purpose == "update" else role
+
+    monkeypatch.setattr(Hospital, "join", joined)
+    cfg = small(aggregation={"mode": "secagg", "exclude_blamed": exclude}, training={"rounds": 2})
+    run = federate(cfg, baseline=False)
+    r0, r1 = run.history["rounds"][:2]
+    assert list(r0["blamed"]) == ["hospital_0"] and "hospital_0" in r0["participants"]
+    if exclude:
+        assert run.history["excluded"] == {"hospital_0": {"round": r0["round"], "reason": r0["blamed"]["hospital_0"][0]}}
+        assert "hospital_0" not in r1["selected"] and "hospital_0" not in r1["participants"]
+        assert "aborted" not in r1 and len(r1["participants"]) >= cfg.training.min_clients
+    else:
+        assert "excluded" not in run.history and "hospital_0" in r1["participants"]
+
+
+def test_the_summary_names_an_excluded_hospital():
+    from fedvault.fl.summary import summary
+
+    h = {"config": {"training": {"rounds": 2}}, "rounds": [],
+         "excluded": {"hospital_0": {"round": 1, "reason": "TamperedError: bad share"}}}
+    text = summary(h)
+    assert "excluded after round 1: hospital_0" in text and "TamperedError: bad share" in text
