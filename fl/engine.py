@@ -671,13 +671,17 @@ class RoundEngine:
         ``1 − Σ(others' n_k)`` would make that divisor 1 and multiply every honest update by Σn_k
         (every decoded coordinate still in range). Record counts are released exactly (history
         ``hospitals``), so the server checks the decoded weight against the contributors' counts,
-        up to the encoding's rounding (``K`` quanta). Skipped with client-level DP (unit weights
-        plus noise) and when a contributor's count is unknown (audit canary participants).
+        up to the encoding's rounding (``K`` quanta); with client-level DP every weight is 1 (the
+        count coordinate is not noised). Skipped when a contributor's count is unknown (audit
+        canary participants without client-level DP).
         """
-        if setup.purpose != "update" or self.client_level or out.total is None or setup.protocol == "plaintext":
+        if setup.purpose != "update" or out.total is None or setup.protocol == "plaintext":
             return None
         info = self.history.get("hospitals", {})
-        counts = [info.get(c, {}).get("records") for c in out.contributors]
+        if self.client_level:  # unweighted [Δ_k, 1]; the count coordinate carries no noise
+            counts = [1] * len(out.contributors)
+        else:
+            counts = [info.get(c, {}).get("records") for c in out.contributors]
         if not counts or any(not isinstance(n, (int, float)) for n in counts):
             return None
         expected, got, k = float(sum(counts)), float(out.total[-1]), len(counts)

@@ -19,11 +19,14 @@ from fedvault.fl.config import from_dict
 
 
 def _cfg(mode: str):
-    agg = {"mode": mode}
+    agg = {"mode": "secagg" if mode == "secagg-client-level" else mode}
+    privacy = {"noise_multiplier": 1.0, "standardise": "public"}
     if mode == "paillier":
         agg.update(keys="holder", key_bits=512)
+    if mode == "secagg-client-level":  # unweighted [Δ_k, 1]: the divisor is the number of contributors
+        privacy["client_noise_multiplier"] = 0.01
     return from_dict({"seed": 5, "data": {"hospitals": 3}, "training": {"rounds": 1},
-                      "privacy": {"noise_multiplier": 1.0, "standardise": "public"}, "aggregation": agg})
+                      "privacy": privacy, "aggregation": agg})
 
 
 def _run_with_malicious_hospital_0(monkeypatch, cfg, weight_of):
@@ -49,12 +52,14 @@ def _run_with_malicious_hospital_0(monkeypatch, cfg, weight_of):
     return federate(cfg, baseline=False), sent
 
 
-@pytest.mark.parametrize("mode", ["paillier", "secagg"])
+@pytest.mark.parametrize("mode", ["paillier", "secagg", "secagg-client-level"])
 def test_a_hospital_cannot_cancel_the_weights_and_amplify_every_update(monkeypatch, mode):
     from fedvault.fl.models import get_vector
 
     cfg = _cfg(mode)
-    run, sent = _run_with_malicious_hospital_0(monkeypatch, cfg, lambda others: 1.0 - others)
+    client_level = cfg.privacy.client_noise_multiplier is not None
+    run, sent = _run_with_malicious_hospital_0(monkeypatch, cfg,
+                                               lambda others: (-1.99 if client_level else 1.0 - others))
     (row,) = run.history["rounds"]
     moved = float(np.linalg.norm(get_vector(run.model) - sent[1]))
     # Honest hospitals' clipped updates move the model by at most server_lr · update_clip; Mallory's
