@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
-from .codec import Message
+from .codec import HEADER, HEADER_BYTES, Message
 from .errors import ProtocolError, UsageError
 from .session import ClientRole, ServerRole
 
@@ -119,6 +119,14 @@ def run_in_memory(
             st.upload_bytes[i] += len(data)
             if transcript is not None:
                 transcript.append(("up", i, data))
+            if len(data) >= HEADER_BYTES and HEADER.unpack_from(data)[6] != i:
+                # The channel says who sent it: a message naming another sender is refused and blamed
+                # on the channel's party (plaintext uploads carry no cryptographic sender binding, so a
+                # hospital could otherwise upload in another's name and get the victim's own upload
+                # refused as a duplicate, i.e. the victim blamed and excluded).
+                st.refused.setdefault(i, []).append(
+                    f"ImpersonationError: party {i} sent a message in the name of party {HEADER.unpack_from(data)[6]}")
+                continue
             t = clock()
             try:
                 server.receive(data)
