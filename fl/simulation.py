@@ -163,16 +163,19 @@ def initial_model(cfg: Config, make_model: Callable[[], torch.nn.Module]) -> tor
 def make_hospital(cfg: Config, data: data_mod.HospitalData, index: int, make_model: Callable[[], torch.nn.Module],
                   *, n_features: int | None, party: int, identity: Any, key_share: Any = None,
                   trainer_options: Mapping[str, Any] | None = None, loss: Any = None, optimizer: Any = None,
-                  state_dir: str | Path | None = None) -> Hospital:
+                  state_dir: str | Path | None = None, noise_multiplier: float | None = None) -> Hospital:
     """The hospital half: one hospital's :class:`~fl.hospital.Hospital` from its own records.
 
     Runs where the records are. ``n_features`` is given when the features are standardised
     (the DP feature statistics are then composed into the noise calibration); ``identity`` is
     the hospital's Ed25519 identity key, ``key_share`` its threshold-Paillier share if any,
     ``state_dir`` where its decrypt-once log lives (default: the per-user state directory).
-    The DP-SGD noise multiplier is calibrated here, from the hospital's own record count.
+    The DP-SGD noise multiplier is calibrated here, from the hospital's own record count
+    (``noise_multiplier``: the value :func:`calibrated_noise` gave for the same inputs, e.g. cached).
     """
-    return Hospital(data, cfg, make_model, index, calibrated_noise(cfg, data.n, n_features), party=party,
+    if noise_multiplier is None:
+        noise_multiplier = calibrated_noise(cfg, data.n, n_features)
+    return Hospital(data, cfg, make_model, index, noise_multiplier, party=party,
                     identity=identity, key_share=key_share, trainer_options=trainer_options, loss=loss,
                     optimizer=optimizer, state_dir=state_dir)
 

@@ -1,20 +1,29 @@
 """A real Flower deployment on one machine: SuperLink + SuperNodes over TLS, one node killed mid-round.
 
-    python scripts/flower_deploy.py [--hospitals 4] [--kill 3] [--kill-at masked_input] [--keep DIR]
+    python scripts/flower_deploy.py [--mode secagg|secagg+|plaintext] [--hospitals 4] [--kill 3]
+                                    [--kill-at masked_input] [--rounds 1] [--keep DIR]
 
-1. generates a throwaway CA and a server certificate for 127.0.0.1 with ``cryptography``;
-2. provisions the consortium: one node directory per hospital (identity key, registry)
-   and the server operator's copy of the registry (:func:`fl.integrations.flower.provision`);
-3. starts ``flower-superlink`` (HTTPS on one port) and one ``flower-supernode`` per hospital as separate
-   processes on free ports of 127.0.0.1, each SuperNode with its own node directory;
-4. submits ``examples/flower`` with ``flwr run`` (TLS to the Control API);
-5. follows the ServerApp's progress file and SIGKILLs hospital ``--kill``'s SuperNode (and
-   its ClientApp processes) as soon as the server opens stage ``--kill-at`` of round 1;
-6. waits for the server's result and checks the round completed through dropout
-   recovery: the killed hospital is reported dropped and the sum covers exactly the others.
+It runs ``examples/flower`` (fedvault's round engine on Flower; the study of its
+``fedvault.toml``, with the aggregation ``--mode`` asks for) exactly as a consortium would:
 
-Every process is started in its own session and killed by its process-group id in a
-``finally`` block.  Exit status 0 when the checks pass.
+1. a throwaway CA and a server certificate for 127.0.0.1 (``cryptography``);
+2. every hospital enrols on its own node directory: ``fedvault enrol`` (its private key is
+   created there and never read by anyone else);
+3. the coordinator builds the roster from the public enrolments only (``fedvault roster
+   build``) and every hospital installs it after checking the announced fingerprint
+   (``fedvault roster install``); each keeps its own copy of the study config;
+4. ``flower-superlink`` (HTTPS) and one ``flower-supernode`` per hospital as separate
+   processes on free ports of 127.0.0.1, each SuperNode with its node directory and config;
+5. ``flwr run examples/flower`` (TLS to the Control API) with the coordinator's roster and config;
+6. follows the ServerApp's progress file and SIGKILLs hospital ``--kill``'s SuperNode (and its
+   ClientApp processes) as soon as the server opens stage ``--kill-at`` of round 1;
+7. reads the study's history.json (the schema of ``fedvault run``) and checks that round 1
+   completed without the killed hospital: it is listed dropped and the others are the contributors.
+
+Modes are a table (``MODES``): each names its config changes, the stage a node is killed at by
+default, and an optional setup step run after the roster is installed (e.g. a key ceremony).
+Every process is started in its own session and killed by its process id in a ``finally``
+block.  Exit status 0 when the checks pass.
 """
 
 from __future__ import annotations
@@ -24,13 +33,17 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -133,13 +146,89 @@ def wait_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_input", rounds: int = 1,
-           workdir: str | Path | None = None, timeout: float = 400.0, stage_timeout: float = 60.0,
-           train_timeout: float = 45.0,
-           dp_seed: int = 0) -> dict:
-    """Run the deployment; returns the server's result JSON plus ``killed`` and ``workdir``."""
-    from fedvault.fl.integrations.flower import provision
+@dataclass(frozen=True)
+class Mode:
+    """One aggregation mode of the deployment: its changes to the example's study config (section -> keys),
+    the stage whose start kills the node by default, and an optional setup step
+    ``setup(workdir, names, node_dirs, coordinator_dir, run) -> {"run_config": {...}, "node_config": {name: {...}}}``
+    run after every hospital installed the roster (``run(argv)`` runs a ``fedvault`` command)."""
 
+    config: dict[str, dict[str, Any]]
+    kill_at: str = "masked_input"
+    setup: Callable[..., dict[str, Any]] | None = None
+    stages: tuple[str, ...] = ("join", "advertise", "share", "masked_input", "consistency", "unmask")
+
+
+MODES: dict[str, Mode] = {
+    "plaintext": Mode({"aggregation": {"mode": "plaintext"}}, kill_at="join", stages=("join",)),
+    "secagg": Mode({"aggregation": {"mode": "secagg", "graph": "complete"}}),
+    "secagg+": Mode({"aggregation": {"mode": "secagg", "graph": "sparse"}}),
+}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def study_config(mode: str, rounds: int, hospitals: int, base: Path = APP / "fedvault.toml") -> str:
+    """The example's study with ``mode``'s changes, ``rounds`` rounds and ``hospitals`` data partitions."""
+    raw = tomllib.loads(base.read_text(encoding="utf-8"))
+    raw.setdefault("training", {})["rounds"] = rounds
+    raw.setdefault("data", {})["hospitals"] = hospitals
+    for section, keys in MODES[mode].config.items():
+        raw.setdefault(section, {}).update(keys)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    for section, keys in raw.items():
+        if isinstance(keys, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
+    return "\n".join(lines) + "\n"
+
+
+def fedvault(argv: list[str], env: dict[str, str]) -> str:
+    """Run a ``fedvault`` command (as a hospital or the coordinator would); its stdout."""
+    out = subprocess.run([sys.executable, "-m", "fedvault", *argv], capture_output=True, text=True, env=env,
+                         timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"fedvault {' '.join(argv)} failed: {out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def enrol_consortium(wd: Path, names: list[str], env: dict[str, str]) -> tuple[dict[str, Path], Path]:
+    """Steps 2-3: every hospital enrols on its own node directory; the coordinator builds the roster from the
+    public enrolments; every hospital installs it after comparing the announced fingerprint."""
+    nodes = {n: wd / "hospitals" / n / "node" for n in names}
+    for n, d in nodes.items():  # on each hospital's machine
+        d.parent.mkdir(parents=True, exist_ok=True)
+        fedvault(["enrol", "--hospital", n, "--out", str(d)], env)
+    coord = wd / "coordinator"
+    coord.mkdir(parents=True, exist_ok=True)
+    roster = coord / "roster.json"  # the coordinator sees the public enrolment.json files only
+    out = fedvault(["roster", "build", *[str(d / "enrolment.json") for d in nodes.values()], "--out", str(roster)], env)
+    fingerprint = re.search(r"roster fingerprint ([0-9a-f]{64})", out).group(1)  # announced out of band
+    for n, d in nodes.items():
+        copy = d.parent / "roster.json"  # what the hospital received
+        copy.write_bytes(roster.read_bytes())
+        fedvault(["roster", "install", str(copy), "--node", str(d), "--fingerprint", fingerprint], env)
+    return nodes, roster
+
+
+def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str | None = None, rounds: int = 1,
+           workdir: str | Path | None = None, timeout: float = 400.0, stage_timeout: float = 60.0,
+           train_timeout: float = 90.0, mode: str = "secagg") -> dict:
+    """Run the deployment; returns the study's history (history.json) plus ``killed``, ``workdir``,
+    ``ledgers`` (each hospital's ledger file, read from its node directory) and ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+    m = MODES[mode]
+    kill_at = kill_at or m.kill_at
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="fedvault-deploy-")
@@ -149,14 +238,19 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
     (wd / "logs").mkdir(exist_ok=True)
     ca, cert, key = make_certs(wd)
     names = [f"hospital_{k}" for k in range(hospitals)]
-    provision(wd / "nodes", names)
-    registry = wd / "server-registry.json"
-    registry.write_text((wd / "nodes" / "registry.json").read_text())
-    progress, result = wd / "progress.txt", wd / "result.json"
-    link, *node_ports = free_ports(1 + hospitals)  # Flower 1.41 serves Fleet, Control and Runtime APIs on one port
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
     base_env.update(FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-                    PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+                    FEDVAULT_TORCH_THREADS="1", PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+    nodes, roster = enrol_consortium(wd, names, base_env)
+    study = study_config(mode, rounds, hospitals)
+    (wd / "coordinator" / "study.toml").write_text(study, encoding="utf-8")
+    for n in names:  # every hospital keeps its own copy of the consortium's config
+        (nodes[n].parent / "study.toml").write_text(study, encoding="utf-8")
+    extra: dict[str, Any] = {"run_config": {}, "node_config": {}}
+    if m.setup is not None:
+        extra = m.setup(wd, names, nodes, wd / "coordinator", lambda argv: fedvault(argv, base_env))
+    progress, history = wd / "progress.txt", wd / "coordinator" / "history.json"
+    link, *node_ports = free_ports(1 + hospitals)  # Flower serves Fleet, Control and Runtime APIs on one port
     procs = Procs(wd / "logs")
     try:
         env = dict(base_env, FLWR_HOME=str(wd / "home-superlink"))
@@ -166,42 +260,46 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
                                   "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation"], env)
         wait_port(link, 60)
         for k, name in enumerate(names):
+            nc = {"fedvault-dir": str(nodes[name]), "fedvault-config": str(nodes[name].parent / "study.toml"),
+                  **extra.get("node_config", {}).get(name, {})}
             env = dict(base_env, FLWR_HOME=str(wd / f"home-{name}"))
             procs.start(name, [str(BIN / "flower-supernode"), "--root-certificates", str(ca),
                                "--superlink", f"127.0.0.1:{link}", "--host", "127.0.0.1",
                                "--port", str(node_ports[k]),
-                               "--node-config", f'fedvault-dir="{wd / "nodes" / name}" fedvault-dp-seed={dp_seed}'],
-                       env)  # the hospital's own settings (a test replays its DP noise), never the server's
+                               "--node-config", " ".join(f"{k2}={_toml_value(v)}" for k2, v in nc.items())], env)
         home = wd / "home-cli"
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "fedvault"\n\n[superlink.fedvault]\naddress = "127.0.0.1:{link}"\n'
             f'root-certificates = "{ca}"\n', encoding="utf-8")
-        rc = (f'num-hospitals={hospitals} num-server-rounds={rounds} fedvault-registry="{registry}" '
-              f'progress-file="{progress}" result-file="{result}" stage-timeout={stage_timeout} train-timeout={train_timeout} '
-              'min-clients=3')
-        procs.start("flwr-run", [str(BIN / "flwr"), "run", str(APP), "fedvault", "--stream", "--run-config", rc],
+        rc = {"fedvault-config": str(wd / "coordinator" / "study.toml"), "fedvault-roster": str(roster),
+              "fedvault-history": str(history), "progress-file": str(progress), "stage-timeout": stage_timeout,
+              "train-timeout": train_timeout, **extra.get("run_config", {})}
+        procs.start("flwr-run", [str(BIN / "flwr"), "run", str(APP), "fedvault", "--stream", "--run-config",
+                                 " ".join(f"{k}={_toml_value(v)}" for k, v in rc.items())],
                     dict(base_env, FLWR_HOME=str(home)))  # --stream: the ServerApp's log lands in logs/flwr-run.log
         killed = None
         t0 = time.monotonic()
-        while not result.exists():
+        while procs.procs["flwr-run"].poll() is None or not history.exists():
             if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"no result after {timeout:.0f} s; logs in {wd / 'logs'}")
+                raise TimeoutError(f"no history after {timeout:.0f} s; logs in {wd / 'logs'}")
             if kill is not None and killed is None and progress.exists():
                 if f"1 {kill_at}" in progress.read_text().split("\n"):
                     procs.kill(names[kill - 1])
                     killed = names[kill - 1]
-            if procs.procs["flwr-run"].poll() is not None and not result.exists():
+            if procs.procs["flwr-run"].poll() is not None and not history.exists():
                 time.sleep(2)
-                if not result.exists():
-                    raise RuntimeError(f"the run ended without a result; see {wd / 'logs' / 'flwr-run.log'}")
+                if not history.exists():
+                    raise RuntimeError(f"the run ended without a history; see {wd / 'logs' / 'flwr-run.log'}")
             if procs.procs["superlink"].poll() is not None:
                 raise RuntimeError(f"the SuperLink exited; see {wd / 'logs' / 'superlink.log'}")
-            time.sleep(0.1)
-        time.sleep(0.5)  # the file is written in one call; let it land
-        out = json.loads(result.read_text())
-        out["killed"] = killed
-        out["workdir"] = str(wd)
+            time.sleep(0.2)
+        out = json.loads(history.read_text())
+        from fedvault.dp.ledger import PrivacyLedger
+
+        out["ledgers"] = {n: PrivacyLedger.load(d / "ledger.json").to_dict() for n, d in nodes.items()
+                          if (d / "ledger.json").exists()}
+        out.update(killed=killed, workdir=str(wd), mode=mode)
         return out
     finally:
         procs.kill_all()
@@ -209,27 +307,43 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str = "masked_inpu
             tmp.cleanup()
 
 
+def check(out: dict) -> list[str]:
+    """What is wrong with a deployment's result (empty: round 1 completed without the killed hospital)."""
+    r1 = out["rounds"][0] if out.get("rounds") else {}
+    problems = []
+    if not r1.get("participants"):
+        problems.append(f"round 1 did not complete: {r1.get('aborted') or out.get('final', {}).get('stop_reason')}")
+    killed = out.get("killed")
+    if killed is not None:
+        if killed in r1.get("participants", []):
+            problems.append(f"{killed} was killed but is listed as a contributor")
+        if not any(killed in v for v in (r1.get("dropped") or {}).values()):
+            problems.append(f"{killed} is not listed dropped: {r1.get('dropped')}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", default="secagg", choices=list(MODES))
     ap.add_argument("--hospitals", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--kill", type=int, default=3, help="client id (1-based) whose SuperNode is killed; 0: none")
-    ap.add_argument("--kill-at", default="masked_input", choices=["share", "masked_input", "consistency"])
+    ap.add_argument("--kill-at", default=None, help="the stage of round 1 whose start kills it (default: the mode's)")
     ap.add_argument("--stage-timeout", type=float, default=60.0)
-    ap.add_argument("--train-timeout", type=float, default=45.0,
-                    help="the masked-input stage (training) waits this long; the killed node costs all of it")
+    ap.add_argument("--train-timeout", type=float, default=90.0,
+                    help="the join stage (hospitals train) waits this long; a node killed then costs all of it")
     ap.add_argument("--keep", default=None, help="keep certificates, node directories and logs in this folder")
     a = ap.parse_args(argv)
     t0 = time.monotonic()
     out = deploy(a.hospitals, a.kill or None, a.kill_at, a.rounds, a.keep, stage_timeout=a.stage_timeout,
-                 train_timeout=a.train_timeout)
-    r1 = out["rounds"][0]
-    print(json.dumps({k: v for k, v in r1.items() if k != "total"}, indent=1))
-    print(f"killed {out['killed']}; {time.monotonic() - t0:.1f} s")
-    ok = "participants" in r1 and (out["killed"] is None or (
-        out["killed"] not in r1["participants"] and any(out["killed"] in v for v in r1["dropped"].values())))
-    print("round completed through dropout recovery" if ok else "CHECK FAILED")
-    return 0 if ok else 1
+                 train_timeout=a.train_timeout, mode=a.mode)
+    for r in out["rounds"]:
+        print(json.dumps({k: r.get(k) for k in ("round", "participants", "dropped", "refused", "aborted", "epsilon",
+                                                 "metrics") if k in r}))
+    print(f"mode {out['mode']}; killed {out['killed']}; {time.monotonic() - t0:.1f} s")
+    problems = check(out)
+    print("round 1 completed without the killed hospital" if not problems else "CHECK FAILED: " + "; ".join(problems))
+    return 0 if not problems else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "flower"
+APP_DIR = Path(__file__).resolve().parent.parent / "examples" / "flower_mod"  # the FedVaultMod/SecureFedAvg app
 
 
 def app_task():  # noqa: ANN201 - the example app's task module

@@ -124,3 +124,79 @@ def test_site_metrics_early_stop_personalisation_and_budget_refusals_through_the
     for k in range(4):
         led = PrivacyLedger.load(root / f"node-{k}" / "ledger.json")
         assert len(led.events) == 2 and led.refused
+
+
+def test_each_hospital_reads_only_its_own_csv_and_the_study_matches_the_simulation(tmp_path):
+    """A CSV study: the consortium config lists each hospital's file by name, each node reads only its own
+    (one of them from its node config ``fedvault-csv``, elsewhere on its disk), the coordinator only its test
+    CSV (its records are shuffled with its own seeded generator, so the study is not bit-identical to
+    ``fedvault run``'s, which shuffles every file with one generator)."""
+    from fedvault.fl import config, simulation
+    from fedvault.fl.integrations.flower import InProcessGrid, provision
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    rng = np.random.default_rng(0)
+
+    def write(path, n):  # noqa: ANN001, ANN202
+        X = rng.normal(size=(n, 3))
+        y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "malignant", "benign")
+        path.write_text("a,b,c,diagnosis\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{v}\n" for r, v in zip(X, y)))
+
+    for name, n in (("north", 80), ("south", 60), ("east", 70), ("test", 50)):
+        write(tmp_path / f"{name}.csv", n)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "east.csv").rename(tmp_path / "elsewhere" / "east.csv")
+    study = tmp_path / "study.toml"
+    study.write_text(CONFIG.format(mode="secagg", graph="complete", standardise="public").replace(
+        "hospitals = 4", 'dataset = "csv"\nlabel = "diagnosis"\ncsv = ["north.csv", "south.csv", "east.csv"]\n'
+        'test_csv = "test.csv"').replace(
+        "standardise =", "feature_low = [-5.0, -5.0, -5.0]\nfeature_high = [5.0, 5.0, 5.0]\nstandardise ="))
+    root = tmp_path / "nodes"
+    names = ["east", "north", "south"]
+    provision(root, names, dirs=[f"node-{k}" for k in range(3)])
+    rc = {"fedvault-root": str(root)}
+    nodes = {10 + k: {"partition-id": k} for k in range(3)}
+    nodes[10]["fedvault-csv"] = str(tmp_path / "elsewhere" / "east.csv")  # east's file is on east's disk only
+    grid = InProcessGrid(client_app(study), nodes, run_config=rc)
+    hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
+                       config=study)
+    assert {n: h["records"] for n, h in hist["hospitals"].items()} == {"north": 80, "south": 60, "east": 70}
+    assert [r["participants"] for r in hist["rounds"]] == [names, names]
+    m = hist["final"]["metrics"]  # evaluated on the coordinator's own test CSV, classes mapped by name
+    assert m["accuracy"] > 0.55 and hist["rounds"][-1]["metrics"] == m
+    with pytest.raises(Exception, match="north.csv"):  # a hospital whose file is missing says which file
+        (tmp_path / "north.csv").unlink()
+        grid = InProcessGrid(client_app(study), {11: {"partition-id": 1}}, run_config=rc, run_id=2)
+        from fedvault.fl.integrations.flower.app import load_party
+
+        load_party(grid.contexts[11], study).party.public_info()
+
+
+def test_a_fresh_clientapp_process_per_message(tmp_path):
+    """As a SuperNode may do: every message reaches a new ClientApp in a process with no fedvault state; the
+    node restores the session's role from its vault, its ledger from its directory and the study's
+    standardisation and ledger offset from Flower's Context.state (secret randomness: nothing replayed)."""
+    from fedvault.fl.integrations.flower import InProcessGrid, provision
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG.format(mode="secagg", graph="complete", standardise="dp").replace(
+        "reproducible = true", "reproducible = false"))
+    root = tmp_path / "nodes"
+    provision(root, [f"hospital_{k}" for k in range(4)], dirs=[f"node-{k}" for k in range(4)])
+    rc = {"fedvault-root": str(root)}
+    apps = []
+
+    def fresh(msg, ctx):  # noqa: ANN001, ANN202 - a new ClientApp (no cached party) for every message
+        apps.append(client_app(cfg))
+        return apps[-1](msg, ctx)
+
+    grid = InProcessGrid(fresh, {10 + k: {"partition-id": k} for k in range(4)}, run_config=rc, fresh_process=True)
+    hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
+                       config=cfg)
+    assert [r["participants"] for r in hist["rounds"]] == [[f"hospital_{k}" for k in range(4)]] * 2
+    assert len(apps) > 40 and hist["final"]["metrics"]["accuracy"] > 0.8  # standardised records, every process
+    for k in range(4):
+        ev = hist["privacy"][f"hospital_{k}"]["events"]
+        assert [e["round"] for e in ev] == [0, 1, 2]  # statistics (round 0), then two DP-SGD rounds
+        assert not list((root / f"node-{k}" / "vault").glob("*.state"))  # every session's role forgotten

@@ -1,7 +1,8 @@
 """``flwr run`` on the shipped example, out of the box (Flower's managed local SuperLink and simulation
-runtime, a throwaway demo consortium on Flower's default 2 simulated SuperNodes): the run completes, its
-rounds and metrics are in Flower's log stream; ``fedvault flower-run`` exits non-zero when the run fails
-(Flower's own ``flwr run`` exits 0 either way)."""
+runtime, a throwaway demo consortium on Flower's default 2 simulated SuperNodes): the study of the example's
+fedvault config runs on fedvault's round engine, its rounds and metrics are in Flower's log stream, history.json
+is written; ``fedvault flower-run`` exits non-zero when the run fails (Flower's own ``flwr run`` exits 0 either
+way), e.g. when no round completed."""
 
 from __future__ import annotations
 
@@ -43,13 +44,29 @@ def test_flwr_run_on_the_example_completes(tmp_path):
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"}
     cmd = [sys.executable, "-m", "fedvault.fl.integrations.flower", "flower-run", str(APP)]
+    study = tmp_path / "study.toml"  # the example's study, one round (the test's budget)
+    study.write_text((APP / "fedvault.toml").read_text().replace("rounds = 3", "rounds = 1"))
+    history = tmp_path / "history.json"
     try:
-        ok = subprocess.run([*cmd, "--run-config", "num-server-rounds=1"], cwd=APP, env=env, capture_output=True,
-                            text=True, timeout=300)
+        ok = subprocess.run([*cmd, "--run-config", f'fedvault-config="{study}" fedvault-history="{history}"'],
+                            cwd=APP, env=env, capture_output=True, text=True, timeout=300)
         assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
         out = ok.stdout
-        assert "fedvault round 1: unmask" in out and "2 hospitals in the sum" in out  # Flower's log stream
-        assert "Global evaluation MetricRecord" in out and "finished:completed" in out
+        assert "fedvault round 1 (update): unmask" in out and "fedvault round 1: 2 hospitals in the sum" in out
+        assert "max ε" in out and "finished:completed" in out  # Flower's log stream
+        import json
+
+        (row,) = json.loads(history.read_text())["rounds"]
+        assert row["participants"] == ["hospital_0", "hospital_1"] and row["protocol"] == "secagg"
+        # No round completing (here: a budget no round fits in, every hospital refuses) makes the run fail,
+        # and flower-run exit 1.
+        broke = tmp_path / "broke.toml"
+        broke.write_text(study.read_text().replace("target_epsilon = 3.0", "noise_multiplier = 0.5\nbudget_epsilon = 0.5"))
+        bad = subprocess.run([*cmd, "--run-config", f'fedvault-config="{broke}"'], cwd=APP, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-2000:]
+        assert "finished:failed" in bad.stdout, bad.stdout[-3000:]
+        assert "no round completed" in bad.stdout, bad.stdout[-3000:]
     finally:
         _stop_local_superlink(home)
 

@@ -22,7 +22,7 @@ holds itself (the config's ``data.test_csv``, or the built-in data set's test sp
 demo).  It never sees a record.
 
 What a hospital uses: ITS copy of the config (``node_config["fedvault-config"]``, default the
-app's), its node directory (``node_config["fedvault-dir"]``: identity key from ``fedvault
+app's; only a simulated node without a node directory of its own takes the run config's), its node directory (``node_config["fedvault-dir"]``: identity key from ``fedvault
 enrol``, roster from ``fedvault roster install``, its persistent ledger, a vault for protocol
 state), and its own records: ``node_config["fedvault-csv"]`` (its own CSV), or — simulations
 and demos — the partition of the config's data set named like the hospital.
@@ -171,13 +171,32 @@ def _schema(fd: Any) -> dict[str, Any]:
             "classes": [str(c) for c in fd.classes], "standardise": bool(getattr(fd, "standardise", True))}
 
 
+def _csv_of(cfg: Any, name: str, node_config: Mapping[str, Any]) -> Path | None:
+    """This hospital's own CSV: ``node_config["fedvault-csv"]``, else (``dataset = "csv"``) the config's
+    ``data.csv`` entry named like the hospital (the file's stem is the hospital's name, as in ``fedvault run``)."""
+    if node_config.get("fedvault-csv"):
+        return Path(str(node_config["fedvault-csv"]))
+    if cfg.data.dataset != "csv":
+        return None
+    for entry in cfg.data.csv:
+        p = Path(entry)
+        if p.stem == name:
+            return p if p.is_absolute() else Path(cfg.base_dir) / p
+    raise NodeSetupError(f"{name}: none of the config's data.csv files is named {name}.csv; give this hospital's "
+                         "records with --node-config 'fedvault-csv=\"/path/to/its.csv\"'")
+
+
 def _own_data(cfg: Any, name: str, node_config: Mapping[str, Any]) -> tuple[Any, int]:
-    """This hospital's records as a one-hospital FederatedData (no test set) and its partition index."""
+    """This hospital's records as a one-hospital FederatedData (no test set) and its partition index.
+
+    Its own CSV (read on its machine only; labels mapped over its own file, so every hospital must hold
+    every class — the coordinator refuses hospitals whose classes differ), or — simulations and demos —
+    the partition of the config's built-in data set named like the hospital."""
     from fedvault.fl import data as data_mod
 
-    csv = node_config.get("fedvault-csv")
-    if csv:  # the hospital's own CSV, on its own machine
-        f = data_mod._read_csv(Path(str(csv)), cfg.data.label)
+    csv = _csv_of(cfg, name, node_config)
+    if csv is not None:
+        f = data_mod._read_csv(csv, cfg.data.label)
         if f.problems:
             from fedvault.fl.errors import DataError
 
@@ -185,7 +204,9 @@ def _own_data(cfg: Any, name: str, node_config: Mapping[str, Any]) -> tuple[Any,
         classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label)
         y = np.array([cmap[v] for v in f.labels], dtype=np.int64)
         h = data_mod._with_holdout(name, f.X, y, cfg.data.test_fraction, np.random.default_rng(cfg.seed))
-        return data_mod.FederatedData([h], f.X[:0], y[:0], len(classes), f.features, None, classes), 0
+        listed = [Path(p).stem for p in cfg.data.csv]  # its position in the consortium's list, as in `fedvault run`
+        index = listed.index(name) if name in listed else 0
+        return data_mod.FederatedData([h], f.X[:0], y[:0], len(classes), f.features, None, classes), index
     fd = data_mod.load(cfg)  # a simulation or demo: the config's data set, this hospital's partition
     names = [h.name for h in fd.hospitals]
     if name not in names:
@@ -195,35 +216,77 @@ def _own_data(cfg: Any, name: str, node_config: Mapping[str, Any]) -> tuple[Any,
     return dataclasses.replace(fd, hospitals=[fd.hospitals[k]], X_test=fd.X_test[:0], y_test=fd.y_test[:0]), k
 
 
+def _calibrated(cfg: Any, node: NodeDir, n: int, n_features: int | None) -> float | None:
+    """:func:`fl.simulation.calibrated_noise`, cached in the node directory (a SuperNode may start a fresh
+    process per message; the calibration is a deterministic function of the config and the counts)."""
+    import hashlib
+
+    from fedvault.fl.config import to_dict
+    from fedvault.fl.simulation import calibrated_noise
+
+    if not cfg.privacy.enabled or cfg.privacy.noise_multiplier is not None:
+        return calibrated_noise(cfg, n, n_features)
+    key = hashlib.sha256(json.dumps([to_dict(cfg)["privacy"], to_dict(cfg)["training"],
+                                     to_dict(cfg)["personalization"], n, n_features],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    path = node.path / "calibration.json"
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = calibrated_noise(cfg, n, n_features)
+        from fedvault.fl.files import write_json_atomic
+
+        write_json_atomic(path, cache)
+    return float(cache[key])
+
+
 class DeployedHospital:
     """One hospital's party on its SuperNode: the engine's :class:`~fl.hospital.Hospital` (the hospital
     half of :func:`fl.simulation.federate`) with its persistent ledger and the study's round offset.
 
     ``offset``: ledger round = study round + offset (a ledger spans every study, its rounds increase).
+    The Hospital (torch, the records) is built on first use: a SuperNode may start a fresh process per
+    message, and a protocol step needs only the saved role (the node's vault), not the records.
     """
 
-    def __init__(self, cfg: Any, node: NodeDir, fd: Any, index: int, *, offset: int = 0, key_share: Any = None):
+    def __init__(self, cfg: Any, node: NodeDir, node_config: Mapping[str, Any], *, offset: int = 0,
+                 key_share: Any = None, standardisation: Mapping[str, Any] | None = None):
+        self.cfg, self.node, self.offset = cfg, node, int(offset)
+        self._node_config, self._key_share, self._saved = dict(node_config), key_share, standardisation
+        self._hospital: Any = None
+        self.fd: Any = None
+        self.schema: dict[str, Any] = {}
+
+    @property
+    def hospital(self) -> Any:
+        if self._hospital is None:
+            self._build()
+        return self._hospital
+
+    def _build(self) -> None:
+        import torch
+
         from fedvault.fl import models
         from fedvault.fl.simulation import make_hospital
 
-        self.cfg, self.node, self.fd, self.offset = cfg, node, fd, int(offset)
-        schema = _schema(fd)
-        self.schema = schema
+        torch.set_num_threads(int(os.environ.get("FEDVAULT_TORCH_THREADS", "1")))
+        cfg, node = self.cfg, self.node
+        self.fd, index = _own_data(cfg, node.name, self._node_config)
+        schema = self.schema = _schema(self.fd)
 
         def make_model() -> Any:
             return models.build(cfg.model, schema["n_features"], schema["n_classes"],
                                 tuple(schema["image_shape"]) if schema["image_shape"] else None)
 
-        self.hospital = make_hospital(cfg, fd.hospitals[0], index, make_model,
-                                      n_features=schema["n_features"] if schema["standardise"] else None,
-                                      party=node.client, identity=node.identity(), key_share=key_share,
-                                      state_dir=node.path / "state")
-        h = self.hospital
+        n_features = schema["n_features"] if schema["standardise"] else None
+        h = make_hospital(cfg, self.fd.hospitals[0], index, make_model, n_features=n_features, party=node.client,
+                          identity=node.identity(), key_share=self._key_share, state_dir=node.path / "state",
+                          noise_multiplier=_calibrated(cfg, node, self.fd.hospitals[0].n, n_features))
         if h.ledger is not None:  # the hospital's lifetime ledger, from its node directory
-            from fedvault.dp.ledger import PrivacyLedger
-
-            if node.ledger_path.exists():
-                ledger = PrivacyLedger.load(node.ledger_path)
+            ledger = self._stored_ledger()
+            if ledger is not None:
                 if (ledger.delta, ledger.relation) != (h.ledger.delta, h.ledger.relation):
                     raise NodeSetupError(f"{node.ledger_path} states ε at δ = {ledger.delta:g} ({ledger.relation}) "
                                          f"but the config says δ = {h.ledger.delta:g} ({h.ledger.relation}); one "
@@ -233,22 +296,34 @@ class DeployedHospital:
                 h.trainer.ledger = ledger
             else:
                 h.ledger.save(node.ledger_path)
+        self._hospital = h
+        if self._saved is not None:  # applied by an earlier process of this run
+            self.standardise(self._saved)
+
+    def _stored_ledger(self) -> Any:
+        if not self.node.ledger_path.exists():
+            return None
+        from fedvault.dp.ledger import PrivacyLedger
+
+        return PrivacyLedger.load(self.node.ledger_path)
 
     @property
     def name(self) -> str:
-        return self.hospital.name
+        return self.node.name
 
     @property
     def party(self) -> int:
-        return self.hospital.party
+        return self.node.client
 
     @property
     def ledger(self) -> Any:
-        return self.hospital.ledger
+        if self._hospital is None:  # e.g. a "ledger" message: the ledger file is enough
+            return self._stored_ledger() if self.cfg.privacy.enabled else None
+        return self._hospital.ledger
 
     def save(self) -> None:
-        if self.hospital.ledger is not None:
-            self.hospital.ledger.save(self.node.ledger_path)
+        if self._hospital is not None and self._hospital.ledger is not None:
+            self._hospital.ledger.save(self.node.ledger_path)
 
     def public_info(self) -> dict[str, Any]:
         """What the hospital releases before the study (as ``fedvault run``'s history does)."""
@@ -271,6 +346,7 @@ class DeployedHospital:
         from fedvault.fl import stats
         from fedvault.fl.simulation import Standardisation
 
+        self.hospital  # noqa: B018 - the records, loaded
         st = Standardisation.from_dict(plan)
         p = self.cfg.privacy
         if not self.schema["standardise"] or (p.enabled and p.standardise == "none"):
@@ -288,7 +364,11 @@ class DeployedHospital:
 
 def load_party(context: Context, config: str | os.PathLike[str] | None = None) -> Party:
     """The node side: this SuperNode's hospital (see the module docstring)."""
-    cfg = load_config(_config_path(context.node_config.get(CONFIG_KEY), config))
+    nc = context.node_config
+    given = nc.get(CONFIG_KEY)
+    if not given and not nc.get("fedvault-dir"):  # a simulated node (demo or fedvault-root): the run's study
+        given = context.run_config.get(CONFIG_KEY)
+    cfg = load_config(_config_path(given, config))  # a deployed node: its own copy, never the server's choice
     node = NodeDir(_node_dir(context))
     public = key_share = None  # Paillier: the key ceremony's material in this node directory
     if cfg.aggregation.mode == "paillier":
@@ -296,24 +376,19 @@ def load_party(context: Context, config: str | os.PathLike[str] | None = None) -
         if public.mode == "holder" and int(public.holder) == node.client:
             return _key_holder(node, cfg, public, secret)
         key_share = secret if public.mode == "threshold" else None
-    fd, index = _own_data(cfg, node.name, context.node_config)
     state = context.state.config_records.get(NODE_STATE)
     if state is None:  # first message of this run on this node: the study's rounds follow the ledger's
-        from fedvault.dp.ledger import PrivacyLedger
-
         last = -1
         if node.ledger_path.exists():
+            from fedvault.dp.ledger import PrivacyLedger
+
             led = PrivacyLedger.load(node.ledger_path)
             last = max([e.round for e in led.events] + [int(r.get("round", 0)) for r in led.refused], default=-1)
         state = ConfigRecord({"offset": last + 1})
         context.state[NODE_STATE] = state
-    party = DeployedHospital(cfg, node, fd, index, offset=int(state["offset"]), key_share=key_share)
     saved = context.state.config_records.get(STANDARDISATION)
-    if saved is not None:  # applied by an earlier process of this run
-        party.standardise(json.loads(str(saved["plan"])))
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("FEDVAULT_TORCH_THREADS", "1")))
+    party = DeployedHospital(cfg, node, nc, offset=int(state["offset"]), key_share=key_share,
+                             standardisation=json.loads(str(saved["plan"])) if saved is not None else None)
     return Party(party, node.registry.identity_keys(), public, save=party.save, vault=node.path / "vault")
 
 
@@ -341,11 +416,10 @@ def _roster(grid: Grid, context: Context, cfg: Any) -> Registry:
     if rc.get("fedvault-root"):
         return Registry.load(Path(str(rc["fedvault-root"])) / "registry.json")
     n = len(_wait_for_nodes(grid, 2, float(rc.get("wait-nodes", 60.0))))
-    if cfg.data.dataset == "csv" and len(cfg.data.csv) < n:
-        raise ConfigError("a demo consortium takes the config's CSV files as its hospitals' records; give a roster")
-    from fedvault.fl import data as data_mod
-
-    names = [h.name for h in data_mod.load(cfg).hospitals][:n]
+    if cfg.data.dataset == "csv":
+        names = [Path(p).stem for p in cfg.data.csv][:n]
+    else:
+        names = [f"hospital_{k}" for k in range(cfg.data.hospitals)][:n]
     root = demo_root(context.run_id)
     log(WARNING, "fedvault demo: no roster given; enrolling %d simulated hospitals (%s) in %s — every key on this "
         "machine: a demo, not a deployment", len(names), ", ".join(names), root)
@@ -445,10 +519,10 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
     test = FederatedData([], X_test, y_test, schema["n_classes"], [])
 
     def epsilons() -> dict[str, float | None]:
-        return {n: d.get("epsilon") for n, d in transport.ledgers.items()}
+        return {n: transport.ledgers[n].get("epsilon") for n in names if n in transport.ledgers}
 
     def client_epsilons() -> dict[str, float | None]:
-        return {n: d.get("client_epsilon") for n, d in transport.ledgers.items()}
+        return {n: transport.ledgers[n].get("client_epsilon") for n in names if n in transport.ledgers}
 
     engine = coordinator(cfg, transport, model,
                          roster=StudyRoster(hospitals=names, ids=ids, identity_keys=reg.identity_keys()),
@@ -481,8 +555,9 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
         len(history["rounds"]), cfg.aggregation.mode, final.get("stop_reason"),
         {k: round(v, 4) for k, v in final.get("metrics", {}).items() if isinstance(v, float)}, final.get("max_epsilon"))
     if not done:
-        raise FederationError(f"fedvault: no round completed: {[r.get('aborted') for r in history['rounds']]}; "
-                              f"{final.get('stop_reason')}")
+        aborted = [r["aborted"] for r in history["rounds"] if r.get("aborted")]
+        raise FederationError(f"fedvault: no round completed ({final.get('stop_reason')})"
+                              + (f"; aborted: {aborted}" if aborted else ""))
     return history
 
 

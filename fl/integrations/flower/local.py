@@ -9,7 +9,7 @@ the reply is kept until it is pulled.  Each node keeps one ``Context`` for the w
 run, as a SuperNode does, so ``Context.state`` persists between messages.
 
 It is the transport of fedvault's Flower tests and benchmarks and of
-``fedvault_flower_app.simulate``; ``flwr run`` (Flower's simulation runtime or a
+the examples' ``simulate`` modules; ``flwr run`` (Flower's simulation runtime or a
 real deployment) runs exactly the same ServerApp and ClientApp code.
 
 A node can be made to vanish (:meth:`InProcessGrid.kill`): messages to it are then

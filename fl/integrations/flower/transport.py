@@ -422,11 +422,14 @@ class FlowerTransport:
         first = server.stage.value
         server_refused: dict[str, list[str]] = {}
 
-        def up(node: int, r: Message) -> None:
+        def up(node: int, r: Message, stage: str | None = None) -> None:
             nonlocal server_s
             name = name_of_node[node]
-            if r.has_error():
-                refused.setdefault(name, str(r.error.reason).split(": ", 1)[-1])
+            if r.has_error():  # at join: the party could not join; later: it left the session (dropped)
+                if stage is None:
+                    refused.setdefault(name, str(r.error.reason).split(": ", 1)[-1])
+                elif name not in dropped.setdefault(stage, []):
+                    dropped[stage].append(name)
                 alive.discard(node)
                 return
             for data in r.content.config_records[RECORD].get("wire", []):
@@ -472,7 +475,7 @@ class FlowerTransport:
                 for node in msgs:
                     if node in got:
                         if not server.done:
-                            up(node, got[node])
+                            up(node, got[node], stage)
                     else:
                         alive.discard(node)
                         dropped.setdefault(stage, []).append(name_of_node[node])

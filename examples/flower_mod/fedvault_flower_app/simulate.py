@@ -5,7 +5,7 @@
 Provisions a throwaway consortium (each hospital enrolled with its own key, roster
 built from the public keys, node-<k>/ directories with ledgers) and runs this
 package's ServerApp and ClientApp unchanged.  ``flwr run .`` runs the same two apps
-in Flower's simulation runtime; ``scripts/flower_deploy.py`` on real SuperNodes.
+in Flower's simulation runtime.
 """
 
 from __future__ import annotations
