@@ -428,6 +428,15 @@ class Hospital(_DecryptLogOwner):
                 raise SetupRejected(f"{self.name}: the server asks for update_clip = {setup.update_clip:g}, this "
                                     f"hospital's config says {a.update_clip:g}; use the consortium's config file")
             z = self.cfg.privacy.client_noise_multiplier
+            # The encoding refuses values outside the protocol's per-coordinate clip; a clip too small
+            # for this hospital's [n·Δ, n] (or [Δ, 1]) would fail only after training, with ε spent.
+            weight = 1.0 if z is not None else float(self.data.n)
+            need = max(weight * a.update_clip, weight)
+            have = getattr(setup.params, "clip", None)
+            if setup.protocol in ("secagg", "paillier") and isinstance(have, (int, float)) and have < need * (1 - 1e-12):
+                raise SetupRejected(f"{self.name}: the server's per-coordinate clip {have:g} is below this hospital's "
+                                    f"bound {need:g} (records × update_clip): its update could not be encoded; "
+                                    "refused before training, nothing spent")
             if (z is None) != (setup.client_noise is None):
                 raise SetupRejected(f"{self.name}: client-level noise {'missing from' if z else 'not expected in'} "
                                     "the round setup; use the consortium's config file")
