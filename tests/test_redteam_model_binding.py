@@ -31,7 +31,8 @@ def _round():
     ikeys = {i: K.public_bytes(k) for i, k in idents.items()}
     hs = [Hospital(h, cfg, make, i, 1.0, party=i + 1, identity=idents[i + 1]) for i, h in enumerate(fd.hospitals)]
     w = models.get_vector(make())
-    setup, server = open_session(cfg, make_mode(cfg, ids), 1, "update", names, weights=w, clip=1000.0,
+    clip = max(h.n for h in fd.hospitals) * cfg.aggregation.update_clip  # what the engine sends (records × update_clip)
+    setup, server = open_session(cfg, make_mode(cfg, ids), 1, "update", names, weights=w, clip=clip,
                                  identity_keys=ikeys)
     return hs, setup, server, w
 
