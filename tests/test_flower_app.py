@@ -200,3 +200,34 @@ def test_a_fresh_clientapp_process_per_message(tmp_path):
         ev = hist["privacy"][f"hospital_{k}"]["events"]
         assert [e["round"] for e in ev] == [0, 1, 2]  # statistics (round 0), then two DP-SGD rounds
         assert not list((root / f"node-{k}" / "vault").glob("*.state"))  # every session's role forgotten
+
+
+def test_personalisation_metrics_are_answered_once_per_trained_study_even_across_processes(tmp_path):
+    """Held-out metrics of personalisation are exact (not DP): a node answers them once per study it trained
+    in. A server asking again — from a fresh ClientApp process, which has no memory of the first answer — or in
+    a study the hospital never trained in is refused (the node directory keeps the marker)."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from fedvault.fl.integrations.flower.app import client_app
+    from fedvault.fl.integrations.flower.transport import ACTION, MODEL, RECORD
+    from fedvault.fl.integrations.flower import wire
+
+    cfg, root, grid, hist = _study(tmp_path, standardise="public")
+    cfg.write_text(cfg.read_text() + "\n[personalization]\nenabled = true\nepochs = 1\n")
+    w = np.zeros(30 * 2 + 2)  # logreg on 30 features, 2 classes
+    ctx = grid.contexts[10]
+
+    def ask(run_state_ctx):  # noqa: ANN001, ANN202 - a personalise message to a fresh ClientApp
+        rd = RecordDict({RECORD: ConfigRecord({"stage": "personalise", "round": 3}),
+                         MODEL: ArrayRecord({"w": Array(np.asarray(w, dtype=np.float64))})})
+        msg = wire.instruction(rd, 10, f"train.{ACTION}", "")
+        return client_app(cfg)(msg, run_state_ctx)
+
+    first = ask(ctx)
+    assert not first.has_error(), first.error
+    again = ask(ctx)  # a new process: nothing in memory
+    assert again.has_error() and "already answered" in again.error.reason
+    other = Context(run_id=99, node_id=10, node_config=ctx.node_config, state=RecordDict(),
+                    run_config=ctx.run_config)
+    never = ask(other)  # a new study in which this hospital never trained
+    assert never.has_error() and "trained" in never.error.reason

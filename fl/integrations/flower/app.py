@@ -252,8 +252,8 @@ class DeployedHospital:
     """
 
     def __init__(self, cfg: Any, node: NodeDir, node_config: Mapping[str, Any], *, offset: int = 0,
-                 key_share: Any = None, standardisation: Mapping[str, Any] | None = None):
-        self.cfg, self.node, self.offset = cfg, node, int(offset)
+                 key_share: Any = None, standardisation: Mapping[str, Any] | None = None, run: str = ""):
+        self.cfg, self.node, self.offset, self.run = cfg, node, int(offset), str(run)
         self._node_config, self._key_share, self._saved = dict(node_config), key_share, standardisation
         self._hospital: Any = None
         self.fd: Any = None
@@ -338,6 +338,21 @@ class DeployedHospital:
         return self.hospital.join(dataclasses.replace(setup, round=setup.round + self.offset))
 
     def personalize(self, weights: np.ndarray, round: int) -> dict[str, Any]:
+        """Fine-tune and report held-out metrics (exact, not DP) once per study, and only in a study this
+        hospital trained in: a marker in its node directory outlives the ClientApp process (a server asking
+        again, in this run or a fresh one, gets nothing)."""
+        ledger = self.hospital.ledger
+        if ledger is not None and not any(e.round >= self.offset for e in ledger.events):
+            raise FederationError(f"{self.name}: personalisation is answered only in a study this hospital trained "
+                                  "in; refusing")
+        marks = self.node.path / "personalised"
+        marks.mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(marks / f"{self.run}-{self.offset}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise FederationError(f"{self.name}: personalisation was already answered in this study; its held-out "
+                                  "metrics are exact (not DP) and released once") from None
+        os.close(fd)
         return self.hospital.personalize(weights, round + self.offset)
 
     def standardise(self, plan: Mapping[str, Any]) -> None:
@@ -387,7 +402,7 @@ def load_party(context: Context, config: str | os.PathLike[str] | None = None) -
         state = ConfigRecord({"offset": last + 1})
         context.state[NODE_STATE] = state
     saved = context.state.config_records.get(STANDARDISATION)
-    party = DeployedHospital(cfg, node, nc, offset=int(state["offset"]), key_share=key_share,
+    party = DeployedHospital(cfg, node, nc, offset=int(state["offset"]), key_share=key_share, run=str(context.run_id),
                              standardisation=json.loads(str(saved["plan"])) if saved is not None else None)
     return Party(party, node.registry.identity_keys(), public, save=party.save, vault=node.path / "vault")
 
