@@ -231,3 +231,30 @@ def test_personalisation_metrics_are_answered_once_per_trained_study_even_across
                     run_config=ctx.run_config)
     never = ask(other)  # a new study in which this hospital never trained
     assert never.has_error() and "trained" in never.error.reason
+
+
+def test_client_level_dp_and_client_sampling_through_the_app_match_the_simulation(tmp_path):
+    """Client-level DP (each hospital adds its distributed discrete Gaussian share) and client sampling (the
+    engine's coins) over the deployed app: the same study as the simulation, client-level ε from the nodes'
+    own ledgers."""
+    from fedvault.fl import config, simulation
+    from fedvault.fl.integrations.flower import InProcessGrid, provision
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    study = tmp_path / "study.toml"
+    study.write_text(CONFIG.format(mode="secagg", graph="complete", standardise="public").replace(
+        "reproducible = true", "reproducible = true\nclient_noise_multiplier = 0.5").replace(
+        "min_clients = 2", "min_clients = 2\nclient_fraction = 0.8"))
+    root = tmp_path / "nodes"
+    provision(root, [f"hospital_{k}" for k in range(4)], dirs=[f"node-{k}" for k in range(4)])
+    rc = {"fedvault-root": str(root)}
+    grid = InProcessGrid(client_app(study), {10 + k: {"partition-id": k} for k in range(4)}, run_config=rc)
+    hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
+                       config=study)
+    sim = simulation.federate(config.load(study), baseline=False).history
+    assert [r["selected"] for r in hist["rounds"]] == [r["selected"] for r in sim["rounds"]]
+    assert [r["model_sha256"] for r in hist["rounds"]] == [r["model_sha256"] for r in sim["rounds"]]
+    assert hist["final"]["metrics"] == sim["final"]["metrics"]
+    assert [r["client_epsilon"] for r in hist["rounds"]] == [r["client_epsilon"] for r in sim["rounds"]]
+    assert hist["client_level"]["per_hospital"] == sim["client_level"]["per_hospital"]
+    assert all(r["client_epsilon"] > 0 for r in hist["rounds"]) and any(len(r["selected"]) < 4 for r in hist["rounds"])
