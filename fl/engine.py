@@ -151,6 +151,7 @@ class RoundRecord:
     client_level: dict[str, float] | None = None  # client_epsilon, client_epsilon_vs_server, wraparound_probability
     guarantee: dict[str, Any] | None = None
     blamed: dict[str, list[str]] | None = None  # messages the server refused, attributed to their sender
+    weight_check: dict[str, Any] | None = None  # the decoded weight was not the contributors' (see _weight_check)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"round": self.round, "participants": self.participants, "selected": self.selected}
@@ -172,6 +173,8 @@ class RoundRecord:
             row["guarantee"] = self.guarantee
         if self.blamed:
             row["blamed"] = self.blamed
+        if self.weight_check:
+            row["weight_check"] = self.weight_check
         return row
 
 
@@ -613,14 +616,10 @@ class RoundEngine:
                 seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                          "total": time.perf_counter() - t_round}, **common))
             return None
-        tampered = self._weight_tampering(setup, out)
-        if tampered is not None:  # the sum cannot be trusted: discard it like an aborted round
-            self._emit(RoundRecord(
-                participants=[], metrics=self.evaluate(), epsilon=self._epsilon(),
-                dropped=out.dropped, aborted=tampered,
-                seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
-                         "total": time.perf_counter() - t_round}, **common))
-            return None
+        weight_check = self._weight_check(setup, out)
+        if weight_check is not None:  # never divide by a tampered weight: use the released counts
+            out.total = np.array(out.total, dtype=np.float64)
+            out.total[-1] = weight_check["expected"]
         self.aggregates[r] = out.total
         # 5. Strategy step.
         if self.strategy.needs_individual_updates:  # plaintext only (enforced by the config)
@@ -650,7 +649,7 @@ class RoundEngine:
             participants=sorted(out.contributors), metrics=metrics, site_metrics=site_metrics,
             epsilon=self._epsilon(), dropped=out.dropped, protocol_seconds={k: v for k, v in out.seconds.items()
                                                                             if k != "train"},
-            client_level=client_level,
+            client_level=client_level, weight_check=weight_check,
             seconds={"train": out.seconds.get("train", 0.0), "aggregate": out.seconds.get("wall", 0.0),
                      "total": time.perf_counter() - t_round}, **common))
         # 7. Early stop.
@@ -663,16 +662,19 @@ class RoundEngine:
             self.history["stopped"] = {"round": r, "reason": why}
         return why
 
-    def _weight_tampering(self, setup: RoundSetup, out: SessionOutcome) -> str | None:
-        """Why the decoded weight coordinate of an update sum cannot be the contributors', or None.
+    def _weight_check(self, setup: RoundSetup, out: SessionOutcome) -> dict[str, Any] | None:
+        """``{"decoded", "expected", "reason"}`` when the decoded weight coordinate of an update sum is
+        not the contributors' (then the engine divides by ``expected``), else None.
 
         Threat model: a malicious hospital under secure aggregation. The strategy divides the
         decoded sum by its last coordinate Σn_k; a contributor that encodes a weight of
         ``1 − Σ(others' n_k)`` would make that divisor 1 and multiply every honest update by Σn_k
         (every decoded coordinate still in range). Record counts are released exactly (history
-        ``hospitals``), so the server checks the decoded weight against the contributors' counts,
-        up to the encoding's rounding (``K`` quanta); with client-level DP every weight is 1 (the
-        count coordinate is not noised). Skipped when a contributor's count is unknown (audit
+        ``hospitals``), so the server knows Σn_k of the contributors (with client-level DP every
+        weight is 1: the count coordinate is not noised) and compares, up to the encoding's
+        rounding (``K`` quanta). On a mismatch it divides by the known total, so a malicious
+        hospital keeps only what it can do to the vector part (SECURITY.md), and cannot make the
+        round abort unattributed either. Skipped when a contributor's count is unknown (audit
         canary participants without client-level DP).
         """
         if setup.purpose != "update" or out.total is None or setup.protocol == "plaintext":
@@ -692,9 +694,10 @@ class RoundEngine:
             quantum = float(params.layout.step)
         if abs(got - expected) <= k * quantum + 1e-9 * expected:
             return None
-        return (f"the decoded weight {got:.6g} differs from the contributors' record counts {expected:g}: a "
-                "participant altered its weight coordinate (secure aggregation cannot say who); the sum was "
-                "discarded and the model is unchanged")
+        return {"decoded": got, "expected": expected,
+                "reason": (f"the decoded weight {got:.6g} differs from the contributors' record counts {expected:g}: "
+                           "a participant altered its weight coordinate (secure aggregation cannot say who); the "
+                           "update was divided by the released counts")}
 
     def _client_level_row(self, noise: ClientNoise, r: int) -> dict[str, float]:
         """Client-level ε after round ``r``: the largest over hospitals, each from its own ledger

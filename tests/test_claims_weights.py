@@ -7,7 +7,8 @@ update sum by its last coordinate, the summed record counts Σn_k. A participant
 weight of 1 − Σn_k (well inside [−clip, clip]) makes that divisor 1, so every honest update is
 multiplied by Σn_k: the model moves hundreds of times further than any clipped update allows,
 though each decoded coordinate stayed in range. The record counts are released exactly (history
-``hospitals``), so the server knows Σn_k of the contributors and can check the decoded weight.
+``hospitals``), so the server knows Σn_k of the contributors: it must never divide by a decoded
+weight that differs from them (nor let the hospital veto the round unattributed).
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ def test_a_hospital_cannot_cancel_the_weights_and_amplify_every_update(monkeypat
     # own vector part is zero, so anything beyond that bound is the amplified honest sum.
     bound = cfg.training.server_lr * cfg.aggregation.update_clip
     assert moved <= bound * (1 + 1e-6), (mode, moved, bound, row.get("aborted"))
-    if row.get("aborted"):  # detected: the tampered sum is discarded, the model unchanged
-        assert "weight" in row["aborted"] and moved == 0.0 and 1 not in run.aggregates
+    # detected (not attributable: nobody is blamed), and the update divided by the released counts
+    assert not row.get("aborted") and "weight_check" in row, row.get("aborted")
+    assert row["weight_check"]["expected"] != pytest.approx(row["weight_check"]["decoded"])
+    assert run.aggregates[1][-1] == row["weight_check"]["expected"]
 
 
 @pytest.mark.parametrize("mode", ["paillier", "secagg"])
@@ -80,4 +83,4 @@ def test_an_honest_weight_passes_the_check(monkeypatch, mode):
     n0 = next(h.n for h in data_mod.load(cfg).hospitals if h.name == "hospital_0")
     run, _ = _run_with_malicious_hospital_0(monkeypatch, cfg, lambda others: float(n0))
     (row,) = run.history["rounds"]
-    assert not row.get("aborted") and "hospital_0" in row["participants"]
+    assert not row.get("aborted") and "hospital_0" in row["participants"] and "weight_check" not in row
