@@ -50,3 +50,38 @@ def test_a_short_list_is_refused_by_an_honest_hospital(graph):
     ok = cohorts2[victim]
     exact = replace(ok, entries=tuple(e for e in ok.entries if e.client <= need or e.client == victim)[:need])
     assert len(exact.entries) == need and h2.clients[victim].receive(exact.encode())
+
+
+def _broadcasts(params: SecAggParams):
+    h, cohorts = _cohorts(params)
+    for i, m in cohorts.items():
+        for up in h.clients[i].receive(m.encode()):
+            h.server.receive(up.encode())
+    out = h.server.advance()
+    return h, {i: decode(m.encode()) for i, m in out.items()}
+
+
+@pytest.mark.parametrize("tamper", ["drop_one_opening", "swap_one_opening"])
+def test_a_server_cannot_choose_the_graph_by_withholding_or_changing_an_opening(tamper):
+    """SPEC §1.2: "the graph seed is SHA-256 over every opening in L"; a member that does not open
+    aborts the round ("dropping it after seeing the others' openings would let the server choose
+    among graphs"). The honest hospital derives the seed itself and refuses openings that do not
+    cover exactly L, or do not open their commitments."""
+    from fedvault.protocols.errors import InconsistentError, TamperedError
+
+    n = 20
+    params = SecAggParams(b"claims-graph", 1, tuple(range(1, n + 1)), graph="sparse",
+                          threat_model=ThreatModel(colluders=2, dropouts=2))
+    h, casts = _broadcasts(params)
+    victim, other = 7, 12
+    honest = casts[victim]
+    assert len(honest.reveals) == n
+    if tamper == "drop_one_opening":
+        forged = replace(honest, reveals=tuple(r for r in honest.reveals if r.client != other))
+        err, why = InconsistentError, "open exactly the commitments"
+    else:
+        forged = replace(honest, reveals=tuple(r._replace(value=bytes(32)) if r.client == other else r
+                                               for r in honest.reveals))
+        err, why = TamperedError, "does not open its commitment"
+    with pytest.raises(err, match=why):
+        h.clients[victim].receive(forged.encode())
