@@ -425,11 +425,12 @@ class FlowerTransport:
         def up(node: int, r: Message, stage: str | None = None) -> None:
             nonlocal server_s
             name = name_of_node[node]
-            if r.has_error():  # at join: the party could not join; later: it left the session (dropped)
-                if stage is None:
-                    refused.setdefault(name, str(r.error.reason).split(": ", 1)[-1])
-                elif name not in dropped.setdefault(stage, []):
-                    dropped[stage].append(name)
+            if r.has_error():  # the party refused to join (a fedvault refusal), or left the session (dropped)
+                reason = str(r.error.reason)
+                if stage is None and reason.startswith("fedvault/"):
+                    refused.setdefault(name, reason.split(": ", 1)[-1])
+                elif name not in dropped.setdefault(stage or first, []):  # e.g. Flower: the node is unavailable
+                    dropped[stage or first].append(name)
                 alive.discard(node)
                 return
             for data in r.content.config_records[RECORD].get("wire", []):
@@ -491,7 +492,7 @@ class FlowerTransport:
             guarantee = res.guarantee or None
             for s, ids in (res.dropped or {}).items():
                 for i in ids:
-                    if i in back and back[i] not in dropped.get(s, []):
+                    if i in back and not any(back[i] in v for v in dropped.values()):  # once, at the first stage
                         dropped.setdefault(s, []).append(back[i])
             vecs = getattr(server, "individual_vectors", None)
             if vecs is not None:
