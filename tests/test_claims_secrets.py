@@ -75,3 +75,27 @@ def test_no_secret_leaves_in_a_message_a_log_line_or_history(monkeypatch, caplog
         for what, forms in secrets.items():
             for form in forms:
                 assert form not in blob, f"{what} appears in {where}"
+
+
+@pytest.mark.parametrize("mode", ["holder", "threshold"])
+def test_the_decrypt_once_log_persists_no_plaintext_in_a_private_directory(monkeypatch, tmp_path, mode):
+    """README ``FEDVAULT_STATE_DIR``: each decryptor keeps its durable decrypt-once log in
+    ``decrypt-log/<key fingerprint>/`` (mode 0700); SPEC P4: the record is
+    ``{"aggregate_sha256", "contributors"}`` — never the decrypted sum."""
+    import os
+    import stat
+
+    monkeypatch.setenv("FEDVAULT_STATE_DIR", str(tmp_path))
+    _, run, _ = _collect(monkeypatch, mode)
+    logs = [d for d in (tmp_path / "decrypt-log").iterdir() if d.is_dir()]
+    assert logs, "no decrypt-once log was written"
+    records = 0
+    for d in logs:
+        assert stat.S_IMODE(os.stat(d).st_mode) & 0o077 == 0, oct(os.stat(d).st_mode)
+        for f in d.iterdir():
+            if f.suffix != ".json":
+                continue
+            doc = json.loads(f.read_text())
+            assert set(doc) == {"aggregate_sha256", "contributors"}, doc
+            records += 1
+    assert records >= 1
