@@ -34,3 +34,11 @@ def test_safe_and_derived_thresholds_and_the_shipped_configs_are_accepted():
     root = Path(__file__).resolve().parent.parent
     for path in sorted((root / "examples").glob("*.toml")) + sorted((root / "fl" / "configs").glob("*.toml")):
         load(path)
+
+
+def test_add_remove_is_refused_while_exact_counts_are_released():
+    """README: every ε is stated for replace-one; ``"add_remove"`` is refused while exact record counts
+    are released (n_k as FedAvg weights, q and steps)."""
+    with pytest.raises(ConfigError, match="replace"):
+        from_dict({"privacy": {"relation": "add_remove"}})
+    assert from_dict({"privacy": {"relation": "replace_one"}}).privacy.relation == "replace_one"
