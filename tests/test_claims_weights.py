@@ -30,7 +30,13 @@ def _cfg(mode: str):
                       "privacy": privacy, "aggregation": agg})
 
 
-def _run_with_malicious_hospital_0(monkeypatch, cfg, weight_of):
+def _flower(parties, **kw):
+    from fedvault.fl.integrations.flower.local import FlowerInProcess
+
+    return FlowerInProcess(parties, **kw)
+
+
+def _run_with_malicious_hospital_0(monkeypatch, cfg, weight_of, transport=None):
     """hospital_0 trains as usual but contributes ``[0, ..., 0, weight_of(others' Σn)]``."""
     from fedvault.fl.hospital import Hospital, LocalResult
     from fedvault.fl.simulation import federate
@@ -50,17 +56,19 @@ def _run_with_malicious_hospital_0(monkeypatch, cfg, weight_of):
 
     run_hospitals = data_mod.load(cfg).hospitals
     monkeypatch.setattr(Hospital, "fit", malicious_fit)
-    return federate(cfg, baseline=False), sent
+    return federate(cfg, baseline=False, transport=transport), sent
 
 
-@pytest.mark.parametrize("mode", ["paillier", "secagg", "secagg-client-level"])
+@pytest.mark.parametrize("mode", ["paillier", "secagg", "secagg-client-level", "secagg-over-flower"])
 def test_a_hospital_cannot_cancel_the_weights_and_amplify_every_update(monkeypatch, mode):
     from fedvault.fl.models import get_vector
 
+    transport = _flower if mode == "secagg-over-flower" else None
+    mode = "secagg" if mode == "secagg-over-flower" else mode
     cfg = _cfg(mode)
     client_level = cfg.privacy.client_noise_multiplier is not None
     run, sent = _run_with_malicious_hospital_0(monkeypatch, cfg,
-                                               lambda others: (-1.99 if client_level else 1.0 - others))
+                                               lambda others: (-1.99 if client_level else 1.0 - others), transport)
     (row,) = run.history["rounds"]
     moved = float(np.linalg.norm(get_vector(run.model) - sent[1]))
     # Honest hospitals' clipped updates move the model by at most server_lr · update_clip; Mallory's
