@@ -37,6 +37,13 @@ Run config (``flwr run . --run-config '...'``; all optional):
 ``stage-timeout``        seconds a protocol stage waits (default 60)
 ``train-timeout``        seconds the training stage waits (default 120)
 ``wait-nodes``           seconds to wait for every roster member's SuperNode (default 120)
+``fedvault-paillier``    Paillier: the coordinator's copy of the public key setup (``-fingerprint``: announced)
+
+Node config (each SuperNode's own): ``fedvault-dir`` (its node directory), ``fedvault-config``
+(its copy of the study), ``fedvault-csv`` (its records).
+
+Personalisation's held-out metrics are exact (not DP): a node answers them once per study it
+trained in (a marker in its node directory), whichever process is asked.
 
 With neither roster nor root, the app enrols a throwaway demo consortium (one hospital per
 simulated SuperNode, every key on this machine) — ``flwr run .`` out of the box; never a
