@@ -10,12 +10,12 @@ from fedvault.fl.config import load
 from fedvault.fl.simulation import run_federation
 
 # Configs with an [audit] section belong to `fedvault audit` (tested in test_audit_*).
-EXAMPLES = sorted(
-    p for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.toml") if "[audit]" not in p.read_text()
-)
+# examples/<app>/fedvault.toml: a Flower app's study, which `fedvault run` also runs.
+_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = sorted(p for p in [*_DIR.glob("*.toml"), *_DIR.glob("*/fedvault.toml")] if "[audit]" not in p.read_text())
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(_DIR).with_suffix("")) for p in EXAMPLES])
 def test_example_config_runs(path):
     cfg = load(path)
     if cfg.training.rounds > 2:
