@@ -149,10 +149,6 @@ def test_unsafe_sparse_threshold_is_refused_and_insecure_says_so():
     assert weak.guarantee().line().startswith("INSECURE")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocols/SPEC.md §1.1 (owner mod12) says the n = 1000, C = 50, D = 100 example fails with probability "
-    "'≤ 2^-44', but n·P[Hyp(899, 50, 78) ≥ 26] = 2^-43.3 (scipy and fedvault agree); the guarantee line now "
-    "prints '<= 2^-43'. Fix the SPEC text (e.g. '≤ 2^-43 (2^-43.3)') and drop this mark"))
 def test_the_spec_states_the_worked_examples_failure_bound_truly():
     import re
     from pathlib import Path
