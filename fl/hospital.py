@@ -346,14 +346,20 @@ class Hospital(_DecryptLogOwner):
             a durable log under the per-user state directory keyed by the share (:func:`key_decrypt_log`).
         trainer_options: AUDIT ONLY — extra ``PrivateTrainer`` arguments (``dp.faults``).
         loss, optimizer: the training objective and optimiser (``dp.objective``: names or callables).
+        paillier_public: the study's Paillier ``PublicSetup`` as this hospital pinned it (key ceremony).
+            A setup carrying another key is refused before training: in holder mode a server that made
+            hospitals encrypt under its own key would decrypt every upload. Threshold mode pins the key
+            of ``key_share`` without it. Unpinned holder mode trusts the transport (the Flower engine
+            node substitutes the public setup from its own node directory).
     """
 
     def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
                  noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
                  key_share: Any = None, trainer_options: Mapping[str, Any] | None = None,
                  loss: Any = None, optimizer: Any = None, decrypt_log: Any = None,
-                 state_dir: "str | os.PathLike[str] | None" = None) -> None:
+                 state_dir: "str | os.PathLike[str] | None" = None, paillier_public: Any = None) -> None:
         self.data = data
+        self.paillier_public = paillier_public  # the study's Paillier public setup as this hospital pinned it
         self.loss = cfg.training.loss if loss is None else loss
         self.optimizer = cfg.training.optimizer if optimizer is None else optimizer
         self.cfg = cfg
@@ -417,6 +423,7 @@ class Hospital(_DecryptLogOwner):
             raise SetupRejected(f"{self.name}: the model received in round {setup.round} does not match its "
                                 "announced SHA-256; the round setup was altered in transit")
         check_model_bound(setup, self.name)
+        self._check_paillier_key(setup)
         a = self.cfg.aggregation
         mine = "secagg" if a.mode in ("masked", "secagg") else a.mode
         if setup.protocol != mine:
@@ -446,6 +453,23 @@ class Hospital(_DecryptLogOwner):
                 if want != setup.client_noise:
                     raise SetupRejected(f"{self.name}: the server announced client-level noise {setup.client_noise} "
                                         f"but client_noise_multiplier = {z:g} needs {want}")
+
+    def _check_paillier_key(self, setup: "RoundSetup") -> None:
+        """Refuse a Paillier setup whose public key is not the study key this hospital holds (its pinned
+        public setup, or the key its threshold share belongs to), before anything is trained."""
+        if setup.protocol != "paillier":
+            return
+        got = setup.public
+        if self.paillier_public is not None:
+            if got is None or got.fingerprint() != self.paillier_public.fingerprint():
+                raise SetupRejected(f"{self.name}: the server's Paillier public key is not the study key this "
+                                    "hospital pinned; refusing to encrypt under it (nothing trained)")
+        if self.key_share is not None:
+            tk = getattr(got, "threshold_key", None)
+            if tk is None or tk.fingerprint() != self.key_share.public.fingerprint() or \
+                    int(got.public_key.n) != int(self.key_share.public.public_key.n):
+                raise SetupRejected(f"{self.name}: the server's Paillier public key is not the key this hospital's "
+                                    "threshold share belongs to; refusing to encrypt under it (nothing trained)")
 
     def _check_protocol_policy(self, setup: "RoundSetup") -> None:
         """Judge the protocol parameters against this hospital's own config (redteam fix).
