@@ -258,3 +258,33 @@ def test_client_level_dp_and_client_sampling_through_the_app_match_the_simulatio
     assert [r["client_epsilon"] for r in hist["rounds"]] == [r["client_epsilon"] for r in sim["rounds"]]
     assert hist["client_level"]["per_hospital"] == sim["client_level"]["per_hospital"]
     assert all(r["client_epsilon"] > 0 for r in hist["rounds"]) and any(len(r["selected"]) < 4 for r in hist["rounds"])
+
+
+def test_secagg_plus_through_the_app_recovers_a_node_killed_mid_round(tmp_path):
+    """SecAgg+ (sparse graph) at 8 hospitals through the app, one node vanishing when the server opens the
+    masked-input stage: the round completes through dropout recovery, the node listed dropped, the seven
+    others the contributors."""
+    from fedvault.fl.integrations.flower import InProcessGrid, provision
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    study = tmp_path / "study.toml"
+    study.write_text(CONFIG.format(mode="secagg", graph="sparse", standardise="public").replace(
+        "hospitals = 4", "hospitals = 8").replace("rounds = 2", "rounds = 1")
+        + "\n[threat_model]\ncolluders = 0\ndropouts = 1\n")
+    root = tmp_path / "nodes"
+    provision(root, [f"hospital_{k}" for k in range(8)], dirs=[f"node-{k}" for k in range(8)])
+    progress = tmp_path / "progress.txt"
+    rc = {"fedvault-root": str(root), "stage-timeout": 2.0, "progress-file": str(progress)}
+
+    def kill(grid, msgs):  # noqa: ANN001, ANN202 - hospital_2's node vanishes once masked_input opens
+        if progress.exists() and "1 masked_input" in progress.read_text().split("\n"):
+            grid.kill(12)
+
+    grid = InProcessGrid(client_app(study), {10 + k: {"partition-id": k} for k in range(8)}, run_config=rc,
+                         on_push=kill)
+    hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
+                       config=study)
+    (r1,) = hist["rounds"]
+    assert "aborted" not in r1 and r1["guarantee"]["graph"] == "sparse" and r1["guarantee"]["degree"] < 7
+    assert r1["dropped"] == {"masked_input": ["hospital_2"]}
+    assert r1["participants"] == [f"hospital_{k}" for k in (0, 1, 3, 4, 5, 6, 7)]
