@@ -351,14 +351,21 @@ class Hospital(_DecryptLogOwner):
             hospitals encrypt under its own key would decrypt every upload. Threshold mode pins the key
             of ``key_share`` without it. Unpinned holder mode trusts the transport (the Flower engine
             node substitutes the public setup from its own node directory).
+        roster_keys: ``{party: Ed25519 public key}`` of the consortium as this hospital pinned it (its
+            roster). A setup naming another identity key for any of its parties is refused before
+            training: a server that swapped the other hospitals' keys for its own (sybils) would run the
+            protocol with the victim alone. Unpinned, the setup's keys are trusted (the Flower engine
+            node substitutes the keys of its own pinned roster).
     """
 
     def __init__(self, data: HospitalData, cfg: Config, model_factory: Callable[[], nn.Module], index: int,
                  noise_multiplier: float | None = None, *, party: int | None = None, identity: Any = None,
                  key_share: Any = None, trainer_options: Mapping[str, Any] | None = None,
                  loss: Any = None, optimizer: Any = None, decrypt_log: Any = None,
-                 state_dir: "str | os.PathLike[str] | None" = None, paillier_public: Any = None) -> None:
+                 state_dir: "str | os.PathLike[str] | None" = None, paillier_public: Any = None,
+                 roster_keys: "Mapping[int, bytes] | None" = None) -> None:
         self.data = data
+        self.roster_keys = None if roster_keys is None else {int(k): bytes(v) for k, v in roster_keys.items()}
         self.paillier_public = paillier_public  # the study's Paillier public setup as this hospital pinned it
         self.loss = cfg.training.loss if loss is None else loss
         self.optimizer = cfg.training.optimizer if optimizer is None else optimizer
@@ -424,6 +431,7 @@ class Hospital(_DecryptLogOwner):
                                 "announced SHA-256; the round setup was altered in transit")
         check_model_bound(setup, self.name)
         self._check_paillier_key(setup)
+        self._check_roster(setup)
         a = self.cfg.aggregation
         mine = "secagg" if a.mode in ("masked", "secagg") else a.mode
         if setup.protocol != mine:
@@ -453,6 +461,18 @@ class Hospital(_DecryptLogOwner):
                 if want != setup.client_noise:
                     raise SetupRejected(f"{self.name}: the server announced client-level noise {setup.client_noise} "
                                         f"but client_noise_multiplier = {z:g} needs {want}")
+
+    def _check_roster(self, setup: "RoundSetup") -> None:
+        """Refuse identity keys that differ from this hospital's pinned roster (see ``roster_keys``)."""
+        if self.roster_keys is None:
+            return
+        for party, key in dict(setup.identity_keys or {}).items():
+            if self.roster_keys.get(int(party)) != bytes(key):
+                raise SetupRejected(f"{self.name}: the round's identity key of party {party} is not the one in this "
+                                    "hospital's roster; refusing the round (nothing trained)")
+        missing = sorted(set(setup.parties.values()) - set(self.roster_keys))
+        if missing:
+            raise SetupRejected(f"{self.name}: parties {missing[:5]} of the round are not in this hospital's roster")
 
     def _check_paillier_key(self, setup: "RoundSetup") -> None:
         """Refuse a Paillier setup whose public key is not the study key this hospital holds (its pinned
