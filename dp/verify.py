@@ -28,7 +28,8 @@ Rules (``tolerance`` = relative tolerance ``t``, default 1 %):
    participants or its coins are not secret.
 6. events are well formed and rounds do not go backwards.
 7. **every listed participation is charged**: a hospital that history lists in a round's
-   sum (``rounds[].participants``) has a DP-SGD event for that round in its ledger.
+   sum (``rounds[].participants``) has a DP-SGD event for that round in its ledger (and a
+   client-level event when the run configured client-level DP).
 
 A run made with ``privacy.reproducible = true`` is **refused**: its noise can be
 replayed from the config, so no ε holds; the report says so and ``ok`` is False.
@@ -448,10 +449,11 @@ def _listed_rounds(history: Mapping[str, Any] | None) -> dict[str, list[int]]:
     return out
 
 
-def _uncharged_rounds(ledger: Mapping[str, Any], rounds: Iterable[int]) -> list[int]:
-    """Rounds a hospital is listed in whose DP-SGD release its ledger does not charge (rule 7)."""
+def _uncharged_rounds(ledger: Mapping[str, Any], rounds: Iterable[int],
+                      kind: str = "poisson_sampled_gaussian") -> list[int]:
+    """Rounds a hospital is listed in whose release its ledger has no ``kind`` event for (rule 7)."""
     charged = {e.get("round") for e in ledger.get("events") or () if isinstance(e, Mapping)
-               and e.get("kind", "poisson_sampled_gaussian") == "poisson_sampled_gaussian"}
+               and e.get("kind", "poisson_sampled_gaussian") == kind}
     return sorted(set(rounds) - charged)
 
 
@@ -497,12 +499,16 @@ def verify(
     listed = _listed_rounds(history)
     for d in records:
         cv = verify_one(d, tolerance, pld_discretization, facts)
-        missing = _uncharged_rounds(d, listed.get(cv.client, ()))
-        if missing:
-            cv = replace(cv, problems=cv.problems + (
-                f"{cv.client}: history lists it in the sum of round{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(map(str, missing))} but its ledger has no DP-SGD event for "
-                f"{'them' if len(missing) > 1 else 'that round'}: an uncharged release",))
+        kinds = [("poisson_sampled_gaussian", "DP-SGD")]
+        if isinstance(history, Mapping) and history.get("client_level"):  # client-level DP was configured
+            kinds.append(("distributed_discrete_gaussian", "client-level (distributed discrete Gaussian)"))
+        for kind, label in kinds:
+            missing = _uncharged_rounds(d, listed.get(cv.client, ()), kind)
+            if missing:
+                cv = replace(cv, problems=cv.problems + (
+                    f"{cv.client}: history lists it in the sum of round{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(map(str, missing))} but its ledger has no {label} event for "
+                    f"{'them' if len(missing) > 1 else 'that round'}: an uncharged release",))
         checked.append(cv)
         if on_client is not None:
             on_client(checked[-1].client)

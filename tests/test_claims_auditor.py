@@ -116,3 +116,23 @@ def test_verify_catches_a_round_a_hospital_took_part_in_but_was_not_charged_for(
     assert not rep.ok
     (bad,) = [c for c in rep.clients if not c.ok]
     assert bad.client == "hospital_0" and any(f"round {r}" in p for p in bad.problems), bad.problems
+
+
+def test_verify_catches_a_missing_client_level_charge(history):
+    """The same for client-level DP: a round's distributed-discrete-Gaussian event dropped and the
+    client-level ε restated consistently."""
+    import copy
+
+    from fedvault.dp.ledger import PrivacyLedger
+    from fedvault.dp.verify import verify
+
+    forged = copy.deepcopy(history)
+    led = forged["privacy"]["hospital_1"]
+    r = forged["rounds"][-1]["round"]
+    led["events"] = [e for e in led["events"]
+                     if not (e["kind"] == "distributed_discrete_gaussian" and e["round"] == r)]
+    led["client_epsilon"] = PrivacyLedger.from_dict(led, check_epsilon=False).client_epsilon()
+    rep = verify(forged)
+    (bad,) = [c for c in rep.clients if not c.ok]
+    assert bad.client == "hospital_1" and any("client-level" in p and f"round {r}" in p for p in bad.problems), \
+        bad.problems
