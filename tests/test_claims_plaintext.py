@@ -95,3 +95,39 @@ def test_an_honest_extra_participant_at_the_clip_is_still_summed():
     row = run.history["rounds"][0]
     assert "mallory" in row["participants"] and not row.get("blamed")
     assert moved <= cfg.training.server_lr * cfg.aggregation.update_clip * (1 + 1e-9)
+
+
+def test_whatever_the_participants_send_the_accepted_weighted_mean_is_a_clipped_update():
+    """Property (hypothesis): over random uploads — honest ones and arbitrary ones — the weighted mean
+    of what the bounded server accepts has L2 norm ≤ update_clip."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fedvault.fl.engine import BoundedUpdateServer
+    from fedvault.protocols.errors import AbortError, ProtocolError
+    from fedvault.protocols.plaintext import PlaintextClient, PlaintextParams, PlaintextServer
+
+    clip, cap, d = 10.0, 64.0, 5
+    vec = st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=d + 1, max_size=d + 1)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(vec, min_size=2, max_size=6))
+    def prop(uploads):
+        ids = tuple(range(1, len(uploads) + 1))
+        params = PlaintextParams(b"claims", 1, ids, clip=clip * cap)
+        server = BoundedUpdateServer(PlaintextServer(params), update_clip=clip, weight_cap=cap)
+        for i, v in zip(ids, uploads):
+            (up,) = PlaintextClient(params, i, np.array(v, dtype=np.float64)).start()
+            try:
+                server.receive(up.encode())
+            except ProtocolError:
+                pass
+        try:
+            server.advance()
+        except AbortError:  # fewer accepted uploads than min_clients: nothing is summed
+            return
+        total = np.sum(list(server.individual_vectors().values()), axis=0)
+        assert total[-1] >= 1.0
+        assert np.linalg.norm(total[:-1] / total[-1]) <= clip * (1 + 1e-6)
+
+    prop()
