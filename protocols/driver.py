@@ -27,7 +27,7 @@ from .codec import HEADER, HEADER_BYTES, Message
 from .errors import ProtocolError, UsageError
 from .session import ClientRole, ServerRole
 
-__all__ = ["DriverStats", "Transcript", "run_in_memory"]
+__all__ = ["DriverStats", "Transcript", "impersonation", "run_in_memory"]
 
 Transcript = list[tuple[str, int, bytes]]
 """``("up" | "down", party id, wire bytes)`` in the order sent."""
@@ -66,6 +66,21 @@ class DriverStats:
 
 def _wire(m: bytes | Message) -> bytes:
     return m.encode() if isinstance(m, Message) else bytes(m)
+
+
+def impersonation(data: bytes, party: int) -> str | None:
+    """Why a message that arrived on ``party``'s channel must be refused, or None.
+
+    Every transport knows who sent each message (its channel); a message whose header names
+    another sender is refused and blamed on the channel's party.  Plaintext uploads carry no
+    cryptographic sender binding, so without this a hospital could upload in another's name
+    and get the victim's own upload refused as a duplicate (the victim blamed, then excluded).
+    """
+    if len(data) >= HEADER_BYTES:
+        named = HEADER.unpack_from(data)[6]
+        if named != party:
+            return f"ImpersonationError: party {party} sent a message in the name of party {named}"
+    return None
 
 
 def run_in_memory(
@@ -119,13 +134,9 @@ def run_in_memory(
             st.upload_bytes[i] += len(data)
             if transcript is not None:
                 transcript.append(("up", i, data))
-            if len(data) >= HEADER_BYTES and HEADER.unpack_from(data)[6] != i:
-                # The channel says who sent it: a message naming another sender is refused and blamed
-                # on the channel's party (plaintext uploads carry no cryptographic sender binding, so a
-                # hospital could otherwise upload in another's name and get the victim's own upload
-                # refused as a duplicate, i.e. the victim blamed and excluded).
-                st.refused.setdefault(i, []).append(
-                    f"ImpersonationError: party {i} sent a message in the name of party {HEADER.unpack_from(data)[6]}")
+            forged = impersonation(data, i)
+            if forged is not None:
+                st.refused.setdefault(i, []).append(forged)
                 continue
             t = clock()
             try:

@@ -27,11 +27,7 @@ def _flower(parties, **kw):
 
 @pytest.mark.parametrize("transport", [
     "memory",
-    pytest.param("flower", marks=pytest.mark.xfail(strict=True, reason=(
-        "FlowerTransport.run_session's up() hands every wire message to server.receive without comparing the "
-        "header's sender with the node's party id (fl/integrations/flower/transport.py, owner deploy): the "
-        "impersonator's upload is summed as the victim's and the victim is blamed and excluded; "
-        "protocols/driver.run_in_memory now refuses such a message and blames the channel's party"))),
+    "flower",
 ])
 def test_a_hospital_cannot_upload_in_another_hospitals_name_nor_get_it_excluded(monkeypatch, transport):
     from fedvault.fl.hospital import Hospital

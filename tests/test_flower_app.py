@@ -195,7 +195,8 @@ def test_a_fresh_clientapp_process_per_message(tmp_path):
     hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
                        config=cfg)
     assert [r["participants"] for r in hist["rounds"]] == [[f"hospital_{k}" for k in range(4)]] * 2
-    assert len(apps) > 40 and hist["final"]["metrics"]["accuracy"] > 0.8  # standardised records, every process
+    # standardised records in every process (fresh DP noise: 0.79-0.95 in 8 runs; unstandardised ~0.63)
+    assert len(apps) > 40 and hist["final"]["metrics"]["accuracy"] > 0.7
     for k in range(4):
         ev = hist["privacy"][f"hospital_{k}"]["events"]
         assert [e["round"] for e in ev] == [0, 1, 2]  # statistics (round 0), then two DP-SGD rounds

@@ -399,6 +399,7 @@ class FlowerTransport:
 
     def run_session(self, setup: Any, server: Any) -> Any:
         from fedvault.fl.engine import SessionOutcome
+        from fedvault.protocols.driver import impersonation
         from fedvault.protocols.errors import AbortError, ProtocolError
 
         token = os.urandom(16)
@@ -436,6 +437,10 @@ class FlowerTransport:
             for data in r.content.config_records[RECORD].get("wire", []):
                 data = bytes(data)
                 up_b[name] = up_b.get(name, 0) + len(data)
+                forged = impersonation(data, setup.parties[name])  # the node's channel says who sent it
+                if forged is not None:
+                    server_refused.setdefault(name, []).append(forged)
+                    continue
                 t = time.perf_counter()
                 try:
                     server.receive(data)
