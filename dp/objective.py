@@ -186,6 +186,40 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def check_per_example_mean(fn: LossFn, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse a callable loss that is not the batch mean of per-example losses (before any step).
+
+    DP-SGD's guarantee rests on it: per-example clipping bounds one record's influence only if
+    example ``i``'s gradient depends on example ``i`` alone. A loss that couples the examples of
+    a batch (batch statistics, contrastive terms) leaks other records into every "per-example"
+    gradient, and a sum (or other) reduction mis-scales it. The probe evaluates the loss on the
+    first four records and on its two halves (outputs detached, no step taken): the mean of
+    per-example losses satisfies ``L(a ∪ b) = (|a| L(a) + |b| L(b)) / (|a| + |b|)``.
+    """
+    if len(X) < 4:
+        return
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(X[:4])
+            whole, a, b = fn(out, y[:4]), fn(out[:2], y[:2]), fn(out[2:4], y[2:4])
+    except Exception:  # noqa: BLE001 - the probe only refuses what it can evaluate; training reports errors
+        return
+    finally:
+        model.train(was)
+    if not all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in (whole, a, b)):
+        return  # batch_loss names the problem (not a scalar) at the first step
+    whole, halves = float(whole), (float(a) + float(b)) / 2
+    if not np.isclose(whole, halves, rtol=1e-4, atol=1e-6):
+        raise ObjectiveError(
+            f"the loss is not the batch mean of per-example losses (on 4 records it gives {whole:.6g}, the mean "
+            f"of its two halves {halves:.6g}): it couples the examples of a batch or is reduced otherwise, so "
+            "DP-SGD's per-example clipping would not bound one record's influence; compute each example's loss "
+            "on its own and return their mean"
+        )
+
+
 def batch_loss(fn: LossFn, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``fn(out, y)``, checked to be a finite-shaped scalar (the batch mean)."""
     loss = fn(out, y)

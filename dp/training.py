@@ -81,6 +81,7 @@ from fedvault.dp.objective import (
     as_targets,
     batch_loss,
     check_model,
+    check_per_example_mean,
     check_optimizer_spec,
     make_optimizer,
     resolve_loss,
@@ -303,6 +304,8 @@ class PrivateTrainer:
         if prox_mu < 0 or not math.isfinite(prox_mu):
             raise AccountingError(f"prox_mu must be >= 0, got {prox_mu!r}")
         check_model(model)
+        if resolve_loss(self.loss)[0] == "custom":  # a user's loss: the per-example mean DP-SGD assumes
+            check_per_example_mean(loss_fn, model, Xt, yt)
 
         from opacus.grad_sample import GradSampleModule
 
