@@ -1,7 +1,7 @@
 """A real Flower deployment on one machine: SuperLink + SuperNodes over TLS, one node killed mid-round.
 
-    python scripts/flower_deploy.py [--mode secagg|secagg+|plaintext] [--hospitals 4] [--kill 3]
-                                    [--kill-at masked_input] [--rounds 1] [--keep DIR]
+    python scripts/flower_deploy.py [--mode secagg|secagg+|plaintext|paillier-holder|paillier-threshold]
+                                    [--hospitals 4] [--kill 3] [--kill-at masked_input] [--rounds 1] [--keep DIR]
 
 It runs ``examples/flower`` (fedvault's round engine on Flower; the study of its
 ``fedvault.toml``, with the aggregation ``--mode`` asks for) exactly as a consortium would:
@@ -21,7 +21,17 @@ It runs ``examples/flower`` (fedvault's round engine on Flower; the study of its
    completed without the killed hospital: it is listed dropped and the others are the contributors.
 
 Modes are a table (``MODES``): each names its config changes, the stage a node is killed at by
-default, and an optional setup step run after the roster is installed (e.g. a key ceremony).
+default, parties other than the hospitals that enrol and run a SuperNode of their own (Paillier's
+key holder), and an optional setup step run after the roster is installed. The Paillier modes run
+the key ceremony there, as the ``fedvault paillier`` commands each party runs on its own machine:
+``paillier-holder`` — the key holder (enrolled like a hospital, its own SuperNode) creates its key
+pair in its node directory (``paillier keygen``), every hospital installs the signed public file
+after checking the announced fingerprint (``paillier install``), the coordinator checks its copy
+(``paillier show``); ``paillier-threshold`` — every hospital makes its one-time share key
+(``paillier share-key``), the dealer deals sealed ``t``-of-``l`` shares (``paillier deal``; the
+dealer's output is deleted after delivery), every hospital installs the public file and its share.
+Their keys are 1024 bits: a TEST-ONLY size (< 112-bit security) that keeps the run short;
+a real consortium uses ``--bits 2048`` or more.
 Every process is started in its own session and killed by its process id in a ``finally``
 block.  Exit status 0 when the checks pass.
 """
@@ -157,12 +167,88 @@ class Mode:
     kill_at: str = "masked_input"
     setup: Callable[..., dict[str, Any]] | None = None
     stages: tuple[str, ...] = ("join", "advertise", "share", "masked_input", "consistency", "unmask")
+    parties: tuple[str, ...] = ()  # non-hospital parties: enrolled, in the roster, a SuperNode each (no data)
 
 
+TEST_KEY_BITS = 1024  # Paillier modes: a TEST-ONLY key size (< 112-bit security), printed as such
+
+
+def _announced(out: str) -> str:
+    """The fingerprint a command printed (what its party announces out of band)."""
+    return re.search(r"fingerprint ([0-9a-f]{64})", out).group(1)
+
+
+def _deliver_public(public: Path, fingerprint: str, hospitals: list[str], nodes: dict[str, Path], coord: Path,
+                    run: Callable[[list[str]], str], shares: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Every hospital installs the public setup file (and its share) after checking the announced fingerprint;
+    the coordinator checks its copy against its roster. Returns the run config naming the coordinator's copy."""
+    for n in hospitals:  # on each hospital's machine: what it received
+        copy = nodes[n].parent / "paillier-public.json"
+        copy.write_bytes(public.read_bytes())
+        extra = []
+        if shares is not None:
+            mine = nodes[n].parent / shares[n].name
+            mine.write_bytes(shares[n].read_bytes())
+            extra = ["--share", str(mine)]
+        print(run(["paillier", "install", str(nodes[n]), "--public", str(copy), "--fingerprint", fingerprint, *extra]),
+              end="")
+    theirs = coord / "paillier-public.json"
+    theirs.write_bytes(public.read_bytes())
+    print(run(["paillier", "show", str(theirs), "--roster", str(coord / "roster.json"), "--fingerprint", fingerprint]),
+          end="")
+    return {"run_config": {"fedvault-paillier": str(theirs), "fedvault-paillier-fingerprint": fingerprint},
+            "node_config": {}}
+
+
+def paillier_holder_ceremony(wd: Path, names: list[str], nodes: dict[str, Path], coord: Path,
+                             run: Callable[[list[str]], str]) -> dict[str, Any]:
+    """Holder mode: the key holder makes its key pair on its own node (the private key never leaves it)."""
+    kh = nodes["key_holder"]
+    public = kh.parent / "paillier-public.json"
+    out = run(["paillier", "keygen", str(kh), "--bits", str(TEST_KEY_BITS), "--insecure-test-key", "--out", str(public)])
+    print(out, end="")
+    return _deliver_public(public, _announced(out), names, nodes, coord, run)
+
+
+def paillier_threshold_ceremony(wd: Path, names: list[str], nodes: dict[str, Path], coord: Path,
+                                run: Callable[[list[str]], str]) -> dict[str, Any]:
+    """Threshold mode: sealed shares from a trusted dealer (t = a strict majority of the hospitals)."""
+    import shutil
+
+    dealer = wd / "dealer"
+    (dealer / "in").mkdir(parents=True, exist_ok=True)
+    (dealer / "roster.json").write_bytes((coord / "roster.json").read_bytes())
+    keys = []
+    for n in names:  # each hospital: its one-time share key; the signed public half goes to the dealer
+        run(["paillier", "share-key", str(nodes[n])])
+        keys.append(dealer / "in" / f"{n}.json")
+        keys[-1].write_bytes((nodes[n] / "paillier-share-key.json").read_bytes())
+    t = len(names) // 2 + 1
+    out = run(["paillier", "deal", "--roster", str(dealer / "roster.json"), "--threshold", str(t), "--bits",
+               str(TEST_KEY_BITS), "--insecure-test-key", "--share-keys", *map(str, keys), "--out", str(dealer / "out")])
+    print(out, end="")
+    shares = {n: next((dealer / "out").glob(f"share-*-{n}.json")) for n in names}
+    delivered = wd / "delivered"  # what the dealer sent (in transit); the dealer then deletes its output
+    delivered.mkdir(exist_ok=True)
+    for n, p in shares.items():
+        shares[n] = delivered / p.name
+        shares[n].write_bytes(p.read_bytes())
+    public = delivered / "paillier-public.json"
+    public.write_bytes((dealer / "out" / "paillier-public.json").read_bytes())
+    shutil.rmtree(dealer)
+    return _deliver_public(public, _announced(out), names, nodes, coord, run, shares)
+
+
+_PAILLIER = {"mode": "paillier", "key_bits": TEST_KEY_BITS}
 MODES: dict[str, Mode] = {
     "plaintext": Mode({"aggregation": {"mode": "plaintext"}}, kill_at="join", stages=("join",)),
     "secagg": Mode({"aggregation": {"mode": "secagg", "graph": "complete"}}),
     "secagg+": Mode({"aggregation": {"mode": "secagg", "graph": "sparse"}}),
+    # Paillier: a hospital killed while it trains (join); the key holder / the share-holders decrypt at "decrypt"
+    "paillier-holder": Mode({"aggregation": {**_PAILLIER, "keys": "holder"}}, kill_at="join",
+                            setup=paillier_holder_ceremony, stages=("join", "decrypt"), parties=("key_holder",)),
+    "paillier-threshold": Mode({"aggregation": {**_PAILLIER, "keys": "threshold"}}, kill_at="join",
+                               setup=paillier_threshold_ceremony, stages=("join", "decrypt")),
 }
 
 
@@ -201,10 +287,13 @@ def fedvault(argv: list[str], env: dict[str, str]) -> str:
     return out.stdout
 
 
-def enrol_consortium(wd: Path, names: list[str], env: dict[str, str]) -> tuple[dict[str, Path], Path]:
-    """Steps 2-3: every hospital enrols on its own node directory; the coordinator builds the roster from the
-    public enrolments; every hospital installs it after comparing the announced fingerprint."""
+def enrol_consortium(wd: Path, names: list[str], env: dict[str, str],
+                     parties: tuple[str, ...] = ()) -> tuple[dict[str, Path], Path]:
+    """Steps 2-3: every hospital (and every other party, e.g. Paillier's key holder) enrols on its own node
+    directory; the coordinator builds the roster from the public enrolments; every node installs it after
+    comparing the announced fingerprint."""
     nodes = {n: wd / "hospitals" / n / "node" for n in names}
+    nodes.update({n: wd / "parties" / n / "node" for n in parties})
     for n, d in nodes.items():  # on each hospital's machine
         d.parent.mkdir(parents=True, exist_ok=True)
         fedvault(["enrol", "--hospital", n, "--out", str(d)], env)
@@ -241,16 +330,16 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str | None = None,
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
     base_env.update(FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                     FEDVAULT_TORCH_THREADS="1", PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
-    nodes, roster = enrol_consortium(wd, names, base_env)
+    nodes, roster = enrol_consortium(wd, names, base_env, m.parties)
     study = study_config(mode, rounds, hospitals)
     (wd / "coordinator" / "study.toml").write_text(study, encoding="utf-8")
-    for n in names:  # every hospital keeps its own copy of the consortium's config
+    for n in nodes:  # every hospital (and party) keeps its own copy of the consortium's config
         (nodes[n].parent / "study.toml").write_text(study, encoding="utf-8")
     extra: dict[str, Any] = {"run_config": {}, "node_config": {}}
     if m.setup is not None:
         extra = m.setup(wd, names, nodes, wd / "coordinator", lambda argv: fedvault(argv, base_env))
     progress, history = wd / "progress.txt", wd / "coordinator" / "history.json"
-    link, *node_ports = free_ports(1 + hospitals)  # Flower serves Fleet, Control and Runtime APIs on one port
+    link, *node_ports = free_ports(1 + len(nodes))  # Flower serves Fleet, Control and Runtime APIs on one port
     procs = Procs(wd / "logs")
     try:
         env = dict(base_env, FLWR_HOME=str(wd / "home-superlink"))
@@ -259,7 +348,7 @@ def deploy(hospitals: int = 4, kill: int | None = 3, kill_at: str | None = None,
                                   "--host", "127.0.0.1", "--port", str(link),
                                   "--database", ":flwr-in-memory:", "--disable-runtime-dependency-installation"], env)
         wait_port(link, 60)
-        for k, name in enumerate(names):
+        for k, name in enumerate(nodes):
             nc = {"fedvault-dir": str(nodes[name]), "fedvault-config": str(nodes[name].parent / "study.toml"),
                   **extra.get("node_config", {}).get(name, {})}
             env = dict(base_env, FLWR_HOME=str(wd / f"home-{name}"))

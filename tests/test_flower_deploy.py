@@ -9,6 +9,7 @@ survivor's ε is the one its own ledger holds."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -68,5 +69,45 @@ def test_tls_deployment_survives_a_killed_supernode(tmp_path):
     log = (wd / "logs" / "flwr-run.log").read_text()
     assert "fedvault round 1: 3 hospitals in the sum" in log
     # Nothing left running.
+    left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not left
+
+
+def test_tls_deployment_with_paillier_keys_from_the_ceremony_survives_a_killed_supernode(tmp_path):
+    """Paillier (holder mode) over the same real deployment: the key holder enrols like a hospital and runs its
+    own SuperNode; the key ceremony runs as each party's own `fedvault paillier` commands (keygen on the key
+    holder's node, install on every hospital after checking the announced fingerprint, show at the
+    coordinator); a hospital's SuperNode is SIGKILLed while the hospitals train. The round completes over the
+    three survivors, decrypted by the key holder; its private key exists only in its own node directory.
+    The key is 1024 bits: a TEST-ONLY size, and every guarantee line says so."""
+    dep = _deploy_module()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    wd = tmp_path / "run"
+    out = dep.deploy(hospitals=4, kill=3, workdir=wd, mode="paillier-holder", stage_timeout=30.0, train_timeout=45.0)
+    assert dep.check(out) == []
+    (r1,) = out["rounds"]
+    assert out["killed"] == "hospital_2" and "aborted" not in r1, r1
+    assert r1["dropped"] == {"upload": ["hospital_2"]}  # killed while training: it never uploaded
+    survivors = ["hospital_0", "hospital_1", "hospital_3"]
+    assert r1["participants"] == survivors  # the contributors of the sum the key holder decrypted
+    assert r1["protocol"] == "paillier"
+    g = r1["guarantee"]
+    assert (g["keys"], g["key_bits"], g["cohort"]) == ("holder", dep.TEST_KEY_BITS, 4) and "TEST-ONLY" in g["line"]
+    assert "key_holder" not in out["hospitals"] and "key_holder" not in r1["epsilon"]
+    for name in survivors:
+        eps = out["ledgers"][name]["epsilon"]
+        assert eps > 0 and r1["epsilon"][name] == pytest.approx(eps)
+    # Key material: the private key only in the key holder's node directory (0600); everyone else holds the
+    # public file they installed after checking the fingerprint the key holder announced.
+    keys = list(wd.rglob("paillier-key.json"))
+    assert [p.parent for p in keys] == [wd / "parties" / "key_holder" / "node"]
+    assert keys[0].stat().st_mode & 0o777 == 0o600
+    fps = {json.loads(p.read_text())["fingerprint"] for p in wd.rglob("paillier-public.json")}
+    assert len(fps) == 1 and all(
+        json.loads((wd / "hospitals" / n / "node" / "node.json").read_text())["paillier"] in fps
+        for n in [*survivors, "hospital_2"])
+    assert not list((wd / "coordinator").rglob("*.pem")) and not list((wd / "coordinator").rglob("paillier-key*"))
+    log = (wd / "logs" / "flwr-run.log").read_text()
+    assert "fedvault round 1: 3 hospitals in the sum" in log and "paillier" in log
     left = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not left

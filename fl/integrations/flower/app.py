@@ -524,7 +524,8 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
     transport = FlowerTransport(grid, names, timeout=float(rc.get("stage-timeout", 60.0)),
                                 train_timeout=float(rc.get("train-timeout", 120.0)), on_stage=on_stage)
     missing = [n for n in names if n not in transport.nodes]
-    log(INFO, "fedvault: %d SuperNodes connected; %d of %d hospitals answered%s", len(nodes), len(transport.nodes),
+    log(INFO, "fedvault: %d SuperNodes connected; %d of %d hospitals answered%s", len(nodes),
+        len([n for n in names if n in transport.nodes]),
         len(names), f" (missing: {', '.join(missing)})" if missing else "")
     info = {n: transport.info[n] for n in names if n in transport.info}
     schema = _study_schema(info)
