@@ -132,9 +132,15 @@ class DataConfig:
     csv: tuple[str, ...] = ()
     label: str = ""
     test_csv: str = ""
+    classes: tuple[str, ...] = ()
 
     def check(self, p: Problems) -> None:
         p.choice("data.dataset", self.dataset, DATASETS)
+        if self.classes:
+            if self.dataset != "csv":
+                p.error("data.classes declares the label classes of CSV data; remove it or set dataset = \"csv\"")
+            elif len(set(self.classes)) < 2 or len(set(self.classes)) != len(self.classes):
+                p.error(f"data.classes must list at least 2 distinct classes, got {list(self.classes)}")
         if self.dataset == "csv":
             if len(self.csv) < 2:
                 p.error("data.csv: give one CSV file per hospital (at least 2), e.g. csv = [\"a.csv\", \"b.csv\"]")

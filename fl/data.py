@@ -11,7 +11,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -124,7 +124,7 @@ def _load_builtin(cfg: Config) -> FederatedData:
     hospitals = []
     for k, part in enumerate(parts):
         idx = train_idx[part]
-        hospitals.append(_with_holdout(f"hospital_{k}", X[idx], y[idx], cfg.data.test_fraction, rng))
+        hospitals.append(with_holdout(f"hospital_{k}", X[idx], y[idx], cfg.data.test_fraction, rng))
     return FederatedData(hospitals, X[test_idx], y[test_idx], int(y.max()) + 1, names, shape, classes,
                          label_mapping={str(i): c for i, c in enumerate(classes)})
 
@@ -139,7 +139,7 @@ def _stratified_split(y: np.ndarray, frac: float, rng: np.random.Generator) -> t
     return np.sort(np.concatenate(test)), np.sort(np.concatenate(train))
 
 
-def _with_holdout(name: str, X: np.ndarray, y: np.ndarray, frac: float, rng: np.random.Generator) -> HospitalData:
+def with_holdout(name: str, X: np.ndarray, y: np.ndarray, frac: float, rng: np.random.Generator) -> HospitalData:
     """Hold a seeded fraction of a hospital's records out for its own (site) evaluation."""
     idx = rng.permutation(len(y))
     k = min(int(round(frac * len(y))), max(len(y) - 2, 0))
@@ -205,7 +205,7 @@ def _sniff_delimiter(text: str) -> str:
     return best if counts[best] else ","
 
 
-def _read_csv(path: Path, label: str) -> _CsvFile:
+def read_csv(path: Path, label: str) -> _CsvFile:
     """Parse one hospital's CSV, collecting (up to a few) problems instead of stopping at the first.
 
     Excel's UTF-8 byte-order mark is ignored; the delimiter (, ; TAB |) is taken from the
@@ -292,8 +292,34 @@ def _as_number(s: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def label_mapping(raw_labels: list[str], column: str) -> tuple[list[str], dict[str, int]]:
+def _declared_mapping(distinct: list[str], column: str, classes: list[str]) -> tuple[list[str], dict[str, int]]:
+    """``label_mapping`` against the declared ``data.classes``."""
+    values = [_as_number(c) for c in classes]
+    numeric = all(v is not None for v in values)
+    mapping: dict[str, int] = {}
+    unknown = []
+    for l in distinct:
+        if numeric and _as_number(l) is not None:
+            hit = [i for i, v in enumerate(values) if v == _as_number(l)]
+        else:
+            hit = [i for i, c in enumerate(classes) if c.strip() == l.strip()]
+        if hit:
+            mapping[l] = hit[0]
+        else:
+            unknown.append(l)
+    if unknown:
+        raise DataError(f"label column {column!r} has value(s) {', '.join(map(repr, unknown[:5]))} that are not in "
+                        f"data.classes {classes}; add them to data.classes or correct the file")
+    return list(classes), mapping
+
+
+def label_mapping(raw_labels: list[str], column: str, classes: Sequence[str] = ()) -> tuple[list[str], dict[str, int]]:
     """Classes (names) and ``{raw label: class index}`` for the label values of every file.
+
+    ``classes`` (``data.classes``): the study's declared classes, in index order. Every raw
+    label must then be one of them (numbers compared as numbers when every declared class is
+    a number), and a file need not hold every class: a deployed hospital maps its own file
+    alone and reveals nothing about which classes it holds.
 
     * Numeric labels are compared as numbers: ``1``, ``1.0`` and `` 1 `` are one class, named
       ``"1"``; classes are ordered by value.
@@ -302,6 +328,8 @@ def label_mapping(raw_labels: list[str], column: str) -> tuple[list[str], dict[s
       ``"yes"``), or text labels that differ only in case or spacing (``Benign``/``benign``).
     """
     distinct = sorted(set(raw_labels))
+    if classes:
+        return _declared_mapping(distinct, column, list(classes))
     numbers = {l: _as_number(l) for l in distinct}
     num = [l for l in distinct if numbers[l] is not None]
     txt = [l for l in distinct if numbers[l] is None]
@@ -341,8 +369,8 @@ def _load_csvs(cfg: Config, warn: Callable[[str], None]) -> FederatedData:
     def resolve(p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else base / p
 
-    files = [_read_csv(resolve(p), cfg.data.label) for p in cfg.data.csv]
-    test = _read_csv(resolve(cfg.data.test_csv), cfg.data.label) if cfg.data.test_csv else None
+    files = [read_csv(resolve(p), cfg.data.label) for p in cfg.data.csv]
+    test = read_csv(resolve(cfg.data.test_csv), cfg.data.label) if cfg.data.test_csv else None
     problems = [m for f in files + ([test] if test else []) for m in f.problems]
     good = [f for f in files + ([test] if test else []) if not f.problems]
     if good:
@@ -365,7 +393,7 @@ def _load_csvs(cfg: Config, warn: Callable[[str], None]) -> FederatedData:
     if problems:
         raise DataError.collect(problems, what="the data")
     all_raw = [l for f in files for l in f.labels] + (test.labels if test else [])
-    classes, cmap = label_mapping(all_raw, cfg.data.label)
+    classes, cmap = label_mapping(all_raw, cfg.data.label, cfg.data.classes)
     if len(classes) < 2:
         raise DataError(f"label column {cfg.data.label!r} has a single value {classes}; a classifier needs >= 2 classes")
     train_classes = {cmap[l] for f in files for l in f.labels}
@@ -376,7 +404,7 @@ def _load_csvs(cfg: Config, warn: Callable[[str], None]) -> FederatedData:
     hospitals, test_X, test_y = [], [], []
     for f in files:
         y = np.array([cmap[l] for l in f.labels], dtype=np.int64)
-        h = _with_holdout(f.path.stem, f.X, y, cfg.data.test_fraction, rng)
+        h = with_holdout(f.path.stem, f.X, y, cfg.data.test_fraction, rng)
         if test is None:
             # Without a test CSV the held-out records also form the global test set.
             test_X.append(h.X_val)
@@ -436,7 +464,7 @@ def _from_arrays(hospitals: Mapping[str, tuple[Any, Any]], test: tuple[Any, Any]
     else:
         X_test, y_test = first[0][:0], first[1][:0]
     rng = np.random.default_rng(seed)
-    hs = [_with_holdout(name, X, y, frac, rng) for name, (X, y) in pairs.items()]
+    hs = [with_holdout(name, X, y, frac, rng) for name, (X, y) in pairs.items()]
     ys = [y for _, y in pairs.values()] + [y_test]
     n_classes = int(max(int(y.max()) for y in ys if len(y)) + 1) if first[1].dtype.kind in "biu" else 0
     width = int(np.prod(first[0].shape[1:])) if first[0].ndim > 1 else 1

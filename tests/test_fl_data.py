@@ -117,6 +117,22 @@ def test_labels_differing_only_in_case_are_refused(tmp_path):
         data_mod.load(_cfg(tmp_path, [a, b]))
 
 
+def test_declared_classes_fix_the_order_and_refuse_other_labels(tmp_path):
+    """data.classes: the study's classes in the declared order; a file holding only some of them is fine,
+    a label outside them is refused with the fix; numbers are still compared as numbers."""
+    a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1, ("malignant", "benign")))
+    b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2, ("benign",)))
+    fd = data_mod.load(_cfg(tmp_path, [a, b], classes=["malignant", "benign"]))
+    assert fd.classes == ["malignant", "benign"] and fd.n_classes == 2
+    assert set(fd.hospitals[1].y.tolist()) | set(fd.hospitals[1].y_val.tolist()) == {1}
+    with pytest.raises(DataError, match="not in data.classes"):
+        data_mod.load(_cfg(tmp_path, [a, b], classes=["malignant", "normal"]))
+    classes, cmap = data_mod.label_mapping(["1.0", "0", " 2 "], "y", ["0", "1", "2"])
+    assert classes == ["0", "1", "2"] and cmap == {"1.0": 1, "0": 0, " 2 ": 2}
+    with pytest.raises(ConfigError, match="data.classes"):
+        _cfg(tmp_path, [a, b], classes=["benign"])
+
+
 def test_excel_bom_and_semicolons_are_read(tmp_path):
     a = _csv(tmp_path / "a.csv", ["age", "m", "y"], _rows(30, 1), bom=True)
     b = _csv(tmp_path / "b.csv", ["age", "m", "y"], _rows(30, 2), sep=";")

@@ -140,16 +140,21 @@ def test_each_hospital_reads_only_its_own_csv_and_the_study_matches_the_simulati
     def write(path, n):  # noqa: ANN001, ANN202
         X = rng.normal(size=(n, 3))
         y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "malignant", "benign")
+        X[:, 0] += np.where(y == "malignant", 1.5, -1.5)  # well separated: a wrong class mapping shows
         path.write_text("a,b,c,diagnosis\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{r[2]:.4f},{v}\n" for r, v in zip(X, y)))
 
     for name, n in (("north", 80), ("south", 60), ("east", 70), ("test", 50)):
         write(tmp_path / f"{name}.csv", n)
+    # south holds no malignant patient: with the declared data.classes it still takes part, and its schema
+    # (what it tells the coordinator) is the study's, not its own class set
+    south = (tmp_path / "south.csv").read_text().splitlines()
+    (tmp_path / "south.csv").write_text("\n".join([south[0]] + [r for r in south[1:] if r.endswith("benign")]) + "\n")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "east.csv").rename(tmp_path / "elsewhere" / "east.csv")
     study = tmp_path / "study.toml"
     study.write_text(CONFIG.format(mode="secagg", graph="complete", standardise="public").replace(
         "hospitals = 4", 'dataset = "csv"\nlabel = "diagnosis"\ncsv = ["north.csv", "south.csv", "east.csv"]\n'
-        'test_csv = "test.csv"').replace(
+        'test_csv = "test.csv"\nclasses = ["benign", "malignant"]').replace(
         "standardise =", "feature_low = [-5.0, -5.0, -5.0]\nfeature_high = [5.0, 5.0, 5.0]\nstandardise ="))
     root = tmp_path / "nodes"
     names = ["east", "north", "south"]
@@ -160,16 +165,25 @@ def test_each_hospital_reads_only_its_own_csv_and_the_study_matches_the_simulati
     grid = InProcessGrid(client_app(study), nodes, run_config=rc)
     hist = server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
                        config=study)
-    assert {n: h["records"] for n, h in hist["hospitals"].items()} == {"north": 80, "south": 60, "east": 70}
+    south_n = len((tmp_path / "south.csv").read_text().splitlines()) - 1
+    assert 0 < south_n < 60
+    assert {n: h["records"] for n, h in hist["hospitals"].items()} == {"north": 80, "south": south_n, "east": 70}
     assert [r["participants"] for r in hist["rounds"]] == [names, names]
     m = hist["final"]["metrics"]  # evaluated on the coordinator's own test CSV, classes mapped by name
-    assert m["accuracy"] > 0.55 and hist["rounds"][-1]["metrics"] == m
+    assert m["accuracy"] > 0.75 and hist["rounds"][-1]["metrics"] == m
     with pytest.raises(Exception, match="north.csv"):  # a hospital whose file is missing says which file
         (tmp_path / "north.csv").unlink()
         grid = InProcessGrid(client_app(study), {11: {"partition-id": 1}}, run_config=rc, run_id=2)
         from fedvault.fl.integrations.flower.app import load_party
 
         load_party(grid.contexts[11], study).party.public_info()
+    undeclared = tmp_path / "undeclared.toml"  # without data.classes a deployed hospital refuses to map its file
+    undeclared.write_text(study.read_text().replace('classes = ["benign", "malignant"]', ""))
+    grid = InProcessGrid(client_app(undeclared), {12: {"partition-id": 2}}, run_config=rc, run_id=3)
+    from fedvault.fl.integrations.flower.app import load_party
+
+    with pytest.raises(Exception, match="data.classes"):
+        load_party(grid.contexts[12], undeclared).party.public_info()
 
 
 def test_a_fresh_clientapp_process_per_message(tmp_path):

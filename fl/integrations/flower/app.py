@@ -196,21 +196,25 @@ def _csv_of(cfg: Any, name: str, node_config: Mapping[str, Any]) -> Path | None:
 def _own_data(cfg: Any, name: str, node_config: Mapping[str, Any]) -> tuple[Any, int]:
     """This hospital's records as a one-hospital FederatedData (no test set) and its partition index.
 
-    Its own CSV (read on its machine only; labels mapped over its own file, so every hospital must hold
-    every class — the coordinator refuses hospitals whose classes differ), or — simulations and demos —
+    Its own CSV (read on its machine only; labels mapped to the study's declared ``data.classes``, so
+    a hospital need not hold every class and reveals nothing about which it holds), or — simulations and demos —
     the partition of the config's built-in data set named like the hospital."""
     from fedvault.fl import data as data_mod
 
     csv = _csv_of(cfg, name, node_config)
     if csv is not None:
-        f = data_mod._read_csv(csv, cfg.data.label)
-        if f.problems:
-            from fedvault.fl.errors import DataError
+        from fedvault.fl.errors import DataError
 
+        if not cfg.data.classes:
+            raise DataError(f"{name}: a deployed hospital maps its labels with the study's declared classes, so that "
+                            "it reveals nothing about which classes it holds: add data.classes = [...] (every class "
+                            "of the study, in order) to the consortium's config")
+        f = data_mod.read_csv(csv, cfg.data.label)
+        if f.problems:
             raise DataError.collect(f.problems, what=str(csv))
-        classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label)
+        classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label, cfg.data.classes)
         y = np.array([cmap[v] for v in f.labels], dtype=np.int64)
-        h = data_mod._with_holdout(name, f.X, y, cfg.data.test_fraction, np.random.default_rng(cfg.seed))
+        h = data_mod.with_holdout(name, f.X, y, cfg.data.test_fraction, np.random.default_rng(cfg.seed))
         listed = [Path(p).stem for p in cfg.data.csv]  # its position in the consortium's list, as in `fedvault run`
         index = listed.index(name) if name in listed else 0
         return data_mod.FederatedData([h], f.X[:0], y[:0], len(classes), f.features, None, classes), index
@@ -458,8 +462,8 @@ def _test_set(cfg: Any, schema: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
     if not cfg.data.test_csv:
         return np.zeros((0, schema["n_features"]), dtype=np.float32), np.zeros(0, dtype=np.int64)
     p = Path(cfg.data.test_csv)
-    f = data_mod._read_csv(p if p.is_absolute() else Path(cfg.base_dir) / p, cfg.data.label)
-    raw_classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label)
+    f = data_mod.read_csv(p if p.is_absolute() else Path(cfg.base_dir) / p, cfg.data.label)
+    raw_classes, cmap = data_mod.label_mapping(list(f.labels), cfg.data.label, cfg.data.classes)
     index = {c: i for i, c in enumerate(schema["classes"])}
     unknown = sorted(set(raw_classes) - set(index))
     if unknown:
