@@ -372,3 +372,37 @@ def test_the_flower_app_runs_paillier_from_the_ceremony_files_only(tmp_path, key
     g = hist["rounds"][0]["guarantee"]
     assert g["keys"] == keys and g["key_bits"] == BITS and "TEST-ONLY" in g["line"]
     assert "key_holder" not in hist["hospitals"]
+
+
+def test_a_coordinator_with_another_dealt_key_gets_no_sum(tmp_path):
+    """Hospitals encrypt under the public setup THEY installed, never the coordinator's: a coordinator that runs
+    a second deal for the same roster (a validly formed file it can decrypt with t colluding shares of its own
+    deal) and uses it without the announced fingerprint gets every upload refused, and no round completes."""
+    pytest.importorskip("flwr")
+    from flwr.app import Context, RecordDict
+
+    from fedvault.fl.errors import FederationError
+    from fedvault.fl.integrations.flower import InProcessGrid
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(APP_CONFIG.format(keys="threshold").replace("rounds = 2", "rounds = 1"))
+    root = tmp_path / "nodes"
+    provision(root, [f"hospital_{k}" for k in range(4)], dirs=[f"node-{k}" for k in range(4)])
+    reg = root / "registry.json"
+    dealt = C.deal(reg, 3, BITS, tmp_path / "dealer", plaintext=True, allow_small=True)
+    for k in range(4):
+        node = NodeDir(root / f"node-{k}")
+        C.install(node.path, dealt.public_path, dealt.public.fingerprint, dealt.shares[node.client])
+    rogue = C.deal(reg, 3, BITS, tmp_path / "rogue", plaintext=True, allow_small=True)  # the coordinator's own
+    rc = {"fedvault-root": str(root), "fedvault-paillier": str(rogue.public_path),
+          "fedvault-history": str(tmp_path / "history.json")}
+    grid = InProcessGrid(client_app(cfg), {10 + k: {"partition-id": k} for k in range(4)}, run_config=rc)
+    with pytest.raises(FederationError, match="no round completed"):
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc), config=cfg)
+    (r1,) = json.loads((tmp_path / "history.json").read_text())["rounds"]
+    assert "participants" not in r1 or not r1["participants"]
+    # each upload refused: it is bound to the key its hospital installed, not the coordinator's
+    assert r1["blamed"] == {
+        f"hospital_{k}": [f"InconsistentError: upload of client {NodeDir(root / f'node-{k}').client} is under another key"]
+        for k in range(4)}
