@@ -186,15 +186,17 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def check_per_example_mean(fn: LossFn, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
-    """Refuse a callable loss that is not the batch mean of per-example losses (before any step).
+def check_per_example_mean(fn: LossFn | None, model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse a model or callable loss that mixes the examples of a batch (before any step).
 
     DP-SGD's guarantee rests on it: per-example clipping bounds one record's influence only if
-    example ``i``'s gradient depends on example ``i`` alone. A loss that couples the examples of
-    a batch (batch statistics, contrastive terms) leaks other records into every "per-example"
-    gradient, and a sum (or other) reduction mis-scales it. The probe evaluates the loss on the
-    first four records and on its two halves (outputs detached, no step taken): the mean of
-    per-example losses satisfies ``L(a ∪ b) = (|a| L(a) + |b| L(b)) / (|a| + |b|)``.
+    example ``i``'s gradient depends on example ``i`` alone. A layer that uses batch statistics
+    (a hand-written centring, a custom normalisation Opacus' validator cannot see) or a loss that
+    couples the examples (batch statistics, contrastive terms) leaks other records into every
+    "per-example" gradient; a sum (or other) reduction mis-scales the loss. The probe runs the
+    model (eval mode, no gradient) on the first four records together and one by one, and the
+    loss ``fn`` (a user's callable; None for the built-ins) on the four and on its two halves: the
+    mean of per-example losses satisfies ``L(a ∪ b) = (|a| L(a) + |b| L(b)) / (|a| + |b|)``.
     """
     if len(X) < 4:
         return
@@ -203,14 +205,21 @@ def check_per_example_mean(fn: LossFn, model: nn.Module, X: torch.Tensor, y: tor
     try:
         with torch.no_grad():
             out = model(X[:4])
-            whole, a, b = fn(out, y[:4]), fn(out[:2], y[:2]), fn(out[2:4], y[2:4])
+            alone = torch.cat([model(X[i : i + 1]) for i in range(4)])
+            losses = None if fn is None else (fn(out, y[:4]), fn(out[:2], y[:2]), fn(out[2:4], y[2:4]))
     except Exception:  # noqa: BLE001 - the probe only refuses what it can evaluate; training reports errors
         return
     finally:
         model.train(was)
-    if not all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in (whole, a, b)):
+    if alone.shape == out.shape and not torch.allclose(out, alone, rtol=1e-4, atol=1e-5):
+        raise ObjectiveError(
+            "the model's output for a record depends on the other records of its batch (it differs when the "
+            "record is run alone): a layer uses batch statistics, so DP-SGD's per-example clipping would not "
+            "bound one record's influence; use per-example layers (LayerNorm/GroupNorm, no batch centring)"
+        )
+    if losses is None or not all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in losses):
         return  # batch_loss names the problem (not a scalar) at the first step
-    whole, halves = float(whole), (float(a) + float(b)) / 2
+    whole, halves = float(losses[0]), (float(losses[1]) + float(losses[2])) / 2
     if not np.isclose(whole, halves, rtol=1e-4, atol=1e-6):
         raise ObjectiveError(
             f"the loss is not the batch mean of per-example losses (on 4 records it gives {whole:.6g}, the mean "

@@ -304,8 +304,8 @@ class PrivateTrainer:
         if prox_mu < 0 or not math.isfinite(prox_mu):
             raise AccountingError(f"prox_mu must be >= 0, got {prox_mu!r}")
         check_model(model)
-        if resolve_loss(self.loss)[0] == "custom":  # a user's loss: the per-example mean DP-SGD assumes
-            check_per_example_mean(loss_fn, model, Xt, yt)
+        # per-example model and (a user's) loss: what DP-SGD's per-example clipping assumes
+        check_per_example_mean(loss_fn if resolve_loss(self.loss)[0] == "custom" else None, model, Xt, yt)
 
         from opacus.grad_sample import GradSampleModule
 

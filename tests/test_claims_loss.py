@@ -56,3 +56,22 @@ def test_per_example_means_are_accepted(loss):
     torch.manual_seed(0)
     PrivateTrainer(led, 1.0, 1.0, batch_size=8, loss=loss).train(nn.Linear(3, 1), X, y, round=1)
     assert [e.round for e in led.events] == [1]
+
+
+class Centre(nn.Module):
+    """A parameter-free layer Opacus' validator accepts, but that subtracts the batch mean."""
+
+    def forward(self, x):
+        return x - x.mean(dim=0, keepdim=True)
+
+
+def test_a_model_that_mixes_the_records_of_a_batch_is_refused_before_anything_is_charged():
+    X, y = _data()
+    led = PrivacyLedger("h", 1e-5)
+    model = nn.Sequential(nn.Linear(3, 4), Centre(), nn.Linear(4, 1))
+    with pytest.raises(ObjectiveError, match="other records of its batch"):
+        PrivateTrainer(led, 1.0, 1.0, batch_size=8, loss="mse").train(model, X, y, round=1)
+    assert led.events == ()
+    ok = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    PrivateTrainer(led, 1.0, 1.0, batch_size=8, loss="mse").train(ok, X, y, round=1)
+    assert [e.round for e in led.events] == [1]
