@@ -73,6 +73,7 @@ def run_inventory(
     personalization: bool,
     baseline: bool,
     audit: bool = False,
+    test_set: str = "server",
 ) -> list[Release]:
     """The inventory of one fedvault run (the engine writes it into history.json).
 
@@ -85,6 +86,9 @@ def run_inventory(
         personalization: hospitals fine-tune and report held-out metrics.
         baseline: the pooled, non-private baseline is trained (simulation only).
         audit: the run is an audit run (reruns, shadow models: simulation only).
+        test_set: ``"server"`` (the server's own test records) or ``"pooled_holdout"`` (the
+            hospitals' held-out records pooled at the server, e.g. CSV hospitals without a
+            ``test_csv``): exact metrics on other patients' records, so simulation only.
     """
     upd = "dp" if private or client_level else "simulation_only"
     inv = [
@@ -92,8 +96,11 @@ def run_inventory(
                 upd, "dp-sgd" if private else ("model_update" if client_level else None),
                 "DP-SGD (record level)" + (" + distributed discrete Gaussian (client level)" if client_level else "")
                 if upd == "dp" else "no DP configured"),
-        Release("global_model_and_test_metrics", "history.rounds[].metrics, final model", "dp_post" if upd == "dp" else upd,
-                None, "computed from the DP aggregate and the server's own test set"),
+        Release("global_model_and_test_metrics", "history.rounds[].metrics, final model",
+                "simulation_only" if test_set == "pooled_holdout" else ("dp_post" if upd == "dp" else upd), None,
+                "exact metrics on the hospitals' held-out records pooled at the server (a simulation: a deployment "
+                "evaluates on the server's own records, data.test_csv)" if test_set == "pooled_holdout" else
+                "computed from the DP aggregate and the server's own test set"),
         Release("record_counts", "history.hospitals[].records, update weights n_k, Σn_k", "exact_count", None,
                 "exact n_k; also fixes each hospital's q = 1/ceil(n_k/B) and steps"),
         Release("holdout_counts", "history.hospitals[].holdout", "exact_count", None, "exact held-out sizes"),
