@@ -406,3 +406,33 @@ def test_a_coordinator_with_another_dealt_key_gets_no_sum(tmp_path):
     assert r1["blamed"] == {
         f"hospital_{k}": [f"InconsistentError: upload of client {NodeDir(root / f'node-{k}').client} is under another key"]
         for k in range(4)}
+
+
+@pytest.mark.parametrize("junk", [None, [], {}, "zz", 123, -1, "0", True])
+def test_malformed_files_raise_only_typed_errors(threshold_ceremony, tmp_path, junk):
+    """Every field of a public file (fingerprint recomputed, so checks go past it) and of a share file, replaced
+    by junk of another type: the loaders raise CeremonyError and nothing else."""
+    c, reg_path, res = _fresh(threshold_ceremony, tmp_path)
+    reg = Registry.load(reg_path)
+    doc = json.loads(res.public_path.read_text())
+    p = tmp_path / "mutated.json"
+    variants = [dict(doc, **{k: junk}) for k in doc if k != "fingerprint"]
+    variants += [dict(doc, setup=dict(doc["setup"], **{k: junk})) for k in doc["setup"]]
+    for v in variants:
+        v["fingerprint"] = C._public_fingerprint(v) if isinstance(v, dict) else None
+        p.write_text(json.dumps(v))
+        with pytest.raises(C.CeremonyError):
+            C.load_public(p, reg)
+    a = NodeDir(c / "h_a")
+    sealed = json.loads(res.shares[a.client].read_text())
+    for k in sealed:
+        p.write_text(json.dumps(dict(sealed, **{k: junk})))
+        with pytest.raises(C.CeremonyError):
+            C.install(a.path, res.public_path, res.public.fingerprint, p)
+    plain = C.deal(reg_path, 3, BITS, tmp_path / "plain", plaintext=True, allow_small=True)
+    share = json.loads(plain.shares[a.client].read_text())
+    for v in [dict(share, **{k: junk}) for k in share] + [dict(share, share=dict(share["share"], **{k: junk}))
+                                                          for k in share["share"]]:
+        p.write_text(json.dumps(v))
+        with pytest.raises(C.CeremonyError):
+            C.install(a.path, plain.public_path, plain.public.fingerprint, p)

@@ -116,6 +116,12 @@ def _int(rec: Mapping[str, Any], key: str) -> int:
     return int(v, 16)
 
 
+def _exact(v: Any, what: str) -> int:
+    if type(v) is not int:
+        raise ProtocolError(f"field {what!r} must be an integer, got {v!r}")
+    return v
+
+
 def public_to_record(public: PublicSetup) -> dict[str, Any]:
     """The public key setup as a JSON-ready dict (public values only)."""
     rec: dict[str, Any] = {"mode": public.mode, "key_bits": public.public_key.n.bit_length(), "n": _hex(public.public_key.n)}
@@ -139,15 +145,15 @@ def public_from_record(rec: Mapping[str, Any]) -> PublicSetup:
     try:
         mode = rec["mode"]
         n = _int(rec, "n")
-        if n.bit_length() != int(rec["key_bits"]) or n < 3 or n % 2 == 0:
+        if n.bit_length() != _exact(rec["key_bits"], "key_bits") or n < 3 or n % 2 == 0:
             raise ProtocolError(f"modulus has {n.bit_length()} bits, the record says {rec['key_bits']}")
         pk = PaillierPublicKey(n)
         if mode == "holder":
-            return PublicSetup("holder", pk, holder=int(rec["holder"]))
+            return PublicSetup("holder", pk, holder=_exact(rec["holder"], "holder"))
         if mode != "threshold":
             raise ProtocolError(f"mode must be 'holder' or 'threshold', got {mode!r}")
-        parties = tuple(int(p) for p in rec["parties"])
-        t = int(rec["threshold"])
+        parties = tuple(_exact(p, "parties") for p in rec["parties"])
+        t = _exact(rec["threshold"], "threshold")
         check_threshold_policy(t, len(parties))
         vks = [int(v, 16) for v in rec["verification_keys"]]
         if len(vks) != len(parties):
@@ -178,9 +184,11 @@ def share_from_record(rec: Mapping[str, Any], public: PublicSetup) -> ThresholdK
     if public.mode != "threshold" or tk is None:
         raise ProtocolError("a key share needs a threshold public setup")
     try:
-        index, secret = int(rec["index"]), _int(rec, "secret")
+        index, secret = rec["index"], _int(rec, "secret")
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f"malformed key share ({type(e).__name__}: {e})") from None
+    if type(index) is not int:
+        raise ProtocolError(f"share index must be an integer, got {index!r}")
     if not 1 <= index <= tk.parties:
         raise ProtocolError(f"share index {index} is outside 1..{tk.parties}")
     n2 = public.public_key.nsquare

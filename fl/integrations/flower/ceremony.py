@@ -105,7 +105,8 @@ def _read_json(path: str | os.PathLike[str], fmt: str, what: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise CeremonyError(f"{path}: not a {what} (format {doc.get('format') if isinstance(doc, dict) else None!r}, "
                             f"expected {fmt!r})")
-    if doc.get("version") != VERSION:
+    version = doc.get("version")
+    if type(version) is not int or version != VERSION:
         raise CeremonyError(f"{path}: {what} version {doc.get('version')!r} is not supported (this fedvault reads "
                             f"version {VERSION}); regenerate it with this fedvault")
     return doc
@@ -335,7 +336,11 @@ def _seal(header: dict, recipient: bytes, plaintext: bytes) -> dict:
 
 
 def _unseal(doc: Mapping[str, Any], private: X25519PrivateKey, path: Any) -> bytes:
-    if bytes.fromhex(str(doc.get("recipient", ""))) != K.public_bytes(private):
+    try:
+        recipient = bytes.fromhex(str(doc.get("recipient", "")))
+    except ValueError:
+        recipient = b""
+    if recipient != K.public_bytes(private):
         raise CeremonyError(f"{path}: this share is sealed to another key (not this node's {SHARE_KEY_FILE}); it is "
                             "another hospital's share, or this node made a new share key after the deal")
     aad = _seal_header(doc)
@@ -453,7 +458,10 @@ def _share_doc(path: Path, node: NodeDir) -> dict:
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, X25519PrivateKey):
             raise CeremonyError(f"{node.path / SHARE_KEY_FILE} is not an X25519 key")
-        inner = json.loads(_unseal(doc, key, path))
+        try:
+            inner = json.loads(_unseal(doc, key, path))
+        except ValueError as e:  # authenticated, so the dealer wrote it: a dealer bug or another format
+            raise CeremonyError(f"{path}: the sealed share is not a share record; ask the dealer for it again") from e
         return dict({k: v for k, v in doc.items() if k in ("version", "roster", "public", "client", "name")},
                     format=SHARE_FORMAT, share=inner)
     return _read_json(path, SHARE_FORMAT, "Paillier share")
@@ -466,7 +474,7 @@ def _check_share(doc: Mapping[str, Any], node: NodeDir, pub: PaillierPublicFile,
     if doc.get("roster") != node.registry.fingerprint():
         raise CeremonyError(f"{path}: this share was dealt for another roster; ask the dealer for a share of the "
                             "installed roster")
-    if doc.get("client") != node.client or doc.get("name") != node.name:
+    if type(doc.get("client")) is not int or doc.get("client") != node.client or doc.get("name") != node.name:
         raise CeremonyError(f"{path}: this is the share of client {doc.get('client')} ({doc.get('name')!r}), not of "
                             f"this hospital (client {node.client}, {node.name!r}); install your own share")
     if doc.get("public") != pub.fingerprint:
