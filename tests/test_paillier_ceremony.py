@@ -436,3 +436,35 @@ def test_malformed_files_raise_only_typed_errors(threshold_ceremony, tmp_path, j
         p.write_text(json.dumps(v))
         with pytest.raises(C.CeremonyError):
             C.install(a.path, plain.public_path, plain.public.fingerprint, p)
+
+
+def test_the_deployment_scripts_threshold_ceremony(tmp_path, capsys):
+    """scripts/flower_deploy.py's paillier-threshold setup, without the SuperLink: every party's `fedvault`
+    commands as separate processes; afterwards each hospital's node holds its own share (and no other), the
+    dealer's output is gone, and the coordinator's run config names a public file it can load."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "flower_deploy.py"
+    spec = importlib.util.spec_from_file_location("flower_deploy_ceremony", script)
+    dep = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = dep
+    spec.loader.exec_module(dep)
+    env = dict(os.environ, PYTHONPATH=str(script.parent.parent))
+    names = [f"hospital_{k}" for k in range(4)]
+    nodes, roster = dep.enrol_consortium(tmp_path, names, env)
+    extra = dep.MODES["paillier-threshold"].setup(tmp_path, names, nodes, tmp_path / "coordinator",
+                                                   lambda argv: dep.fedvault(argv, env))
+    assert not (tmp_path / "dealer").exists()  # the dealer deleted its output after delivery
+    rc = extra["run_config"]
+    pub = C.load_public(rc["fedvault-paillier"], Registry.load(roster), rc["fedvault-paillier-fingerprint"])
+    assert (pub.setup.threshold, len(pub.setup.parties), pub.setup.public_key.n.bit_length()) == (3, 4, 1024)
+    assert "TEST-ONLY" in capsys.readouterr().out
+    indices = set()
+    for n in names:
+        node = NodeDir(nodes[n])
+        share = node.paillier_secret()
+        assert share.index == pub.setup.share_index(node.client)
+        indices.add(share.index)
+        assert not (node.path / C.SHARE_KEY_FILE).exists()
+    assert indices == {1, 2, 3, 4}
