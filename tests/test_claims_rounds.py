@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedvault.fl.config import from_dict
 
@@ -95,3 +96,28 @@ def test_protocol_secrets_are_fresh_unless_reproducible(monkeypatch):
     assert a.keys() == b.keys() and all(a[i] != b[i] for i in a)
     ra, rb = _advertised_keys(_cfg(privacy={"reproducible": True})), _advertised_keys(_cfg(privacy={"reproducible": True}))
     assert ra == rb
+
+
+def test_a_hospital_trains_at_most_once_per_round_even_under_a_new_session():
+    """SECURITY (Flower deployments): "a (session, round) a hospital trained for is refused thereafter"
+    — on the engine path too, and under a fresh session id: a server that restarts round 1 (new session,
+    another model) would otherwise get a second, differently-noised update of the same round."""
+    from fedvault.dp.errors import PrivacyError
+    from fedvault.fl.engine import make_mode, open_session
+    from fedvault.fl.models import get_vector
+    from fedvault.fl.simulation import federate, simulation_identities
+    from fedvault.secagg import keys as K
+
+    cfg = _cfg()
+    run = federate(cfg, baseline=False)
+    h = run.hospitals[0]
+    before = list(h.ledger.events)
+    names = [x.name for x in run.hospitals]
+    ids = {x.name: x.party for x in run.hospitals}
+    keys = {i: K.public_bytes(k) for i, k in simulation_identities(cfg, ids).items()}
+    w = get_vector(run.model)
+    again, _ = open_session(cfg, make_mode(cfg, ids), 1, "update", names, weights=w,
+                            clip=max(x.data.n for x in run.hospitals) * cfg.aggregation.update_clip, identity_keys=keys)
+    with pytest.raises(PrivacyError, match="at most once per round"):
+        h.join(again)
+    assert list(h.ledger.events) == before
