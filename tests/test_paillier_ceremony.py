@@ -468,3 +468,15 @@ def test_the_deployment_scripts_threshold_ceremony(tmp_path, capsys):
         indices.add(share.index)
         assert not (node.path / C.SHARE_KEY_FILE).exists()
     assert indices == {1, 2, 3, 4}
+
+
+def test_ceremony_commands_on_a_node_without_its_roster_say_what_to_run(tmp_path, capsys):
+    from fedvault.fl.cli import main
+    from fedvault.fl.integrations.flower.node import enrol
+
+    enrol("key_holder", tmp_path / "kh")
+    for argv in (["paillier", "keygen", str(tmp_path / "kh"), "--bits", str(BITS), "--insecure-test-key", "--out",
+                  str(tmp_path / "p.json")], ["paillier", "share-key", str(tmp_path / "kh")]):
+        assert main(argv) == 2
+        assert "roster install" in capsys.readouterr().err
+    assert not (tmp_path / "kh" / C.HOLDER_KEY_FILE).exists()

@@ -233,6 +233,9 @@ class NodeDir:
         if mode & 0o077:
             raise NodeSetupError(f"{self.path} is readable by others (mode {mode:o}); run chmod 700 on it")
         info = json.loads((self.path / "node.json").read_text(encoding="utf-8"))
+        if "client" not in info or not (self.path / "registry.json").is_file():
+            raise NodeSetupError(f"{self.path} has no installed roster (enrolled, but `fedvault roster install "
+                                 f"roster.json --node {self.path} --fingerprint HEX` was not run yet)")
         self.client = int(info["client"])
         self.name = str(info["name"])
         self.registry = Registry.load(self.path / "registry.json")
