@@ -53,6 +53,7 @@ def test_flwr_run_on_the_example_completes(tmp_path):
         assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
         out = ok.stdout
         assert "fedvault round 1 (update): unmask" in out and "fedvault round 1: 2 hospitals in the sum" in out
+        assert "fedvault guarantee: secagg (complete graph" in out  # the guarantee the run gives, in the log
         assert "max ε" in out and "finished:completed" in out  # Flower's log stream
         import json
 

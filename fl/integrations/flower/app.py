@@ -484,8 +484,16 @@ def _study_schema(info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return first
 
 
+_GUARANTEES: set[str] = set()  # guarantee lines already logged by this process
+
+
 def _log_round(row: Mapping[str, Any]) -> None:
     r = row["round"]
+    g = row.get("guarantee")
+    line = g.get("line") if isinstance(g, Mapping) else None
+    if line and line not in _GUARANTEES:  # what the round's protocol guarantees, when it first appears
+        _GUARANTEES.add(line)
+        log(INFO, "fedvault guarantee: %s", line)
     if "aborted" in row:
         log(WARNING, "fedvault round %d: aborted (%s); dropped %s", r, row["aborted"], row.get("dropped"))
         return
