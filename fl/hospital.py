@@ -464,15 +464,7 @@ class Hospital(_DecryptLogOwner):
 
     def _check_roster(self, setup: "RoundSetup") -> None:
         """Refuse identity keys that differ from this hospital's pinned roster (see ``roster_keys``)."""
-        if self.roster_keys is None:
-            return
-        for party, key in dict(setup.identity_keys or {}).items():
-            if self.roster_keys.get(int(party)) != bytes(key):
-                raise SetupRejected(f"{self.name}: the round's identity key of party {party} is not the one in this "
-                                    "hospital's roster; refusing the round (nothing trained)")
-        missing = sorted(set(setup.parties.values()) - set(self.roster_keys))
-        if missing:
-            raise SetupRejected(f"{self.name}: parties {missing[:5]} of the round are not in this hospital's roster")
+        check_roster(self.name, self.roster_keys, setup)
 
     def _check_paillier_key(self, setup: "RoundSetup") -> None:
         """Refuse a Paillier setup whose public key is not the study key this hospital holds (its pinned
@@ -714,6 +706,25 @@ class Hospital(_DecryptLogOwner):
         return None if self.ledger is None else float(self.ledger.epsilon())
 
 
+def check_roster(who: str, roster_keys: "Mapping[int, bytes] | None", setup: "RoundSetup") -> None:
+    """Refuse a setup whose identity keys differ from ``who``'s pinned roster (``None``: not pinned).
+
+    Threat model: a server that supplies the identity keys could list sybil "hospitals" whose keys it
+    made, sign uploads in their names and make a sum of one honest update look like ``min_clients``
+    distinct contributions. A party that pinned its roster (enrolment, ``fedvault roster install``)
+    refuses every key it does not hold, and every party of the round missing from it.
+    """
+    if roster_keys is None:
+        return
+    for party, key in dict(setup.identity_keys or {}).items():
+        if roster_keys.get(int(party)) != bytes(key):
+            raise SetupRejected(f"{who}: the round's identity key of party {party} is not the one in its roster; "
+                                "refusing the round (nothing trained or decrypted)")
+    missing = sorted(set(setup.parties.values()) - set(roster_keys))
+    if missing:
+        raise SetupRejected(f"{who}: parties {missing[:5]} of the round are not in its roster")
+
+
 class KeyHolder(_DecryptLogOwner):
     """Paillier ``keys = "holder"``: the party outside the hospitals (e.g. a privacy officer)
     holding the study's decryption key. It decrypts only verified aggregates, once per round
@@ -722,15 +733,19 @@ class KeyHolder(_DecryptLogOwner):
     name = "key_holder"
 
     def __init__(self, party: int, private_key: Any, identity: Any, *, decrypt_log: Any = None,
-                 state_dir: "str | os.PathLike[str] | None" = None, min_clients: int = 2) -> None:
+                 state_dir: "str | os.PathLike[str] | None" = None, min_clients: int = 2,
+                 roster_keys: "Mapping[int, bytes] | None" = None) -> None:
         """``min_clients``: the fewest contributions this holder ever opens, from its own copy of the
         study config (``max(2, training.min_clients)``; default 2, the config default). A setup
-        proposing a smaller cohort or a smaller ``min_clients`` is refused (:meth:`join`)."""
+        proposing a smaller cohort or a smaller ``min_clients`` is refused (:meth:`join`).
+        ``roster_keys``: ``{party: Ed25519 public key}`` as this holder pinned it; a setup naming other
+        identity keys (sybils the server made) is refused (:func:`check_roster`)."""
         if isinstance(min_clients, bool) or not isinstance(min_clients, int) or min_clients < 2:
             raise SetupRejected(f"key holder: min_clients must be an integer >= 2, got {min_clients!r} "
                                 "(a decryptor never opens a single hospital's update)")
         self.party, self._key, self.identity = party, private_key, identity
         self.min_clients = min_clients
+        self.roster_keys = None if roster_keys is None else {int(k): bytes(v) for k, v in roster_keys.items()}
         self._decrypt_log, self._state_dir = decrypt_log, state_dir  # default: durable, per key
 
     def _decryption_key(self) -> Any:
@@ -749,8 +764,8 @@ class KeyHolder(_DecryptLogOwner):
 
         Raises:
             SetupRejected: the model does not hash to ``setup.model_sha256``, the session is not bound
-                to it, the protocol is not Paillier, or the cohort or ``min_clients`` is below this
-                holder's ``min_clients``.
+                to it, the protocol is not Paillier, the cohort or ``min_clients`` is below this
+                holder's ``min_clients``, or an identity key is not the pinned roster's.
         """
         if model_digest(setup.weights) != setup.model_sha256:
             raise SetupRejected("key holder: the round setup's model does not match its SHA-256")
@@ -767,6 +782,7 @@ class KeyHolder(_DecryptLogOwner):
             raise SetupRejected(f"key holder: the server proposes min_clients = {setup.params.min_clients} but this "
                                 f"holder's config needs min_clients >= {self.min_clients} (training.min_clients); "
                                 "use the consortium's config file")
+        check_roster("key holder", self.roster_keys, setup)
 
     def join(self, setup: "RoundSetup") -> "ClientRole":
         from fedvault.fl import roles

@@ -222,8 +222,12 @@ def coordinator(cfg: Config, transport: Any, model: torch.nn.Module, *, roster: 
                 epsilon: Callable[[], dict[str, float | None]] | None = None,
                 client_epsilon: Callable[[], dict[str, float | None]] | None = None,
                 before_round: Callable[[int, np.ndarray], None] | None = None, loss: Any = None,
-                baseline: bool = False, audit: bool = False) -> RoundEngine:
+                baseline: bool = False, audit: bool = False, test_set: str | None = None) -> RoundEngine:
     """The server half: the :class:`~fl.engine.RoundEngine` of a study over ``transport``.
+
+    ``test_set``: what ``test`` is, for the release inventory: ``"server"`` (the coordinator's own
+    records) or ``"pooled_holdout"`` (the hospitals' held-out records pooled: simulation only);
+    default: pooled for CSV hospitals without ``data.test_csv`` (what :func:`fl.data.load` does).
 
     Everything it uses is public: the config, the roster (names, ids, identity public keys),
     Paillier's public key setup, the counts the hospitals released (``hospital_info``, from
@@ -238,8 +242,10 @@ def coordinator(cfg: Config, transport: Any, model: torch.nn.Module, *, roster: 
                          identity_keys=roster.identity_keys, extra=list(roster.extra), on_round=on_round,
                          epsilon=epsilon, client_epsilon=client_epsilon, before_round=before_round, loss=loss)
     # The release inventory, the stated relation and where the randomness came from (helper D).
+    if test_set is None:
+        test_set = "pooled_holdout" if cfg.data.dataset == "csv" and not cfg.data.test_csv else "server"
     _record_privacy_facts(cfg, engine.history, client_level=cfg.privacy.client_noise_multiplier is not None,
-                          baseline=baseline, audit=audit)
+                          baseline=baseline, audit=audit, test_set=test_set)
     return engine
 
 
@@ -349,7 +355,7 @@ def federate(
             parties[name] = vp
     if holder_key is not None and paillier_public.mode == "holder":
         parties["key_holder"] = KeyHolder(holder_id, holder_key, identities[holder_id],
-                                          min_clients=max(2, cfg.training.min_clients))
+                                          min_clients=max(2, cfg.training.min_clients), roster_keys=identity_keys)
 
     if transport is None:
         transport = InMemoryTransport(parties, roster=names, dropout=cfg.aggregation.dropout, seed=cfg.seed,
@@ -513,7 +519,7 @@ def _standardise(cfg: Config, fd: data_mod.FederatedData, engine: RoundEngine,
 
 
 def _record_privacy_facts(cfg: Config, history: dict[str, Any], *, client_level: bool, baseline: bool,
-                          audit: bool) -> None:
+                          audit: bool, test_set: str = "server") -> None:
     """history ``releases`` (the inventory), ``privacy_relation`` and ``randomness``."""
     from fedvault.dp.events import RELATION_TEXT
     from fedvault.dp.releases import run_inventory
@@ -522,7 +528,8 @@ def _record_privacy_facts(cfg: Config, history: dict[str, Any], *, client_level:
     history["releases"] = [r.to_dict() for r in run_inventory(
         private=p.enabled, standardise=p.standardise if p.enabled else "exact",
         site_metrics="simulation" if (p.site_metrics == "simulation" or not p.enabled) else "off",
-        client_level=client_level, personalization=cfg.personalization.enabled, baseline=baseline, audit=audit)]
+        client_level=client_level, personalization=cfg.personalization.enabled, baseline=baseline, audit=audit,
+        test_set=test_set)]
     history["privacy_relation"] = {
         "record": p.relation, "client": "replace_one" if client_level else None,
         "text": f"every record-level ε: {RELATION_TEXT[p.relation]} (exact counts are released)"

@@ -56,11 +56,6 @@ def test_an_unpinned_key_holder_opens_a_sum_of_the_victim_and_sybils():
     np.testing.assert_allclose(res.total, victim_x, atol=1e-3)  # the victim's update, alone
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KeyHolder (fl/hospital.py, owner mod12) takes the identity keys from the server's setup and has no "
-    "roster pin (Hospital has roster_keys=): a server listing sybil 'hospitals' whose keys it made gets "
-    "min_clients distinct signed uploads and the victim's update opened alone. Add KeyHolder(roster_keys=...) "
-    "refusing other keys before decrypting (the Flower app's holder already uses its pinned registry)"))
 def test_a_key_holder_with_its_roster_refuses_sybil_identity_keys():
     setup, _, ks, real, _, real_keys, _ = _round()
     holder = KeyHolder(0, ks.holder_key, real[0], decrypt_log=MemoryDecryptLog(), roster_keys=real_keys)

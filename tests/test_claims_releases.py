@@ -45,11 +45,6 @@ def _csv_study(tmp_path: Path, with_test: bool) -> dict:
     return federate(load(tmp_path / "study.toml"), baseline=False).history
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fl/simulation.py _record_privacy_facts (owner deploy) does not pass run_inventory(test_set="
-    "'pooled_holdout') when the data are CSV hospitals without data.test_csv (fl/data.py pools their held-out "
-    "records as the server's test set), so the exact per-round test metrics on those patients are labelled "
-    "dp_post 'the server's own test set'"))
 def test_a_csv_study_without_a_test_csv_labels_its_test_metrics_simulation_only(tmp_path):
     history = _csv_study(tmp_path, with_test=False)
     assert _entry(history)["protection"] == "simulation_only"

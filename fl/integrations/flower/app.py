@@ -149,9 +149,10 @@ def _key_holder(node: NodeDir, cfg: Any, public: Any, key: Any) -> Party:
     """The key holder's node (holder mode): it decrypts verified aggregates once per round and has no data."""
     from fedvault.fl.hospital import KeyHolder
 
+    roster = node.registry.identity_keys()
     holder = KeyHolder(node.client, key, node.identity(), state_dir=node.path / "state",
-                       min_clients=max(2, int(cfg.training.min_clients)))
-    return Party(holder, node.registry.identity_keys(), public, vault=node.path / "vault")
+                       min_clients=max(2, int(cfg.training.min_clients)), roster_keys=roster)
+    return Party(holder, roster, public, vault=node.path / "vault")
 
 
 # -- the hospital half ------------------------------------------------------------------------------
@@ -563,7 +564,8 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
                          roster=StudyRoster(hospitals=names, ids=ids, identity_keys=reg.identity_keys()),
                          hospital_info={n: {k: v for k, v in i.items() if k != "schema"} for n, i in info.items()},
                          test=(test.X_test, test.y_test), paillier_public=paillier_public, on_round=_log_round,
-                         epsilon=epsilons, client_epsilon=client_epsilons if cfg.privacy.enabled else None)
+                         test_set="server", epsilon=epsilons,
+                         client_epsilon=client_epsilons if cfg.privacy.enabled else None)
     engine.history["deployment"] = {"transport": "flower", "roster": reg.fingerprint(), "missing": missing}
     log(INFO, "fedvault: study of %d rounds, %s aggregation, %d hospitals", cfg.training.rounds,
         cfg.aggregation.mode, len(names))
