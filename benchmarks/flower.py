@@ -1,19 +1,34 @@
-"""Flower's own SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``) vs fedvault's Flower plug-in,
-on the same Flower app in Flower's simulation engine (Ray).
+"""Flower's own secure aggregation vs fedvault on Flower, side by side in one run of Flower's
+simulation engine (Ray), one round each.
 
     python -m benchmarks flower [--quick] [--n 20] [--dim 1000000] [--drops 0 3]
+                                [--graph sparse complete] [--paths engine legacy]
     python -m benchmarks flower --parity [--rounds R] [--key-bits B]   (simulation vs Flower, every mode)
 
-The app: ``n`` virtual SuperNodes, each contributing a fixed random vector of ``dim``
-values in [-1, 1] (no training: only aggregation is compared).  Dropped clients fail in
-their training call, which both protocols place after the key sharing, so the server
-must reconstruct their pairwise masks.  Both use a sparse SecAgg+ graph: Flower with
-``num_shares`` = fedvault's sparse degree (rounded up to odd) and a majority threshold.
+Three apps per configuration, each with ``n`` virtual SuperNodes contributing a fixed random
+vector of ``dim`` values in [-1, 1] (no training: only aggregation is compared):
 
-Measured per configuration (one round each; wall clock on a shared 2-core machine):
-``server_s``  seconds the server spends outside message exchange (protocol work:
-keys, shares, unmasking, decoding), i.e. round time minus time inside the grid calls;
-``round_s``  the whole secure round as seen by the ServerApp;  ``ratio`` Flower/fedvault.
+``flower``  Flower's ``SecAggPlusWorkflow`` (``--graph sparse``; ``num_shares`` = fedvault's
+            sparse degree + 1, rounded up to odd) or ``SecAggWorkflow`` (``--graph complete``)
+            with ``secaggplus_mod`` clients (both workflows speak it);
+``engine``  the production path: the round engine's ``FlowerTransport`` (server) and an
+            ``EngineNode`` per node (``fl.integrations.flower.app``) whose party is a
+            ``fl.hospital.VectorParticipant`` (the vector through a hospital's encoding and
+            masking); setup and server role from ``fl.engine.open_session``;
+``legacy``  the ``FedVaultMod`` + ``secure_round`` plug-in.
+
+fedvault's parameters come from one declared threat model (the dropouts of ``--drops``, the
+colluders the graph then tolerates), the same for the server and every node of both fedvault
+paths.  Dropped clients leave after the key sharing, before their masked vector, so the server
+must reconstruct their pairwise masks.  Both fedvault aggregates are checked against the exact
+sum of the survivors' vectors (``*_max_abs_error``).
+
+Measured (wall clock on a shared 2-core machine):
+``server_s``  seconds the server spends outside message exchange (protocol work: keys, shares,
+unmasking, decoding), i.e. round time minus time inside the exchanges (Flower's grid calls; the
+engine's exchanges including their polling);  ``round_s``  the whole secure round as seen by the
+ServerApp;  ``*_ratio`` Flower / fedvault (> 1: fedvault faster).  Results: ``results/flower.*``
+(sparse) and ``results/flower_complete.*`` (complete); ``--quick`` (n = 6, d = 1e4) writes nothing.
 """
 
 from __future__ import annotations
@@ -131,12 +146,8 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
     node = lambda ctx: root / f"node-{int(ctx.node_config['partition-id'])}"  # noqa: E731
     site = lambda ctx: _SyntheticSite(int(ctx.node_config["partition-id"]), dim, drops)  # noqa: E731
     client = ClientApp()
-    # the nodes insist on the adversary the server's parameters are derived from (a node never takes the server's
-    # claim; undeclared, it would insist on the complete graph's default where a small sparse round falls back to it)
-    from fedvault.protocols.secagg.threat import ThreatModel
-
-    own = ThreatModel(colluders=(threat or ThreatModel()).max_colluders(n, graph))
-    FedVaultMod(site, node, threads=1, threat_model=own).register(client)
+    # the nodes declare the same adversary as the server (a node never takes the server's claim)
+    FedVaultMod(site, node, threads=1, threat_model=threat).register(client)
 
     server = ServerApp()
 
@@ -158,6 +169,91 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
         out["max_abs_error"] = float(np.max(np.abs(res.total - expect)))
         out["survivors"] = len(res.survivors)
         out["stage_s"] = {k: round(v, 2) for k, v in res.stage_seconds.items()}
+
+    return server, client
+
+
+# ----------------------------------------------------------------------------- fedvault's round engine
+def engine_config(n: int, graph: str, threat: Any) -> Any:
+    """The study config of the engine rows: SecAgg on ``graph``, the benchmark's threat model declared
+    (the same one the legacy rows' server and nodes declare), no DP (fixed vectors, no training)."""
+    from fedvault.fl.config import from_dict
+
+    return from_dict({"data": {"hospitals": n}, "seed": 0, "privacy": {"enabled": False},
+                      "aggregation": {"mode": "secagg", "graph": graph, "bits": 32},
+                      "threat_model": {"colluders": threat.colluders, "dropouts": threat.dropouts}})
+
+
+def _engine_ids(n: int) -> dict[str, int]:
+    return {f"hospital_{k}": k + 1 for k in range(n)}
+
+
+def engine_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any,  # noqa: ANN201
+                graph: str = "sparse"):
+    """The production Flower path: the round engine's :class:`FlowerTransport` on the server, an
+    :class:`EngineNode` per SuperNode whose party is a :class:`fl.hospital.VectorParticipant`
+    (the partition's fixed vector through a hospital's encoding and masking; no training).  A
+    dropped node answers its share-keys step, then leaves when the forwarded shares arrive (before
+    its masked input), like the dropped clients of the other two rows."""
+    from flwr.app import Error, Message
+    from flwr.clientapp import ClientApp
+    from flwr.common.constant import ErrorCode
+    from flwr.serverapp import ServerApp
+
+    from fedvault.fl.engine import make_mode, open_session
+    from fedvault.fl.hospital import VectorParticipant
+    from fedvault.fl.integrations.flower.transport import ACTION, RECORD, EngineNode, FlowerTransport, Party
+    from fedvault.fl.simulation import simulation_identities
+    from fedvault.protocols.codec import decode
+    from fedvault.protocols.secagg.messages import ForwardedShares
+    from fedvault.secagg import keys as K
+
+    cfg = engine_config(n, graph, threat)
+    ids = _engine_ids(n)
+    names = sorted(ids, key=ids.get)
+    keys = {i: K.public_bytes(k) for i, k in simulation_identities(cfg, ids).items()}
+
+    def load(ctx) -> Party:  # noqa: ANN001 - in the node's process: its simulation-only identity, fixed by the seed
+        k = int(ctx.node_config["partition-id"])
+        identity = simulation_identities(cfg, ids)[k + 1]
+        party = VectorParticipant(names[k], k + 1, lambda r, w: _vector(k, dim), cfg, k, identity=identity)
+        # the vault: a Ray actor other than the one that answered the last message restores the role from it
+        return Party(party, keys, vault=root / f"vault-{k}")
+
+    node = EngineNode(load)
+    client = ClientApp()
+
+    @client.train(ACTION)
+    def handle(msg, ctx):  # noqa: ANN001, ANN202
+        rec = msg.content.config_records.get(RECORD)
+        if int(ctx.node_config["partition-id"]) in drops and rec is not None and str(rec["stage"]) == "step" \
+                and isinstance(decode(bytes(rec["wire"])), ForwardedShares):
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, "dropped"), reply_to=msg)
+        return node.handle(msg, ctx)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context) -> None:  # noqa: ANN001
+        while len(list(grid.get_node_ids())) < n:
+            time.sleep(0.2)
+        transport = FlowerTransport(grid, names, timeout=600, train_timeout=600)  # node discovery: not timed
+        acc: dict = {}
+        transport._exchange = _timed(transport._exchange, acc, "grid")  # every exchange, its polling included
+        t = time.perf_counter()
+        setup, role = open_session(cfg, make_mode(cfg, ids), 1, "update", names, weights=np.zeros(dim - 1),
+                                   clip=1.0, identity_keys=keys)
+        res = transport.run_session(setup, role)
+        out["round_s"] = time.perf_counter() - t
+        out["server_s"] = out["round_s"] - acc.get("grid", 0.0)
+        out["protocol_server_s"] = res.seconds.get("server")
+        out["aborted"] = res.aborted
+        if res.total is not None:
+            expect = sum(_vector(k, dim) for k in range(n) if k not in drops)
+            out["max_abs_error"] = float(np.max(np.abs(res.total - expect)))
+        out["survivors"] = len(res.contributors)
+        out["dropped"] = {k: len(v) for k, v in res.dropped.items()}
+        out["degree"], out["threshold"] = setup.params.effective_degree, setup.params.t
 
     return server, client
 
@@ -223,9 +319,82 @@ def parity(rounds: int | None, key_bits: int | None) -> int:
     return 0
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def compare(n: int, dim: int, drop_counts: list[int], graph: str, paths: list[str]) -> dict[str, Any]:
+    """Flower's own protocol vs fedvault's ``paths`` ("engine", "legacy") on ``graph``, one row per drop count."""
+    from fedvault.fl.integrations.flower import provision
+    from fedvault.protocols.secagg import SecAggParams
+    from fedvault.protocols.secagg.threat import ThreatModel
+
+    # The adversary fedvault's parameters are derived from, declared the same by the server and every node of
+    # both fedvault paths (a node refuses parameters weaker than its own threat model).
+    dropouts = max(drop_counts)
+    threat = ThreatModel(colluders=ThreatModel(dropouts=dropouts).max_colluders(n, graph), dropouts=dropouts)
+    probe = SecAggParams(b"x", 0, tuple(range(1, n + 1)), graph=graph, threat_model=threat)
+    degree, threshold = (probe.effective_degree if graph == "sparse" else n - 1), probe.t
+    shares = degree + 1  # Flower counts the node itself among its num_shares; it wants an odd number
+    shares = min(n, shares + 1 if shares % 2 == 0 else shares)
+    rows = []
+    for k in drop_counts:
+        drops = set(range(n - k, n))
+        fl_out: dict = {}
+        _simulate(*flower_apps(n, dim, drops, shares, fl_out, threshold, graph), n)
+        row: dict[str, Any] = {"graph": graph, "n": n, "d": dim, "dropped": k, "flower_server_s": fl_out.get("server_s"),
+                               "flower_round_s": fl_out.get("round_s")}
+        for path in paths:
+            out: dict = {}
+            with tempfile.TemporaryDirectory(prefix="fv-bench-") as tmp:
+                root = Path(tmp)
+                if path == "legacy":
+                    provision(root, [f"hospital_{i}" for i in range(n)], dirs=[f"node-{i}" for i in range(n)])
+                    _simulate(*fedvault_apps(n, dim, drops, root, out, threat, graph), n)
+                else:
+                    _simulate(*engine_apps(n, dim, drops, root, out, threat, graph), n)
+            row.update({f"{path}_server_s": out.get("server_s"), f"{path}_round_s": out.get("round_s"),
+                        f"{path}_server_ratio": _ratio(fl_out.get("server_s"), out.get("server_s")),
+                        f"{path}_round_ratio": _ratio(fl_out.get("round_s"), out.get("round_s")),
+                        f"{path}_protocol_server_s": out.get("protocol_server_s"),
+                        f"{path}_max_abs_error": out.get("max_abs_error"), f"{path}_survivors": out.get("survivors")})
+            if path == "legacy":
+                row["legacy_stage_s"] = out.get("stage_s")
+            else:
+                row["engine_aborted"] = out.get("aborted")
+                row["engine_dropped"] = out.get("dropped")
+        row["load_1min_after"] = round(os.getloadavg()[0], 1)
+        rows.append(row)
+        print(row, flush=True)
+    return {"rows": rows, "threat_model": str(threat), "fedvault_degree": degree, "fedvault_threshold": threshold,
+            "flower_num_shares": shares if graph == "sparse" else n,
+            "flower_reconstruction_threshold": min(threshold, shares) if graph == "sparse" else threshold}
+
+
+def report(res: dict[str, Any], graph: str, paths: list[str]) -> str:
+    from benchmarks import _report
+
+    cols = ["graph", "n", "d", "dropped", "flower_server_s"]
+    cols += [f"{p}_server_s" for p in paths] + [f"{p}_server_ratio" for p in paths] + ["flower_round_s"]
+    cols += [f"{p}_round_s" for p in paths] + [f"{p}_round_ratio" for p in paths]
+    cols += [f"{p}_max_abs_error" for p in paths] + ["load_1min_after"]
+    flower = "SecAgg+ (SecAggPlusWorkflow)" if graph == "sparse" else "SecAgg (SecAggWorkflow)"
+    return (f"# Flower's {flower} vs fedvault on Flower (Flower's simulation engine, one round)\n\n"
+            f"{graph} graph: fedvault degree {res['fedvault_degree']}, threshold {res['fedvault_threshold']} "
+            f"(threat model declared by server and nodes: {res['threat_model']}); Flower num_shares "
+            f"{res['flower_num_shares']}, reconstruction threshold {res['flower_reconstruction_threshold']}. "
+            "`engine`: the production path, the round engine's FlowerTransport + EngineNode (fl.integrations.flower."
+            "app); `legacy`: the FedVaultMod + secure_round plug-in. server_s = round time minus time inside the "
+            "exchanges (Flower's grid calls; the engine's exchanges with their polling); ratio = Flower / fedvault "
+            "(> 1: fedvault faster). The dropped clients leave after sharing their keys, before their masked input. "
+            "max_abs_error: fedvault's aggregate vs the exact sum of the survivors' vectors. Wall clock on a shared "
+            "2-core machine (load_1min_after: 1-minute load average after the row).\n\n"
+            + _report.markdown_table(res["rows"], cols) + "\n")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="n = 6, d = 1e4")
+    ap.add_argument("--quick", action="store_true", help="n = 6, d = 1e4 (results not written)")
     ap.add_argument("--parity", action="store_true",
                     help="the demo config in every aggregation mode: simulation vs Flower (accuracy, max ε, wall)")
     ap.add_argument("--rounds", type=int, default=None, help="--parity: override the demo's rounds")
@@ -233,8 +402,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--dim", type=int, default=1_000_000)
     ap.add_argument("--drops", type=int, nargs="+", default=[0, 3])
-    ap.add_argument("--graph", default="sparse", choices=["sparse", "complete"],
-                    help="sparse: Flower's SecAgg+ vs fedvault's SecAgg+; complete: Flower's SecAgg vs fedvault's SecAgg")
+    ap.add_argument("--graph", nargs="+", default=["sparse", "complete"], choices=["sparse", "complete"],
+                    help="sparse: Flower's SecAgg+ vs fedvault's SecAgg+ (results/flower.*); complete: Flower's "
+                         "SecAgg vs fedvault's SecAgg (results/flower_complete.*); default both")
+    ap.add_argument("--paths", nargs="+", default=["engine", "legacy"], choices=["engine", "legacy"],
+                    help="fedvault's Flower paths to run: the round engine (production) and the legacy plug-in")
     a = ap.parse_args(argv)
     if a.parity:
         return parity(a.rounds, a.key_bits)
@@ -243,51 +415,14 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + paths)  # Ray workers import benchmarks.flower
-    from fedvault.fl.integrations.flower import provision
-    from fedvault.protocols.secagg import SecAggParams
-
     from benchmarks import _report
 
-    from fedvault.protocols.secagg.threat import ThreatModel
-
-    threat = ThreatModel(dropouts=max(a.drops))  # the adversary fedvault's parameters are derived from
-    probe = SecAggParams(b"x", 0, tuple(range(1, a.n + 1)), graph=a.graph, threat_model=threat)
-    degree, threshold = (probe.effective_degree if a.graph == "sparse" else a.n - 1), probe.t
-    shares = degree + 1  # Flower counts the node itself among its num_shares; it wants an odd number
-    shares = min(a.n, shares + 1 if shares % 2 == 0 else shares)
-    rows = []
-    for k in a.drops:
-        drops = set(range(a.n - k, a.n))
-        fl_out: dict = {}
-        _simulate(*flower_apps(a.n, a.dim, drops, shares, fl_out, threshold, a.graph), a.n)
-        with tempfile.TemporaryDirectory(prefix="fv-bench-") as tmp:
-            root = Path(tmp)
-            provision(root, [f"hospital_{i}" for i in range(a.n)], dirs=[f"node-{i}" for i in range(a.n)])
-            fv_out: dict = {}
-            _simulate(*fedvault_apps(a.n, a.dim, drops, root, fv_out, threat, a.graph), a.n)
-        row = {"graph": a.graph, "n": a.n, "d": a.dim, "dropped": k,
-               "flower_server_s": fl_out.get("server_s"), "fedvault_server_s": fv_out.get("server_s"),
-               "server_ratio": (fl_out["server_s"] / fv_out["server_s"]) if fl_out.get("server_s") and fv_out.get("server_s") else None,
-               "flower_round_s": fl_out.get("round_s"), "fedvault_round_s": fv_out.get("round_s"),
-               "round_ratio": (fl_out["round_s"] / fv_out["round_s"]) if fl_out.get("round_s") and fv_out.get("round_s") else None,
-               "fedvault_protocol_server_s": fv_out.get("protocol_server_s"),
-               "fedvault_max_abs_error": fv_out.get("max_abs_error"), "fedvault_survivors": fv_out.get("survivors"),
-               "fedvault_stage_s": fv_out.get("stage_s"), "load_1min_after": round(os.getloadavg()[0], 1)}
-        rows.append(row)
-        print(row, flush=True)
-    cols = ["graph", "n", "d", "dropped", "flower_server_s", "fedvault_server_s", "server_ratio", "flower_round_s",
-            "fedvault_round_s", "round_ratio", "fedvault_protocol_server_s", "fedvault_max_abs_error"]
-    md = (f"# Flower {'SecAgg+' if a.graph == 'sparse' else 'SecAgg'} vs fedvault's Flower plug-in "
-          "(Flower's simulation engine, one round)\n\n"
-          f"{a.graph} graph: fedvault degree {degree}, threshold {threshold} (threat model: {threat}); Flower "
-          f"num_shares {shares if a.graph == 'sparse' else a.n}, reconstruction threshold "
-          f"{min(threshold, shares) if a.graph == 'sparse' else threshold}. "
-          "server_s = round time minus time inside Flower grid calls.\n\n" + _report.markdown_table(rows, cols) + "\n")
-    if not a.quick:
-        _report.write("flower" if a.graph == "sparse" else "flower_complete", {"machine": _report.machine(), "rows": rows, "fedvault_degree": degree,
-                                 "fedvault_threshold": threshold,
-                                 "flower_num_shares": shares}, md)
-    print(md)
+    for graph in a.graph:
+        res = compare(a.n, a.dim, a.drops, graph, a.paths)
+        md = report(res, graph, a.paths)
+        if not a.quick:
+            _report.write("flower" if graph == "sparse" else "flower_complete", {**res, "paths": a.paths}, md)
+        print(md)
     return 0
 
 

@@ -186,3 +186,55 @@ def test_a_fresh_process_per_message_continues_from_the_saved_role(mode, tmp_pat
     assert sorted(joins) == [1, 2, 3, 4]
     np.testing.assert_allclose(out.total, expect, atol=1e-3)
     assert not list(tmp_path.rglob("*.state"))
+
+
+def test_a_node_served_by_two_processes_continues_from_the_newest_saved_role(tmp_path):
+    """Flower's simulation engine runs several ClientApp processes and hands a node's messages to any of
+    them: a process whose live role is older than the one another process saved since must restore the
+    saved one (before: it answered from its stale role, got e.g. ForwardedShares in stage await_keys, and
+    the node dropped out of the round; with every node alternating the round aborted)."""
+    from flwr.clientapp import ClientApp
+
+    from fedvault.fl.engine import make_mode, open_session
+    from fedvault.fl.hospital import VectorParticipant
+    from fedvault.fl.integrations.flower import InProcessGrid
+    from fedvault.fl.integrations.flower import transport as T
+    from fedvault.fl.simulation import simulation_identities
+    from fedvault.secagg import keys as K
+
+    n, dim = 4, 50
+    cfg = from_dict({"data": {"hospitals": n}, "seed": 2, "privacy": {"enabled": False},
+                     "aggregation": {"mode": "secagg"}})
+    ids = {f"h{k}": k + 1 for k in range(n)}
+    idents = simulation_identities(cfg, ids)
+    keys = {i: K.public_bytes(k) for i, k in idents.items()}
+    rng = np.random.default_rng(0)
+    vecs = {i: rng.uniform(-1, 1, dim) for i in ids.values()}
+    parties = [VectorParticipant(name, i, (lambda i: lambda r, w: vecs[i])(i), cfg, i - 1, identity=idents[i])
+               for name, i in sorted(ids.items())]
+    app = ClientApp()
+    T.EngineNode(lambda ctx: T.Party(parties[ctx.node_id - 10], keys, vault=tmp_path / f"vault-{ctx.node_id}")
+                 ).register(app)
+    saved = vars(T).setdefault("_SAVED", {})  # what this process saved (absent before the fix)
+    caches = [({}, {}), ({}, {})]  # two ClientApp processes: their live roles and what each saved
+    turn = [0]
+
+    def switch_process(grid, messages):  # noqa: ANN001, ANN202 - every push is served by the other process
+        mine = caches[turn[0] % 2]
+        mine[0].clear(), mine[0].update(T._ROLES), mine[1].clear(), mine[1].update(saved)
+        turn[0] += 1
+        other = caches[turn[0] % 2]
+        T._ROLES.clear(), T._ROLES.update(other[0]), saved.clear(), saved.update(other[1])
+
+    grid = InProcessGrid(app, {10 + k: {} for k in range(n)}, on_push=switch_process)
+    transport = T.FlowerTransport(grid, list(ids), timeout=5.0, poll_interval=0.01)
+    setup, server = open_session(cfg, make_mode(cfg, ids), 1, "update", list(ids), weights=np.zeros(dim - 1),
+                                 clip=1.0, identity_keys=keys)
+    try:
+        out = transport.run_session(setup, server)
+    finally:
+        T._ROLES.clear(), saved.clear()
+    assert out.aborted is None and not out.dropped, (out.aborted, out.dropped)
+    assert sorted(out.contributors) == sorted(ids)
+    np.testing.assert_allclose(out.total, sum(vecs.values()), atol=1e-6)
+    assert turn[0] > 4  # the session's steps really alternated between the two processes

@@ -61,6 +61,11 @@ STANDARDISATION = "fedvault.standardisation"  # Context.state: the study's featu
 
 # Live client roles of this process: (node key, session token) -> role.
 _ROLES: dict[tuple[str, bytes], Any] = {}
+# The vault file each live role was saved as by this process: (node key, token) -> (inode, mtime_ns).
+# A file that changed since was written by another process of the same node (Flower's simulation
+# engine runs several ClientApp processes and gives a node's messages to any of them): that role is
+# newer than the live one, which is then stale.
+_SAVED: dict[tuple[str, bytes], tuple[int, int]] = {}
 
 
 # -- the setup on the wire ----------------------------------------------------------------
@@ -213,7 +218,7 @@ class EngineNode:
                 self._keep(key, p, token, role)
             elif stage == "step":
                 token = bytes(rec["session"])
-                role = _ROLES.get((key, token)) or self._restore(p, token)
+                role = self._live(key, p, token) or self._restore(p, token)
                 if role is None:
                     raise ProtocolError("the client role of this session is not in this process and was not "
                                         "saved (role lost); the party leaves the session")
@@ -254,13 +259,34 @@ class EngineNode:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return d / f"{token.hex()}.state"
 
+    @staticmethod
+    def _stamp(path: Any) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def _live(self, key: str, p: Party, token: bytes) -> Any:
+        """This process's live role, unless another process of the node saved a newer one since."""
+        role = _ROLES.get((key, token))
+        if role is not None and p.vault is not None and (key, token) in _SAVED \
+                and self._stamp(self._state(p, token)) != _SAVED[(key, token)]:
+            return None  # stale: restore what the other process saved
+        return role
+
     def _keep(self, key: str, p: Party, token: bytes, role: Any) -> None:
         """Keep the role live, and saved in the party's vault before the reply leaves."""
         _ROLES[(key, token)] = role
+        _SAVED.pop((key, token), None)
         if p.vault is None:
             return
         try:
-            snapshot.save(self._state(p, token), role)
+            path = self._state(p, token)
+            snapshot.save(path, role)
+            stamp = self._stamp(path)
+            if stamp is not None:
+                _SAVED[(key, token)] = stamp
         except snapshot.SnapshotError as e:  # e.g. a reproducible (seeded) run: live in this process only
             log(WARNING, "fedvault: %s; this session's role lives in this process only", e)
 
@@ -276,6 +302,7 @@ class EngineNode:
 
     def _forget(self, key: str, p: Party | None, context: Context, token: bytes) -> None:
         _ROLES.pop((key, token), None)
+        _SAVED.pop((key, token), None)
         if p is not None and p.vault is not None:
             snapshot.forget(self._state(p, token))
 
