@@ -163,7 +163,8 @@ def initial_model(cfg: Config, make_model: Callable[[], torch.nn.Module]) -> tor
 def make_hospital(cfg: Config, data: data_mod.HospitalData, index: int, make_model: Callable[[], torch.nn.Module],
                   *, n_features: int | None, party: int, identity: Any, key_share: Any = None,
                   trainer_options: Mapping[str, Any] | None = None, loss: Any = None, optimizer: Any = None,
-                  state_dir: str | Path | None = None, noise_multiplier: float | None = None) -> Hospital:
+                  state_dir: str | Path | None = None, noise_multiplier: float | None = None,
+                  roster_keys: Mapping[int, bytes] | None = None) -> Hospital:
     """The hospital half: one hospital's :class:`~fl.hospital.Hospital` from its own records.
 
     Runs where the records are. ``n_features`` is given when the features are standardised
@@ -172,12 +173,14 @@ def make_hospital(cfg: Config, data: data_mod.HospitalData, index: int, make_mod
     ``state_dir`` where its decrypt-once log lives (default: the per-user state directory).
     The DP-SGD noise multiplier is calibrated here, from the hospital's own record count
     (``noise_multiplier``: the value :func:`calibrated_noise` gave for the same inputs, e.g. cached).
+    ``roster_keys``: the consortium's identity keys as the hospital pinned them (a round naming other
+    keys, e.g. sybils a server made, is refused before training; see :func:`fl.hospital.check_roster`).
     """
     if noise_multiplier is None:
         noise_multiplier = calibrated_noise(cfg, data.n, n_features)
     return Hospital(data, cfg, make_model, index, noise_multiplier, party=party,
                     identity=identity, key_share=key_share, trainer_options=trainer_options, loss=loss,
-                    optimizer=optimizer, state_dir=state_dir)
+                    optimizer=optimizer, state_dir=state_dir, roster_keys=roster_keys)
 
 
 def hospital_info(hospital: Hospital) -> dict[str, Any]:
@@ -342,7 +345,7 @@ def federate(
         make_hospital(cfg, h, i, make_model, n_features=n_features, party=ids[h.name],
                       identity=identities[ids[h.name]], key_share=shares.get(ids[h.name]),
                       trainer_options=trainer_options(h.name) if trainer_options is not None else None,
-                      loss=loss, optimizer=optimizer)
+                      loss=loss, optimizer=optimizer, roster_keys=identity_keys)
         for i, h in enumerate(fd.hospitals)
     ]
     parties: dict[str, Any] = {hs.name: hs for hs in hospitals}

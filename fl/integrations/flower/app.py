@@ -295,7 +295,8 @@ class DeployedHospital:
         n_features = schema["n_features"] if schema["standardise"] else None
         h = make_hospital(cfg, self.fd.hospitals[0], index, make_model, n_features=n_features, party=node.client,
                           identity=node.identity(), key_share=self._key_share, state_dir=node.path / "state",
-                          noise_multiplier=_calibrated(cfg, node, self.fd.hospitals[0].n, n_features))
+                          noise_multiplier=_calibrated(cfg, node, self.fd.hospitals[0].n, n_features),
+                          roster_keys=node.registry.identity_keys())
         if h.ledger is not None:  # the hospital's lifetime ledger, from its node directory
             ledger = self._stored_ledger()
             if ledger is not None:
