@@ -128,7 +128,7 @@ def planned_releases(cfg: Any, n_features: int | None) -> list[Any]:
     return [statistics_event(n_features, p.stats_noise_multiplier)]
 
 
-def private_statistics(U: np.ndarray, noise_multiplier: float, rng: np.random.Generator) -> np.ndarray:
+def private_statistics(U: np.ndarray, noise_multiplier: float, rng: Any) -> np.ndarray:
     """A hospital's DP contribution ``[n_k, Σu + N(0, s²), Σu² + N(0, s²)]`` (``U`` in [0, 1]).
 
     ``rng`` is the hospital's own secret generator (OS-seeded). Computed on its side.
@@ -142,13 +142,27 @@ def private_statistics(U: np.ndarray, noise_multiplier: float, rng: np.random.Ge
                            (U**2).sum(axis=0) + rng.normal(0.0, s, d)])
 
 
-def stats_generator(reproducible: bool, seed: int, index: int) -> np.random.Generator:
-    """The hospital's generator of statistics noise: OS CSPRNG-seeded, or from the config seed
-    only with ``privacy.reproducible = true`` (not private)."""
+class StreamNormal:
+    """``normal(loc, scale, size)`` from an AES-256-CTR :class:`~dp.randomness.RandomStream` keyed by
+    ``os.urandom``: the statistics noise comes from the same CSPRNG as DP-SGD's, not from a PCG64
+    generator merely seeded from the OS (whose state its outputs could reveal)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._s = stream
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: int = 1) -> np.ndarray:
+        return loc + self._s.normal(int(size), float(scale))
+
+
+def stats_generator(reproducible: bool, seed: int, index: int) -> Any:
+    """The hospital's generator of statistics noise (``.normal(loc, scale, size)``): an AES-CTR stream
+    keyed by the OS CSPRNG, or — only with ``privacy.reproducible = true`` (not private) — a numpy
+    generator seeded from the config."""
     from fedvault.dp.noise import secure_generator
+    from fedvault.dp.randomness import RandomStream
 
     if not reproducible:
-        return secure_generator()
+        return StreamNormal(RandomStream.from_os())
     return secure_generator(hashlib.sha256(f"fedvault/stats/{seed}/{index}".encode()).digest())
 
 

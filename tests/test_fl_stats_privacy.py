@@ -102,3 +102,19 @@ def test_a_run_states_one_relation_and_verify_certifies_it():
     raw["privacy"]["reproducible"] = True
     rep = verify(run_federation(from_dict(raw), baseline=False))
     assert not rep.ok and rep.refusal is not None and "reproducible" in rep.refusal
+
+
+def test_statistics_noise_is_a_csprng_stream_with_the_declared_variance():
+    rng = stats.stats_generator(False, 0, 0)
+    assert isinstance(rng, stats.StreamNormal)  # AES-CTR keyed by os.urandom, not a seeded PCG64
+    U = np.zeros((10, 50_000))
+    noised = stats.private_statistics(U, 2.0, rng)
+    d = U.shape[1]
+    sums, squares = noised[1 : 1 + d], noised[1 + d :]
+    s = 2.0 * np.sqrt(2 * d)  # the declared std: noise_multiplier x the L2 sensitivity sqrt(2d) in [0, 1]^d
+    assert float(np.std(sums)) == pytest.approx(s, rel=0.03) and np.std(squares) == pytest.approx(s, rel=0.03)
+    assert abs(float(np.mean(sums))) < 5 * s / np.sqrt(d)
+    other = stats.private_statistics(U, 2.0, stats.stats_generator(False, 0, 0))
+    assert not np.allclose(other, noised)  # a fresh secret stream every time: nothing replayable
+    again = stats.private_statistics(U, 2.0, stats.stats_generator(True, 0, 0))
+    assert np.array_equal(again, stats.private_statistics(U, 2.0, stats.stats_generator(True, 0, 0)))
