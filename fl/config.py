@@ -668,6 +668,39 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return out
 
 
+# What every party of a consortium must agree on (fl.integrations.flower.app compares it at enrolment).
+# A hospital's own privacy choices (noise_multiplier, target_epsilon, budget_epsilon, delta,
+# max_grad_norm, accountant) and its data's location (data.csv, test_csv) may differ per party.
+_OWN_PRIVACY = {"noise_multiplier", "target_epsilon", "budget_epsilon", "delta", "max_grad_norm", "accountant"}
+_SHARED_DATA = {"dataset", "label", "classes"}
+
+
+def consortium_sections(cfg: Config) -> dict[str, Any]:
+    """The parts of ``cfg`` every party of a consortium must share, by section (see above)."""
+    d = to_dict(cfg)
+    out: dict[str, Any] = {}
+    for name in _SECTIONS:
+        sec = dict(d.get(name, {}))
+        if name == "privacy":
+            sec = {k: v for k, v in sec.items() if k not in _OWN_PRIVACY}
+        elif name == "data":
+            sec = {k: v for k, v in sec.items() if k in _SHARED_DATA}
+        elif name == "audit":
+            continue
+        out[name] = sec
+    return out
+
+
+def consortium_digests(cfg: Config) -> dict[str, str]:
+    """``{section: SHA-256}`` of :func:`consortium_sections`: what a party shows the coordinator so that a
+    differing copy of the consortium's config is caught before anyone trains (no values travel)."""
+    import hashlib
+    import json
+
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+            for k, v in consortium_sections(cfg).items()}
+
+
 def demo_config() -> Config:
     """The configuration of ``fedvault demo`` (also shipped as ``fl/configs/demo.toml``)."""
     return load(Path(__file__).parent / "configs" / "demo.toml")

@@ -303,3 +303,35 @@ def test_secagg_plus_through_the_app_recovers_a_node_killed_mid_round(tmp_path):
     assert "aborted" not in r1 and r1["guarantee"]["graph"] == "sparse" and r1["guarantee"]["degree"] < 7
     assert r1["dropped"] == {"masked_input": ["hospital_2"]}
     assert r1["participants"] == [f"hospital_{k}" for k in (0, 1, 3, 4, 5, 6, 7)]
+
+
+def test_a_hospital_with_another_copy_of_the_consortium_config_is_caught_before_anyone_trains(tmp_path):
+    """Issue 14: a misconfiguration (here update_clip) is caught at enrolment: the coordinator compares every
+    hospital's per-section config digests with its own and refuses to start, naming the hospital and the
+    section; nobody trained or was charged. A hospital's own privacy budget may differ."""
+    from fedvault.dp.ledger import PrivacyLedger
+    from fedvault.fl.errors import FederationError
+    from fedvault.fl.integrations.flower import InProcessGrid, provision
+    from fedvault.fl.integrations.flower.app import client_app, server_main
+
+    text = CONFIG.format(mode="secagg", graph="complete", standardise="dp")
+    study = tmp_path / "study.toml"
+    study.write_text(text)
+    other = tmp_path / "other.toml"
+    other.write_text(text.replace('graph = "complete"', 'graph = "complete"\nupdate_clip = 0.5'))
+    own_budget = tmp_path / "own_budget.toml"
+    own_budget.write_text(text.replace("reproducible = true", "reproducible = true\nbudget_epsilon = 50.0"))
+    root = tmp_path / "nodes"
+    provision(root, [f"hospital_{k}" for k in range(4)], dirs=[f"node-{k}" for k in range(4)])
+    rc = {"fedvault-root": str(root)}
+    nodes = {10 + k: {"partition-id": k} for k in range(4)}
+    nodes[12]["fedvault-config"] = str(other)
+    nodes[13]["fedvault-config"] = str(own_budget)
+    grid = InProcessGrid(client_app(study), nodes, run_config=rc)
+    with pytest.raises(FederationError, match=r"hospital_2: \[aggregation\]") as e:
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc),
+                    config=study)
+    assert "hospital_3" not in str(e.value)  # its own budget is its own business
+    for k in range(4):
+        assert not (root / f"node-{k}" / "ledger.json").exists() or not PrivacyLedger.load(
+            root / f"node-{k}" / "ledger.json").events

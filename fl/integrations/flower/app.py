@@ -342,7 +342,9 @@ class DeployedHospital:
         """What the hospital releases before the study (as ``fedvault run``'s history does)."""
         from fedvault.fl.simulation import hospital_info
 
-        return {**hospital_info(self.hospital), "schema": self.schema}
+        from fedvault.fl.config import consortium_digests
+
+        return {**hospital_info(self.hospital), "schema": self.schema, "config": consortium_digests(self.cfg)}
 
     def refusal(self, round: int) -> str | None:
         return self.hospital.refusal(round + self.offset)
@@ -473,6 +475,31 @@ def _test_set(cfg: Any, schema: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarr
     return f.X, np.array([index[raw_classes[cmap[v]]] for v in f.labels], dtype=np.int64)
 
 
+def _check_consortium(cfg: Any, info: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse to start unless every hospital's copy of the consortium config agrees with the coordinator's
+    in every shared section (:func:`fl.config.consortium_digests`): caught at enrolment, before anyone
+    trains or is charged, instead of as refusals in round 1. A hospital's own privacy choices (ε target,
+    budget, δ, noise multiplier) and its data's location may differ."""
+    from fedvault.fl.config import consortium_digests
+
+    own = consortium_digests(cfg)
+    differ = {}
+    for name, i in info.items():
+        theirs = i.get("config")
+        if not isinstance(theirs, Mapping):
+            differ[name] = ["(no config digest: an older fedvault?)"]
+            continue
+        bad = sorted(k for k in own if theirs.get(k) != own[k])
+        if bad:
+            differ[name] = bad
+    if differ:
+        text = "; ".join(f"{n}: {', '.join(f'[{k}]' for k in ks)}" for n, ks in sorted(differ.items()))
+        raise FederationError(f"hospitals' copies of the consortium config differ from the coordinator's ({text}); "
+                              "every party must use the consortium's config file (only a hospital's own privacy "
+                              "budget, ε target, δ and noise multiplier, and its data's location, may differ). "
+                              "Nothing was trained.")
+
+
 def _study_schema(info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     schemas = {n: v.get("schema") for n, v in info.items()}
     first = next(iter(schemas.values()), None)
@@ -542,6 +569,7 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
         len([n for n in names if n in transport.nodes]),
         len(names), f" (missing: {', '.join(missing)})" if missing else "")
     info = {n: transport.info[n] for n in names if n in transport.info}
+    _check_consortium(cfg, info)
     schema = _study_schema(info)
 
     def make_model() -> Any:
@@ -563,7 +591,8 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
 
     engine = coordinator(cfg, transport, model,
                          roster=StudyRoster(hospitals=names, ids=ids, identity_keys=reg.identity_keys()),
-                         hospital_info={n: {k: v for k, v in i.items() if k != "schema"} for n, i in info.items()},
+                         hospital_info={n: {k: v for k, v in i.items() if k not in ("schema", "config")}
+                                        for n, i in info.items()},
                          test=(test.X_test, test.y_test), paillier_public=paillier_public, on_round=_log_round,
                          test_set="server", epsilon=epsilons,
                          client_epsilon=client_epsilons if cfg.privacy.enabled else None)
