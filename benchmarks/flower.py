@@ -1,8 +1,8 @@
 """Flower's own secure aggregation vs fedvault on Flower, side by side in one run of Flower's
-simulation engine (Ray), one round each.
+simulation engine (Ray).
 
     python -m benchmarks flower [--quick] [--n 20] [--dim 1000000] [--drops 0 3]
-                                [--graph sparse complete] [--paths engine legacy]
+                                [--graph sparse complete] [--paths engine legacy] [--repeat 3]
     python -m benchmarks flower --parity [--rounds R] [--key-bits B]   (simulation vs Flower, every mode)
 
 Three apps per configuration, each with ``n`` virtual SuperNodes contributing a fixed random
@@ -23,7 +23,9 @@ paths.  Dropped clients leave after the key sharing, before their masked vector,
 must reconstruct their pairwise masks.  Both fedvault aggregates are checked against the exact
 sum of the survivors' vectors (``*_max_abs_error``).
 
-Measured (wall clock on a shared 2-core machine):
+Every app runs ``--repeat`` rounds in one simulation (after node discovery, which is not
+timed); a row reports the median round (Flower's first round also starts its client actors, so
+it is slower than the next ones).  Measured (wall clock on a shared 2-core machine):
 ``server_s``  seconds the server spends outside message exchange (protocol work: keys, shares,
 unmasking, decoding), i.e. round time minus time inside the exchanges (Flower's grid calls; the
 engine's exchanges including their polling);  ``round_s``  the whole secure round as seen by the
@@ -68,13 +70,32 @@ class _TimedGrid:
         return getattr(self._grid, name)
 
 
+_MEDIAN = ("round_s", "server_s", "protocol_server_s")
+
+
+def _record(out: dict, **row: Any) -> None:
+    """One measured round: kept under ``out["rounds"]``; ``out[k]`` is the median over the rounds so far
+    for the timings, the worst for ``max_abs_error``, the latest otherwise."""
+    import statistics
+
+    out.setdefault("rounds", []).append(row)
+    for k, v in row.items():
+        vals = [r[k] for r in out["rounds"] if r.get(k) is not None]
+        if k in _MEDIAN and vals:
+            out[k] = statistics.median(vals)
+        elif k == "max_abs_error" and vals:
+            out[k] = max(vals)
+        else:
+            out[k] = v
+
+
 def _vector(partition: int, dim: int) -> np.ndarray:
     return np.random.default_rng(partition).uniform(-1.0, 1.0, dim)
 
 
 # ----------------------------------------------------------------------------- Flower's SecAgg+
 def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, threshold: int,  # noqa: ANN201
-                graph: str = "sparse"):
+                graph: str = "sparse", rounds: int = 1):
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
@@ -101,7 +122,7 @@ def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, thres
     def main(grid, context) -> None:  # noqa: ANN001
         strategy = FedAvg(fraction_fit=1.0, min_fit_clients=n, min_available_clients=n, fraction_evaluate=0.0,
                           initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
-        ctx = LegacyContext(context, config=ServerConfig(num_rounds=1), strategy=strategy)
+        ctx = LegacyContext(context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
         if graph == "complete":  # Flower's SecAgg: every client shares with all others
             wf = SecAggWorkflow(reconstruction_threshold=threshold, timeout=600)
         else:
@@ -111,8 +132,8 @@ def flower_apps(n: int, dim: int, drops: set[int], shares: int, out: dict, thres
             acc: dict = {}
             t = time.perf_counter()
             wf(_TimedGrid(g, acc), c)
-            out["round_s"] = time.perf_counter() - t
-            out["server_s"] = out["round_s"] - acc.get("grid", 0.0)
+            wall = time.perf_counter() - t
+            _record(out, round_s=wall, server_s=wall - acc.get("grid", 0.0))
 
         DefaultWorkflow(fit_workflow=fit)(grid, ctx)
 
@@ -135,7 +156,7 @@ class _SyntheticSite:
 
 
 def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any = None,  # noqa: ANN201
-                  graph: str = "sparse"):
+                  graph: str = "sparse", rounds: int = 1):
     from flwr.app import Array, ArrayRecord
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
@@ -155,20 +176,18 @@ def fedvault_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, thre
     def main(grid, context) -> None:  # noqa: ANN001
         while len(list(grid.get_node_ids())) < n:
             time.sleep(0.2)
-        acc: dict = {}
         cfg = SecAggConfig(clip=1.0, graph=graph, stage_timeout=600, min_clients=2, threads=2, threat_model=threat)
         weights = ArrayRecord({"w": Array(np.zeros(dim - 1, np.float32))})
         registry = Registry.load(root / "registry.json")
         members = discover(grid, registry)  # once per run, like Flower's own node discovery: not timed
-        t = time.perf_counter()
-        res = secure_round(_TimedGrid(grid, acc), registry, cfg, round=1, weights=weights, members=members)
-        out["round_s"] = time.perf_counter() - t
-        out["server_s"] = out["round_s"] - sum(res.stage_seconds.values())
-        out["protocol_server_s"] = res.server_seconds
         expect = sum(_vector(k, dim) for k in range(n) if k not in drops)
-        out["max_abs_error"] = float(np.max(np.abs(res.total - expect)))
-        out["survivors"] = len(res.survivors)
-        out["stage_s"] = {k: round(v, 2) for k, v in res.stage_seconds.items()}
+        for r in range(1, rounds + 1):
+            t = time.perf_counter()
+            res = secure_round(grid, registry, cfg, round=r, weights=weights, members=members)
+            wall = time.perf_counter() - t
+            _record(out, round_s=wall, server_s=wall - sum(res.stage_seconds.values()),  # stages: the exchanges
+                    protocol_server_s=res.server_seconds, max_abs_error=float(np.max(np.abs(res.total - expect))),
+                    survivors=len(res.survivors), stage_s={k: round(v, 2) for k, v in res.stage_seconds.items()})
 
     return server, client
 
@@ -189,7 +208,7 @@ def _engine_ids(n: int) -> dict[str, int]:
 
 
 def engine_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat: Any,  # noqa: ANN201
-                graph: str = "sparse"):
+                graph: str = "sparse", rounds: int = 1):
     """The production Flower path: the round engine's :class:`FlowerTransport` on the server, an
     :class:`EngineNode` per SuperNode whose party is a :class:`fl.hospital.VectorParticipant`
     (the partition's fixed vector through a hospital's encoding and masking; no training).  A
@@ -240,20 +259,20 @@ def engine_apps(n: int, dim: int, drops: set[int], root: Path, out: dict, threat
         transport = FlowerTransport(grid, names, timeout=600, train_timeout=600)  # node discovery: not timed
         acc: dict = {}
         transport._exchange = _timed(transport._exchange, acc, "grid")  # every exchange, its polling included
-        t = time.perf_counter()
-        setup, role = open_session(cfg, make_mode(cfg, ids), 1, "update", names, weights=np.zeros(dim - 1),
-                                   clip=1.0, identity_keys=keys)
-        res = transport.run_session(setup, role)
-        out["round_s"] = time.perf_counter() - t
-        out["server_s"] = out["round_s"] - acc.get("grid", 0.0)
-        out["protocol_server_s"] = res.seconds.get("server")
-        out["aborted"] = res.aborted
-        if res.total is not None:
-            expect = sum(_vector(k, dim) for k in range(n) if k not in drops)
-            out["max_abs_error"] = float(np.max(np.abs(res.total - expect)))
-        out["survivors"] = len(res.contributors)
-        out["dropped"] = {k: len(v) for k, v in res.dropped.items()}
-        out["degree"], out["threshold"] = setup.params.effective_degree, setup.params.t
+        mode = make_mode(cfg, ids)
+        expect = sum(_vector(k, dim) for k in range(n) if k not in drops)
+        for r in range(1, rounds + 1):
+            acc.clear()
+            t = time.perf_counter()
+            setup, role = open_session(cfg, mode, r, "update", names, weights=np.zeros(dim - 1), clip=1.0,
+                                       identity_keys=keys)
+            res = transport.run_session(setup, role)
+            wall = time.perf_counter() - t
+            _record(out, round_s=wall, server_s=wall - acc.get("grid", 0.0),
+                    protocol_server_s=res.seconds.get("server"), aborted=res.aborted,
+                    max_abs_error=None if res.total is None else float(np.max(np.abs(res.total - expect))),
+                    survivors=len(res.contributors), dropped={k: len(v) for k, v in res.dropped.items()},
+                    degree=setup.params.effective_degree, threshold=setup.params.t)
 
     return server, client
 
@@ -323,8 +342,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def compare(n: int, dim: int, drop_counts: list[int], graph: str, paths: list[str]) -> dict[str, Any]:
-    """Flower's own protocol vs fedvault's ``paths`` ("engine", "legacy") on ``graph``, one row per drop count."""
+def compare(n: int, dim: int, drop_counts: list[int], graph: str, paths: list[str], rounds: int = 3) -> dict[str, Any]:
+    """Flower's own protocol vs fedvault's ``paths`` ("engine", "legacy") on ``graph``, one row per drop count;
+    every app runs ``rounds`` rounds in one simulation, a row reports the medians."""
     from fedvault.fl.integrations.flower import provision
     from fedvault.protocols.secagg import SecAggParams
     from fedvault.protocols.secagg.threat import ThreatModel
@@ -341,23 +361,25 @@ def compare(n: int, dim: int, drop_counts: list[int], graph: str, paths: list[st
     for k in drop_counts:
         drops = set(range(n - k, n))
         fl_out: dict = {}
-        _simulate(*flower_apps(n, dim, drops, shares, fl_out, threshold, graph), n)
-        row: dict[str, Any] = {"graph": graph, "n": n, "d": dim, "dropped": k, "flower_server_s": fl_out.get("server_s"),
-                               "flower_round_s": fl_out.get("round_s")}
+        _simulate(*flower_apps(n, dim, drops, shares, fl_out, threshold, graph, rounds), n)
+        row: dict[str, Any] = {"graph": graph, "n": n, "d": dim, "dropped": k, "rounds": len(fl_out.get("rounds", [])),
+                               "flower_server_s": fl_out.get("server_s"), "flower_round_s": fl_out.get("round_s"),
+                               "flower_per_round": fl_out.get("rounds")}
         for path in paths:
             out: dict = {}
             with tempfile.TemporaryDirectory(prefix="fv-bench-") as tmp:
                 root = Path(tmp)
                 if path == "legacy":
                     provision(root, [f"hospital_{i}" for i in range(n)], dirs=[f"node-{i}" for i in range(n)])
-                    _simulate(*fedvault_apps(n, dim, drops, root, out, threat, graph), n)
+                    _simulate(*fedvault_apps(n, dim, drops, root, out, threat, graph, rounds), n)
                 else:
-                    _simulate(*engine_apps(n, dim, drops, root, out, threat, graph), n)
+                    _simulate(*engine_apps(n, dim, drops, root, out, threat, graph, rounds), n)
             row.update({f"{path}_server_s": out.get("server_s"), f"{path}_round_s": out.get("round_s"),
                         f"{path}_server_ratio": _ratio(fl_out.get("server_s"), out.get("server_s")),
                         f"{path}_round_ratio": _ratio(fl_out.get("round_s"), out.get("round_s")),
                         f"{path}_protocol_server_s": out.get("protocol_server_s"),
-                        f"{path}_max_abs_error": out.get("max_abs_error"), f"{path}_survivors": out.get("survivors")})
+                        f"{path}_max_abs_error": out.get("max_abs_error"), f"{path}_survivors": out.get("survivors"),
+                        f"{path}_per_round": [{k: v for k, v in r.items() if k in _MEDIAN} for r in out.get("rounds", [])]})
             if path == "legacy":
                 row["legacy_stage_s"] = out.get("stage_s")
             else:
@@ -374,19 +396,20 @@ def compare(n: int, dim: int, drop_counts: list[int], graph: str, paths: list[st
 def report(res: dict[str, Any], graph: str, paths: list[str]) -> str:
     from benchmarks import _report
 
-    cols = ["graph", "n", "d", "dropped", "flower_server_s"]
+    cols = ["graph", "n", "d", "dropped", "rounds", "flower_server_s"]
     cols += [f"{p}_server_s" for p in paths] + [f"{p}_server_ratio" for p in paths] + ["flower_round_s"]
     cols += [f"{p}_round_s" for p in paths] + [f"{p}_round_ratio" for p in paths]
     cols += [f"{p}_max_abs_error" for p in paths] + ["load_1min_after"]
     flower = "SecAgg+ (SecAggPlusWorkflow)" if graph == "sparse" else "SecAgg (SecAggWorkflow)"
-    return (f"# Flower's {flower} vs fedvault on Flower (Flower's simulation engine, one round)\n\n"
+    return (f"# Flower's {flower} vs fedvault on Flower (Flower's simulation engine, median round)\n\n"
             f"{graph} graph: fedvault degree {res['fedvault_degree']}, threshold {res['fedvault_threshold']} "
             f"(threat model declared by server and nodes: {res['threat_model']}); Flower num_shares "
             f"{res['flower_num_shares']}, reconstruction threshold {res['flower_reconstruction_threshold']}. "
             "`engine`: the production path, the round engine's FlowerTransport + EngineNode (fl.integrations.flower."
             "app); `legacy`: the FedVaultMod + secure_round plug-in. server_s = round time minus time inside the "
             "exchanges (Flower's grid calls; the engine's exchanges with their polling); ratio = Flower / fedvault "
-            "(> 1: fedvault faster). The dropped clients leave after sharing their keys, before their masked input. "
+            "(> 1: fedvault faster); each app runs `rounds` rounds in one simulation and a row shows the median "
+            "(per-round figures in the JSON). The dropped clients leave after sharing their keys, before their masked input. "
             "max_abs_error: fedvault's aggregate vs the exact sum of the survivors' vectors. Wall clock on a shared "
             "2-core machine (load_1min_after: 1-minute load average after the row).\n\n"
             + _report.markdown_table(res["rows"], cols) + "\n")
@@ -407,6 +430,8 @@ def main(argv: list[str]) -> int:
                          "SecAgg vs fedvault's SecAgg (results/flower_complete.*); default both")
     ap.add_argument("--paths", nargs="+", default=["engine", "legacy"], choices=["engine", "legacy"],
                     help="fedvault's Flower paths to run: the round engine (production) and the legacy plug-in")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds per app (one simulation each); the tables report the median round")
     a = ap.parse_args(argv)
     if a.parity:
         return parity(a.rounds, a.key_bits)
@@ -418,7 +443,7 @@ def main(argv: list[str]) -> int:
     from benchmarks import _report
 
     for graph in a.graph:
-        res = compare(a.n, a.dim, a.drops, graph, a.paths)
+        res = compare(a.n, a.dim, a.drops, graph, a.paths, a.repeat)
         md = report(res, graph, a.paths)
         if not a.quick:
             _report.write("flower" if graph == "sparse" else "flower_complete", {**res, "paths": a.paths}, md)

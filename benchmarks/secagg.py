@@ -20,9 +20,10 @@ largest ``t <= floor(min_degree / 2) + 1`` that the dropout pattern leaves satis
 (an operator sizes ``t`` for the dropout rate it expects); it is reported per row.
 The complete graph is skipped at n = 1000 (every client would expand 999 masks).
 
-``--flower`` also times Flower's SecAgg+ (flwr 1.41.x) at n = 20, d = 1e6 with 0 and
-3 dropped, in a separate virtualenv (``.venv-flower``, created on first use), via
-``benchmarks/_flower_secagg.py``.
+``--flower`` also times Flower's SecAgg+ at n = 20, d = 1e6 with 0 and 3 dropped, via
+``benchmarks/_flower_secagg.py`` (Flower's public simulation engine; server seconds = round
+time minus time inside Grid calls): with the flwr installed here, else in a separate
+virtualenv (``.venv-flower``, flwr[simulation] 1.41.x, created on first use).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _flower_python() -> Path:
     py = FLOWER_VENV / "bin" / "python"
     if not py.exists():
         subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "flwr==1.41.0"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "flwr[simulation]==1.41.0"], check=True)
     return py
 
 

@@ -218,8 +218,10 @@ def test_a_node_served_by_two_processes_continues_from_the_newest_saved_role(tmp
     saved = vars(T).setdefault("_SAVED", {})  # what this process saved (absent before the fix)
     caches = [({}, {}), ({}, {})]  # two ClientApp processes: their live roles and what each saved
     turn = [0]
+    ends = []
 
     def switch_process(grid, messages):  # noqa: ANN001, ANN202 - every push is served by the other process
+        ends.extend(m for m in messages if str(m.content.config_records[T.RECORD]["stage"]) == "end")
         mine = caches[turn[0] % 2]
         mine[0].clear(), mine[0].update(T._ROLES), mine[1].clear(), mine[1].update(saved)
         turn[0] += 1
@@ -238,3 +240,5 @@ def test_a_node_served_by_two_processes_continues_from_the_newest_saved_role(tmp
     assert sorted(out.contributors) == sorted(ids)
     np.testing.assert_allclose(out.total, sum(vecs.values()), atol=1e-6)
     assert turn[0] > 4  # the session's steps really alternated between the two processes
+    # every node's role finished and was forgotten on its side: no extra "end" exchange, no saved role left
+    assert not ends and not list(tmp_path.rglob("*.state"))

@@ -225,6 +225,7 @@ class EngineNode:
                 out["wire"] = _wire_list(role.receive(bytes(rec["wire"])))
                 if getattr(role, "done", False):
                     self._forget(key, p, context, token)
+                    out["done"] = True  # the role is gone: the server need not send this node "end"
                 else:
                     self._keep(key, p, token, role)
             elif stage == "end":
@@ -320,7 +321,8 @@ class FlowerTransport:
     train_timeout
         Seconds the join exchange waits (the hospitals train then); default ``timeout``.
     poll_interval
-        Seconds between polls for replies.
+        The longest wait between polls for replies: an exchange polls again after 5 ms, doubling the
+        wait up to this (replies that come quickly are collected quickly, a long stage is not polled hard).
     """
 
     def __init__(self, grid: Grid, roster: Sequence[str], *, timeout: float = 60.0, train_timeout: float | None = None,
@@ -352,6 +354,7 @@ class FlowerTransport:
         end = time.monotonic() + timeout
         out: dict[int, Message] = {}
         pending = set(ids)
+        wait = min(0.005, self.poll)
         while pending:
             for r in self.grid.pull_messages(list(pending)):
                 mid = r.metadata.reply_to_message_id
@@ -360,7 +363,8 @@ class FlowerTransport:
                     out[ids[mid]] = r
             if not pending or time.monotonic() >= end:
                 break
-            time.sleep(self.poll)
+            time.sleep(wait)
+            wait = min(2 * wait, self.poll)
         return out
 
     def _discover(self) -> None:
@@ -484,6 +488,7 @@ class FlowerTransport:
             else:
                 dropped.setdefault(first, []).append(name_of_node[node])
         aborted = None
+        finished: set[int] = set()  # nodes whose client role finished (and was forgotten) on their side
         try:
             while not server.done:
                 t = time.perf_counter()
@@ -507,6 +512,8 @@ class FlowerTransport:
                 got = self._exchange(msgs, self.timeout)
                 for node in msgs:
                     if node in got:
+                        if not got[node].has_error() and got[node].content.config_records[RECORD].get("done"):
+                            finished.add(node)
                         if not server.done:
                             up(node, got[node], stage)
                     else:
@@ -514,8 +521,9 @@ class FlowerTransport:
                         dropped.setdefault(stage, []).append(name_of_node[node])
         except AbortError as e:
             aborted = str(e)
-        finally:  # every node forgets the session's role
-            self._exchange({node: self._msg(node, {"stage": "end", "session": token}) for node in alive}, self.timeout)
+        finally:  # every node forgets the session's role (those whose role finished already did)
+            self._exchange({node: self._msg(node, {"stage": "end", "session": token}) for node in alive - finished},
+                           self.timeout)
         total, contributors, guarantee, individual, res = None, [], None, None, None
         if aborted is None:
             res = server.result()
