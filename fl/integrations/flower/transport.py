@@ -321,12 +321,14 @@ class FlowerTransport:
     train_timeout
         Seconds the join exchange waits (the hospitals train then); default ``timeout``.
     poll_interval
-        The longest wait between polls for replies: an exchange polls again after 5 ms, doubling the
-        wait up to this (replies that come quickly are collected quickly, a long stage is not polled hard).
+        The longest wait between polls for replies (Flower's simulation Grid pulls every 0.1 s): an
+        exchange polls again after 5 ms, each wait 1.5 times the last up to this (replies that come
+        quickly are collected quickly, a long stage is not polled hard, and a stage overruns its
+        replies by at most a third of its time).
     """
 
     def __init__(self, grid: Grid, roster: Sequence[str], *, timeout: float = 60.0, train_timeout: float | None = None,
-                 poll_interval: float = 0.2, on_stage: Callable[[int, str, str], None] | None = None) -> None:
+                 poll_interval: float = 0.1, on_stage: Callable[[int, str, str], None] | None = None) -> None:
         self.grid = grid
         self._roster = list(roster)
         self.timeout = float(timeout)
@@ -364,7 +366,7 @@ class FlowerTransport:
             if not pending or time.monotonic() >= end:
                 break
             time.sleep(wait)
-            wait = min(2 * wait, self.poll)
+            wait = min(1.5 * wait, self.poll)
         return out
 
     def _discover(self) -> None:
