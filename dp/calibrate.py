@@ -97,19 +97,20 @@ def noise_multiplier_for(
         AccountingError: invalid arguments, or even σ = 1000 cannot reach the target.
     """
     events = tuple(extra_events)
-    key = (target_epsilon, delta, sample_rate, steps, accountant, rtol, sigma_min, relation, events)
+    key: tuple | None = (target_epsilon, delta, sample_rate, steps, accountant, rtol, sigma_min, relation, events)
     try:
-        hit = _CACHE.get(key)
+        return _CACHE[key]
+    except KeyError:
+        pass
     except TypeError:  # an unhashable argument: calibrate without remembering
-        return calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant, rtol=rtol,
-                                          sigma_min=sigma_min, relation=relation, extra_events=events)
-    if hit is None:
-        hit = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant, rtol=rtol,
-                                         sigma_min=sigma_min, relation=relation, extra_events=events)
+        key = None
+    sigma = calibrate_noise_multiplier(target_epsilon, delta, sample_rate, steps, accountant, rtol=rtol,
+                                       sigma_min=sigma_min, relation=relation, extra_events=events)
+    if key is not None:
         if len(_CACHE) >= _CACHE_MAX:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = hit
-    return hit
+        _CACHE[key] = sigma
+    return sigma
 
 
 def calibrate_noise_multiplier(

@@ -336,10 +336,9 @@ def test_plaintext_upload_round_trips_and_refuses_replays():
     fuzz()
 
 
-def test_a_message_the_server_refuses_is_attributed_in_history(monkeypatch):
-    """A hospital that sends garbage next to its real upload: the round completes and history names it."""
+def _hospital_0_sends_garbage(monkeypatch):
+    """hospital_0's role sends a garbage message next to its real upload in every update session."""
     from fedvault.fl.hospital import Hospital
-    from fedvault.fl.simulation import federate
 
     join = Hospital.join
 
@@ -361,6 +360,13 @@ def test_a_message_the_server_refuses_is_attributed_in_history(monkeypatch):
         return Noisy(role) if self.name == "hospital_0" and setup.purpose == "update" else role
 
     monkeypatch.setattr(Hospital, "join", joined)
+
+
+def test_a_message_the_server_refuses_is_attributed_in_history(monkeypatch):
+    """A hospital that sends garbage next to its real upload: the round completes and history names it."""
+    from fedvault.fl.simulation import federate
+
+    _hospital_0_sends_garbage(monkeypatch)
     run = federate(small(aggregation={"mode": "secagg"}), baseline=False)
     row = run.history["rounds"][0]
     assert "aborted" not in row and "hospital_0" in row["participants"]
@@ -386,29 +392,9 @@ def test_client_level_noise_from_the_csprng_stream_is_the_discrete_gaussian():
 def test_a_blamed_hospital_is_left_out_of_later_rounds(monkeypatch, exclude):
     """aggregation.exclude_blamed: a hospital that sent garbage in round 0 takes no part after it
     (history["excluded"] says when and why); with the key off it is invited again."""
-    from fedvault.fl.hospital import Hospital
     from fedvault.fl.simulation import federate
 
-    join = Hospital.join
-
-    class Noisy:
-        def __init__(self, inner):
-            self.inner = inner
-
-        stage = property(lambda self: self.inner.stage)
-        done = property(lambda self: self.inner.done)
-
-        def start(self):
-            return [b"FVSA" + bytes(40)] + list(self.inner.start())
-
-        def receive(self, data):
-            return self.inner.receive(data)
-
-    def joined(self, setup):
-        role = join(self, setup)
-        return Noisy(role) if self.name == "hospital_0" and setup.purpose == "update" else role
-
-    monkeypatch.setattr(Hospital, "join", joined)
+    _hospital_0_sends_garbage(monkeypatch)
     cfg = small(aggregation={"mode": "secagg", "exclude_blamed": exclude}, training={"rounds": 2})
     run = federate(cfg, baseline=False)
     r0, r1 = run.history["rounds"][:2]
