@@ -513,16 +513,24 @@ def _study_schema(info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return first
 
 
-_GUARANTEES: set[str] = set()  # guarantee lines already logged by this process
+def _round_logger() -> Callable[[Mapping[str, Any]], None]:
+    """A study's ``on_round``: each round's result, and its protocol's guarantee line when it first
+    appears in this study."""
+    seen: set[str] = set()
+
+    def on_round(row: Mapping[str, Any]) -> None:
+        g = row.get("guarantee")
+        line = g.get("line") if isinstance(g, Mapping) else None
+        if line and line not in seen:
+            seen.add(line)
+            log(INFO, "fedvault guarantee: %s", line)
+        _log_round(row)
+
+    return on_round
 
 
 def _log_round(row: Mapping[str, Any]) -> None:
     r = row["round"]
-    g = row.get("guarantee")
-    line = g.get("line") if isinstance(g, Mapping) else None
-    if line and line not in _GUARANTEES:  # what the round's protocol guarantees, when it first appears
-        _GUARANTEES.add(line)
-        log(INFO, "fedvault guarantee: %s", line)
     if "aborted" in row:
         log(WARNING, "fedvault round %d: aborted (%s); dropped %s", r, row["aborted"], row.get("dropped"))
         return
@@ -593,7 +601,7 @@ def server_main(grid: Grid, context: Context, config: str | os.PathLike[str] | N
                          roster=StudyRoster(hospitals=names, ids=ids, identity_keys=reg.identity_keys()),
                          hospital_info={n: {k: v for k, v in i.items() if k not in ("schema", "config")}
                                         for n, i in info.items()},
-                         test=(test.X_test, test.y_test), paillier_public=paillier_public, on_round=_log_round,
+                         test=(test.X_test, test.y_test), paillier_public=paillier_public, on_round=_round_logger(),
                          test_set="server", epsilon=epsilons,
                          client_epsilon=client_epsilons if cfg.privacy.enabled else None)
     engine.history["deployment"] = {"transport": "flower", "roster": reg.fingerprint(), "missing": missing}
